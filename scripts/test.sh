@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian 12 machine (scripts/setup.sh) and runs every test: formatting and
+# lints, unit tests, salt-proto's vectors, integration tests against real Salt masters
+# 3006.30, 3007.17 and 3008.5 and a real libvirtd, then bounded fuzz runs.
+#
+#   scripts/test.sh                 everything
+#   FUZZ_SECONDS=0 scripts/test.sh  skip fuzzing
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+cd "$(dirname "$here")"
+export SALT_VERSIONS=${SALT_VERSIONS:-3006.30 3007.17 3008.5}
+step() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+step "setup"
+"$here/setup.sh"
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "cargo test (unit, vectors, integration)"
+# Integration tests start private salt-masters; two at a time fit this 2-core machine.
+cargo test --workspace -- --test-threads 2
+
+FUZZ_SECONDS=${FUZZ_SECONDS:-20}
+if [ "$FUZZ_SECONDS" -gt 0 ]; then
+    step "fuzz: ${FUZZ_SECONDS}s per target"
+    "$here/fuzz.sh" "$FUZZ_SECONDS"
+fi
+step "all tests passed"

@@ -1,0 +1,174 @@
+//! Jobs: publications addressed to the sidecar, one file per Salt function it answers
+//! (as mini-redis has one file per command). Each file parses its own arguments and runs.
+//!
+//! Every job runs in its own task, so a long clone never delays a `test.ping`.
+
+mod find_job;
+mod list_functions;
+pub mod target;
+mod test_arg;
+mod test_ping;
+mod test_sleep;
+mod test_version;
+
+use crate::bus::channel::Channel;
+use salt_proto::jid::Jid;
+use salt_proto::msgpack::{self, text};
+use salt_proto::publish::Publication;
+use salt_proto::request::Return;
+use salt_proto::Value;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+/// Every function the sidecar answers, for `sys.list_functions`.
+pub const FUNCTIONS: &[&str] = &[
+    find_job::NAME,
+    list_functions::NAME,
+    test_arg::NAME,
+    test_ping::NAME,
+    test_sleep::NAME,
+    test_version::NAME,
+];
+
+/// What a job returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub ret: Value,
+    pub success: bool,
+    pub retcode: i64,
+}
+
+impl Outcome {
+    pub fn ok(ret: Value) -> Self {
+        Self {
+            ret,
+            success: true,
+            retcode: 0,
+        }
+    }
+
+    /// A failure as a minion reports it: the message as the return, retcode 1 (EX_GENERIC).
+    pub fn error(msg: impl Into<String>) -> Self {
+        Self {
+            ret: text(msg.into()),
+            success: false,
+            retcode: 1,
+        }
+    }
+}
+
+/// Jobs in flight (for `saltutil.find_job`) and recently seen jids (for de-duplication).
+#[derive(Default)]
+pub struct Running {
+    jobs: Mutex<HashMap<Jid, Value>>,
+    seen: Mutex<(VecDeque<Jid>, HashSet<Jid>)>,
+}
+
+const SEEN_MAX: usize = 4096;
+
+impl Running {
+    /// Records `jid`; false if it was seen before (the master may publish twice).
+    fn first_sight(&self, jid: &Jid) -> bool {
+        let mut g = self.seen.lock().expect("lock");
+        let (order, set) = &mut *g;
+        if !set.insert(jid.clone()) {
+            return false;
+        }
+        order.push_back(jid.clone());
+        if order.len() > SEEN_MAX {
+            if let Some(old) = order.pop_front() {
+                set.remove(&old);
+            }
+        }
+        true
+    }
+
+    /// The load of a job still running, as `find_job` reports it.
+    pub fn get(&self, jid: &str) -> Option<Value> {
+        let jid = Jid::parse(jid).ok()?;
+        self.jobs.lock().expect("lock").get(&jid).cloned()
+    }
+}
+
+/// Runs publications addressed to us and returns their results to the master.
+pub struct Dispatcher {
+    channel: Arc<Channel>,
+    running: Running,
+}
+
+impl Dispatcher {
+    pub fn new(channel: Arc<Channel>) -> Self {
+        Self {
+            channel,
+            running: Running::default(),
+        }
+    }
+
+    pub async fn serve(self: Arc<Self>, mut rx: mpsc::Receiver<Publication>) {
+        while let Some(p) = rx.recv().await {
+            self.clone().accept(p);
+        }
+    }
+
+    fn accept(self: Arc<Self>, p: Publication) {
+        if !target::matches(self.channel.id(), &p.tgt, &p.tgt_type) {
+            return;
+        }
+        if !self.running.first_sight(&p.jid) {
+            debug!(jid = %p.jid, "duplicate publication ignored");
+            return;
+        }
+        let info = msgpack::map([
+            ("fun", text(p.fun.clone())),
+            ("arg", p.raw_arg.clone()),
+            ("tgt", p.tgt.clone()),
+            ("tgt_type", text(p.tgt_type.clone())),
+            ("jid", text(p.jid.to_string())),
+            ("pid", Value::from(std::process::id())),
+            ("ret", text(p.ret.clone())),
+            ("user", p.user.clone().map_or(Value::Nil, text)),
+        ]);
+        self.running
+            .jobs
+            .lock()
+            .expect("lock")
+            .insert(p.jid.clone(), info);
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let outcome = self.call(&p).await;
+            self.running.jobs.lock().expect("lock").remove(&p.jid);
+            let load = Return {
+                id: self.channel.id(),
+                jid: p.jid.as_str(),
+                fun: &p.fun,
+                fun_args: p.raw_arg.clone(),
+                ret: outcome.ret,
+                retcode: outcome.retcode,
+                success: outcome.success,
+            }
+            .load();
+            match self.channel.send(load).await {
+                Ok(_) => {
+                    if p.fun != find_job::NAME {
+                        info!(jid = %p.jid, fun = %p.fun, ms = started.elapsed().as_millis() as u64, "job returned");
+                    }
+                }
+                Err(e) => warn!(jid = %p.jid, fun = %p.fun, "could not return the job: {e}"),
+            }
+        });
+    }
+
+    async fn call(&self, p: &Publication) -> Outcome {
+        match p.fun.as_str() {
+            test_ping::NAME => test_ping::run(p),
+            test_version::NAME => test_version::run(p),
+            test_arg::NAME => test_arg::run(p),
+            test_sleep::NAME => test_sleep::run(p).await,
+            find_job::NAME => find_job::run(p, &self.running),
+            list_functions::NAME => list_functions::run(p),
+            other => Outcome::error(format!("'{other}' is not available.")),
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! virtseed: a Salt master sidecar that clones libvirt VMs whose minion keys are minted and
+//! pre-accepted, so a new VM answers `salt <name> test.ping` as soon as its minion starts.
+//!
+//! The binary (`src/main.rs`) is a thin CLI over these modules.
+
+pub mod bus;
+pub mod config;
+pub mod jobs;
+pub mod names;
+pub mod pki;
+pub mod sidecar;

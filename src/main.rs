@@ -1,0 +1,98 @@
+//! The `virtseed` command line.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "virtseed", version, about, long_about = None)]
+struct Cli {
+    /// Salt config dir: holds `master`, salt-cloud's `cloud.providers(.d)` and
+    /// `cloud.profiles(.d)`, and virtseed's own settings file `virtseed` (YAML).
+    #[arg(
+        short = 'c',
+        long = "config-dir",
+        global = true,
+        default_value = "/etc/salt",
+        env = "VIRTSEED_CONFIG_DIR"
+    )]
+    config_dir: PathBuf,
+
+    /// Log filter, e.g. `info`, `virtseed=debug` (also RUST_LOG).
+    #[arg(long, global = true, default_value = "info", env = "VIRTSEED_LOG")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Join the Salt master's bus as a minion-protocol peer and serve cloud jobs.
+    Run,
+    /// Clone one VM per NAME from a salt-cloud profile.
+    Profile {
+        /// A profile from cloud.profiles(.d).
+        profile: String,
+        /// Names of the new VMs (also their minion ids).
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Destroy VMs virtseed made, with their volumes, seeds and keys.
+    Destroy {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// List the VMs virtseed made.
+    List,
+    /// Load the configuration, print every resolved profile (secrets masked), exit non-zero
+    /// on errors.
+    CheckConfig,
+    /// Install the `cloud` runner module into the master's extension modules.
+    InstallRunner,
+}
+
+impl Command {
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Run => "run",
+            Command::Profile { .. } => "profile",
+            Command::Destroy { .. } => "destroy",
+            Command::List => "list",
+            Command::CheckConfig => "check-config",
+            Command::InstallRunner => "install-runner",
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let name = cli.command.name();
+    let result = match cli.command {
+        Command::Run => runtime().block_on(virtseed::sidecar::run(&cli.config_dir)),
+        _ => {
+            eprintln!("virtseed {name}: not implemented yet");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("virtseed {name}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}

@@ -1,0 +1,98 @@
+//! `virtseed run`: join the master's bus and serve jobs until stopped.
+
+use crate::bus::channel::{Channel, ChannelConfig};
+use crate::bus::events::EventBus;
+use crate::config::{master::MasterOpts, settings::Settings};
+use crate::jobs::Dispatcher;
+use crate::pki;
+use anyhow::Context;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+pub async fn run(config_dir: &Path) -> anyhow::Result<()> {
+    let master = MasterOpts::load(config_dir)?;
+    let settings = Settings::load(config_dir)?;
+    if master.transport != "zeromq" {
+        anyhow::bail!(
+            "{}: transport `{}` is not supported; virtseed speaks Salt's default zeromq transport",
+            config_dir.join("master").display(),
+            master.transport
+        );
+    }
+    let id = settings.id.clone();
+    let dir = settings.pki_dir.clone();
+    let key = tokio::task::spawn_blocking(move || pki::load_or_create_keypair(&dir, 2048))
+        .await?
+        .context("the sidecar's own key")?;
+
+    // Pre-accept our own key so the first sign-in is accepted at once (we run as the
+    // master's user, beside it).
+    match pki::pre_accept(&master.pki_dir, &id, key.public_key().pem()) {
+        Ok(pki::Accepted::Ours) => {}
+        Ok(pki::Accepted::Other) => error!(
+            "another key is accepted for `{id}` in {}; remove it with `salt-key -d {id}` (virtseed keeps retrying)",
+            master.pki_dir.display()
+        ),
+        Ok(pki::Accepted::Absent) => {}
+        Err(e) => warn!("cannot pre-accept our key ({e}); accept it with `salt-key -y -a {id}` (virtseed keeps retrying)"),
+    }
+
+    let channel = Arc::new(Channel::new(ChannelConfig {
+        id: id.clone(),
+        key,
+        ret_endpoint: master.ret_endpoint(),
+        host: master.host.clone(),
+        zmq_filtering: master.zmq_filtering,
+        master_pub_path: settings.pki_dir.join("minion_master.pub"),
+        master_finger: settings.master_finger.clone(),
+    })?);
+    let session = channel.session().await;
+    info!(
+        "joined master {}:{} as {id} (publications on port {}, master key {})",
+        master.host,
+        master.ret_port,
+        session.publish_port,
+        session.master.fingerprint()
+    );
+
+    let events = EventBus::new(&master.sock_dir, settings.salt_version);
+    tokio::spawn(events.clone().listen());
+    // The master rotates its AES key on key deletion (`rotate_aes_key`): follow it at once
+    // rather than at the next failed publication.
+    let mut rx_events = events.subscribe();
+    let ch = channel.clone();
+    tokio::spawn(async move {
+        loop {
+            match rx_events.recv().await {
+                Ok(ev) if ev.tag == "key" => {
+                    let current = ch.session().await.generation;
+                    info!("the master rotated its AES key; re-authenticating");
+                    ch.renew(Some(current)).await;
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return,
+            }
+        }
+    });
+
+    let (tx, rx) = mpsc::channel(1024);
+    tokio::spawn(channel.clone().publications(tx));
+    let dispatcher = Arc::new(Dispatcher::new(channel.clone()));
+    tokio::spawn(dispatcher.serve(rx));
+
+    shutdown_signal().await;
+    info!("stopping");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
