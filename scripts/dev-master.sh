@@ -47,6 +47,8 @@ file_roots:
 pillar_roots:
   base: [$dir/srv/pillar]
 worker_threads: 2
+# Maintenance (AES key rotation after a key is deleted) every second, not every minute.
+loop_interval: 1
 CONF
     echo "$SALT_VERSION" > "$dir/salt-version"
 }

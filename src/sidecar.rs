@@ -59,6 +59,23 @@ pub async fn run(config_dir: &Path) -> anyhow::Result<()> {
 
     let events = EventBus::new(&master.sock_dir, settings.salt_version);
     tokio::spawn(events.clone().listen());
+    let start = salt_proto::msgpack::map([
+        ("id", salt_proto::msgpack::text(id.clone())),
+        (
+            "version",
+            salt_proto::msgpack::text(env!("CARGO_PKG_VERSION")),
+        ),
+        ("master", salt_proto::msgpack::text(master.ret_endpoint())),
+    ]);
+    if let Err(e) = events
+        .fire(&format!("virtseed/sidecar/{id}/start"), start)
+        .await
+    {
+        warn!(
+            "cannot fire on the master's event bus in {}: {e}",
+            master.sock_dir.display()
+        );
+    }
     // The master rotates its AES key on key deletion (`rotate_aes_key`): follow it at once
     // rather than at the next failed publication.
     let mut rx_events = events.subscribe();
@@ -78,9 +95,26 @@ pub async fn run(config_dir: &Path) -> anyhow::Result<()> {
         }
     });
 
+    // The event bus socket closes when the master stops and comes back when it starts: the
+    // earliest sign of a restart, before any publication fails.
+    let mut connections = events.connections();
+    let ch = channel.clone();
+    tokio::spawn(async move {
+        let mut seen = *connections.borrow_and_update();
+        while connections.changed().await.is_ok() {
+            let now = *connections.borrow_and_update();
+            if seen > 0 && now > seen {
+                info!("the master's event bus came back: the master restarted; re-authenticating");
+                ch.master_restarted().await;
+                info!("rejoined master {}", ch.ret_endpoint());
+            }
+            seen = now;
+        }
+    });
+
     let (tx, rx) = mpsc::channel(1024);
     tokio::spawn(channel.clone().publications(tx));
-    let dispatcher = Arc::new(Dispatcher::new(channel.clone()));
+    let dispatcher = Arc::new(Dispatcher::new(channel.clone(), settings.salt_version));
     tokio::spawn(dispatcher.serve(rx));
 
     shutdown_signal().await;

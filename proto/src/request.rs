@@ -104,10 +104,14 @@ pub struct Return<'a> {
     pub ret: Value,
     pub retcode: i64,
     pub success: bool,
+    /// The publication's `user`, echoed as minions do; the `salt` CLI's non-default outputters
+    /// wait out their timeout for returns without it (seen on 3007.17).
+    pub user: Option<&'a str>,
 }
 
 impl Return<'_> {
     pub fn load(self) -> Value {
+        let user = self.user.map(|u| ("user", text(u)));
         map([
             ("cmd", text("_return")),
             ("id", text(self.id)),
@@ -117,7 +121,9 @@ impl Return<'_> {
             ("return", self.ret),
             ("retcode", Value::from(self.retcode)),
             ("success", Value::Boolean(self.success)),
-        ])
+        ]
+        .into_iter()
+        .chain(user))
     }
 }
 

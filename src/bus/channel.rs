@@ -16,7 +16,7 @@ use salt_proto::{Error as ProtoError, Value};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, Mutex, RwLock};
+use tokio::sync::{mpsc, watch, Mutex, RwLock};
 use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
@@ -55,6 +55,9 @@ pub struct Channel {
     req: ReqPool,
     session: RwLock<Option<Arc<Session>>>,
     signing_in: Mutex<u64>,
+    /// Bumped when the master restarted, so the publication loop resubscribes at once
+    /// instead of waiting out the SUB socket's own reconnect backoff.
+    restarts: watch::Sender<u64>,
 }
 
 impl Channel {
@@ -72,6 +75,7 @@ impl Channel {
             token,
             session: RwLock::new(None),
             signing_in: Mutex::new(0),
+            restarts: watch::channel(0).0,
         })
     }
 
@@ -204,6 +208,15 @@ impl Channel {
         }
     }
 
+    /// The master restarted (its event bus went away and came back): drop stale sockets,
+    /// sign in for its new keys, and resubscribe to publications.
+    pub async fn master_restarted(&self) {
+        self.req.clear().await;
+        let current = self.session.read().await.as_ref().map(|s| s.generation);
+        self.renew(current).await;
+        self.restarts.send_modify(|n| *n += 1);
+    }
+
     /// Sends an aes request and returns the master's answer. A refused request (the master
     /// forgot our session, or restarted) is retried once after signing in again.
     pub async fn send(&self, load: Value) -> Result<Value, BusError> {
@@ -248,8 +261,11 @@ impl Channel {
             vec![String::new()]
         };
         let mut serials = SerialGuard::default();
+        let mut restarts = self.restarts.subscribe();
         loop {
+            restarts.mark_unchanged();
             let mut session = self.session().await;
+            serials.reset();
             let endpoint = format!("tcp://{}:{}", self.cfg.host, session.publish_port);
             let mut sub = match ZmqSub::connect(&endpoint, &topics).await {
                 Ok(s) => s,
@@ -261,7 +277,14 @@ impl Channel {
             };
             debug!(%endpoint, "subscribed to publications");
             loop {
-                let frames = match sub.recv().await {
+                let received = tokio::select! {
+                    r = sub.recv() => r,
+                    _ = restarts.changed() => {
+                        debug!("resubscribing after a master restart");
+                        break;
+                    }
+                };
+                let frames = match received {
                     Ok(f) => f,
                     Err(e) => {
                         warn!("{e}; resubscribing");

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tracing::{debug, warn};
 
 /// Fire framing when the version is unknown: every supported release since 3006.26,
@@ -28,6 +28,8 @@ pub struct EventBus {
     sock_dir: PathBuf,
     version: Option<SaltVersion>,
     tx: broadcast::Sender<Event>,
+    /// Counts connections to the publisher: a second one means the master restarted.
+    connections: watch::Sender<u64>,
 }
 
 impl EventBus {
@@ -38,7 +40,13 @@ impl EventBus {
             sock_dir: sock_dir.to_path_buf(),
             version,
             tx,
+            connections: watch::channel(0).0,
         }
+    }
+
+    /// How many times the publisher was (re)connected; it goes up when the master restarts.
+    pub fn connections(&self) -> watch::Receiver<u64> {
+        self.connections.subscribe()
     }
 
     /// Receives every event from now on (filter by tag yourself).

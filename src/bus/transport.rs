@@ -103,6 +103,11 @@ impl ReqPool {
         &self.endpoint
     }
 
+    /// Drops idle sockets (after a master restart they are all stale).
+    pub async fn clear(&self) {
+        self.idle.lock().await.clear();
+    }
+
     pub async fn request(&self, payload: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, BusError> {
         let mut req = self
             .idle

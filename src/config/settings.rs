@@ -3,7 +3,8 @@
 //! ```yaml
 //! id: virtseed                 # the sidecar's minion id on the master's bus
 //! pki_dir: /etc/salt/pki/virtseed   # its own keypair and the pinned master key
-//! salt_version: 3007.17        # the master's Salt release (event bus framing); detected if absent
+//! salt_version: '3007.17'      # the master's Salt release: event bus framing, and whether to
+//!                              # work around 3007's CLI race (see jobs::SALT_3007_RETURN_FLOOR)
 //! master_finger: 'aa:bb:...'   # refuse a master whose key has another fingerprint
 //! ```
 
@@ -35,13 +36,25 @@ impl Settings {
                 expected: format!("must be a valid minion id (letters, digits, `.-_`), not {id:?}"),
             });
         }
-        let salt_version = match text("salt_version") {
-            None => None,
-            Some(s) => Some(s.parse().map_err(|_| ConfigError::Key {
+        // YAML reads `3006.30` as the float 3006.3, and 3006.3 is another release: the
+        // version must be a string.
+        let salt_version = match v.get("salt_version") {
+            None | Some(yaml_serde::Value::Null) => None,
+            Some(yaml_serde::Value::String(s)) => Some(s.parse().map_err(|_| ConfigError::Key {
                 path: path.clone(),
                 key: "salt_version".into(),
-                expected: format!("must be a Salt release like 3007.17, not {s:?}"),
+                expected: format!("must be a Salt release like '3007.17', not {s:?}"),
             })?),
+            Some(other) => {
+                return Err(ConfigError::Key {
+                    path,
+                    key: "salt_version".into(),
+                    expected: format!(
+                        "must be quoted (salt_version: '3006.30'): YAML reads an unquoted {} as a number and drops trailing zeros",
+                        yaml::as_text(other).unwrap_or_default()
+                    ),
+                })
+            }
         };
         Ok(Self {
             pki_dir: text("pki_dir")
@@ -50,5 +63,36 @@ impl Settings {
             salt_version,
             master_finger: text("master_finger"),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_must_be_quoted_and_ids_valid() {
+        let d = std::env::temp_dir().join(format!(
+            "virtseed-settings-{}",
+            salt_proto::auth::new_nonce()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("virtseed"), "salt_version: 3006.30\n").unwrap();
+        let e = Settings::load(&d).unwrap_err().to_string();
+        assert!(e.contains("must be quoted"), "{e}");
+        std::fs::write(d.join("virtseed"), "salt_version: '3006.30'\nid: sc1\n").unwrap();
+        let s = Settings::load(&d).unwrap();
+        assert_eq!(
+            s.salt_version,
+            Some(salt_proto::version::SaltVersion::new(3006, 30))
+        );
+        assert_eq!(s.id, "sc1");
+        assert_eq!(s.pki_dir, d.join("pki/virtseed"));
+        std::fs::write(d.join("virtseed"), "id: ../x\n").unwrap();
+        assert!(Settings::load(&d)
+            .unwrap_err()
+            .to_string()
+            .contains("valid minion id"));
+        std::fs::remove_dir_all(&d).ok();
     }
 }

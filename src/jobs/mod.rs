@@ -19,6 +19,7 @@ use salt_proto::request::Return;
 use salt_proto::Value;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -96,13 +97,29 @@ impl Running {
 pub struct Dispatcher {
     channel: Arc<Channel>,
     running: Running,
+    return_floor: Duration,
 }
 
+/// Salt 3007's `salt` CLI misses a return that reaches its event socket in the same read as
+/// the job's `publish` event (its publish client leaves it buffered until the timeout), so a
+/// peer that answers within a few milliseconds makes `salt --out json` wait its whole `-t`.
+/// Python minions are never that fast; on 3007 (or an unknown version) we wait this long
+/// after the publication before returning.
+const SALT_3007_RETURN_FLOOR: Duration = Duration::from_millis(50);
+
 impl Dispatcher {
-    pub fn new(channel: Arc<Channel>) -> Self {
+    pub fn new(
+        channel: Arc<Channel>,
+        salt_version: Option<salt_proto::version::SaltVersion>,
+    ) -> Self {
+        let return_floor = match salt_version {
+            Some(v) if v.major != 3007 => Duration::ZERO,
+            _ => SALT_3007_RETURN_FLOOR,
+        };
         Self {
             channel,
             running: Running::default(),
+            return_floor,
         }
     }
 
@@ -135,9 +152,13 @@ impl Dispatcher {
             .lock()
             .expect("lock")
             .insert(p.jid.clone(), info);
+        debug!("job started fun={} jid={}", p.fun, p.jid);
         tokio::spawn(async move {
             let started = std::time::Instant::now();
             let outcome = self.call(&p).await;
+            if let Some(left) = self.return_floor.checked_sub(started.elapsed()) {
+                tokio::time::sleep(left).await;
+            }
             self.running.jobs.lock().expect("lock").remove(&p.jid);
             let load = Return {
                 id: self.channel.id(),
@@ -147,6 +168,7 @@ impl Dispatcher {
                 ret: outcome.ret,
                 retcode: outcome.retcode,
                 success: outcome.success,
+                user: p.user.as_deref(),
             }
             .load();
             match self.channel.send(load).await {

@@ -1,0 +1,223 @@
+//! Real processes for end-to-end tests: a private salt-master per test (scripts/dev-master.sh,
+//! venvs from scripts/setup.sh) and the virtseed binary. Everything is stopped and removed on
+//! drop, also when a test fails.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const VERSIONS: [&str; 3] = ["3006.30", "3007.17", "3008.5"];
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn cache() -> PathBuf {
+    std::env::var_os("VIRTSEED_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/virtseed"))
+}
+
+fn random() -> String {
+    salt_proto::auth::new_nonce()[..10].to_string()
+}
+
+pub struct Master {
+    pub dir: PathBuf,
+    pub version: String,
+    pub venv: PathBuf,
+}
+
+impl Master {
+    pub fn start(version: &str) -> Master {
+        let venv = cache().join(format!("salt-{version}"));
+        assert!(
+            venv.join("bin/salt-master").exists(),
+            "no Salt {version} at {}: run SALT_VERSIONS={version} scripts/setup.sh",
+            venv.display()
+        );
+        let dir = std::env::temp_dir().join(format!("virtseed-it-{version}-{}", random()));
+        let m = Master {
+            dir,
+            version: version.into(),
+            venv,
+        };
+        m.script("start");
+        m
+    }
+
+    fn script(&self, cmd: &str) {
+        let out = Command::new(repo().join("scripts/dev-master.sh"))
+            .args([cmd, self.dir.to_str().unwrap()])
+            .env("SALT_VERSION", &self.version)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "dev-master.sh {cmd}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+
+    pub fn restart(&self) {
+        self.script("stop");
+        self.script("start");
+    }
+
+    fn tool(&self, tool: &str, args: &[&str]) -> Output {
+        Command::new(self.venv.join("bin").join(tool))
+            .arg("-c")
+            .arg(&self.dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    pub fn salt(&self, args: &[&str]) -> Output {
+        self.tool("salt", args)
+    }
+
+    pub fn salt_key(&self, args: &[&str]) -> Output {
+        self.tool("salt-key", args)
+    }
+
+    pub fn salt_run(&self, args: &[&str]) -> Output {
+        self.tool("salt-run", args)
+    }
+
+    /// Runs Python in the master's venv with MASTER_DIR set.
+    pub fn python(&self, code: &str) -> Command {
+        let mut c = Command::new(self.venv.join("bin/python"));
+        c.arg("-c").arg(code).env("MASTER_DIR", &self.dir);
+        c
+    }
+
+    /// `salt <id> <fun> [args] --out json` parsed, with the exit status.
+    pub fn salt_json(
+        &self,
+        id: &str,
+        fun_and_args: &[&str],
+        timeout: u32,
+    ) -> (bool, serde_json::Value) {
+        let t = timeout.to_string();
+        let mut args = vec!["-t", &t, "--out", "json", id];
+        args.extend_from_slice(fun_and_args);
+        let out = self.salt(&args);
+        let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        (out.status.success(), v)
+    }
+
+    pub fn pki(&self) -> PathBuf {
+        self.dir.join("pki/master")
+    }
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("scripts/dev-master.sh"))
+            .args(["stop", self.dir.to_str().unwrap()])
+            .env("SALT_VERSION", &self.version)
+            .output();
+        if std::env::var_os("KEEP_TEST_DIRS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+pub struct Sidecar {
+    child: Child,
+    pub log: PathBuf,
+    pub id: String,
+}
+
+impl Sidecar {
+    /// Starts `virtseed -c <master dir> run` with its own id and waits until it joined.
+    pub fn start(master: &Master, id: &str) -> Sidecar {
+        let settings = format!(
+            "id: {id}\npki_dir: {}\nsalt_version: '{}'\n",
+            master.dir.join("pki").join(id).display(),
+            master.version
+        );
+        std::fs::write(master.dir.join("virtseed"), settings).unwrap();
+        let log = master.dir.join(format!("log/virtseed-{id}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_virtseed"))
+            .arg("-c")
+            .arg(&master.dir)
+            .args(["--log", "info,virtseed=debug", "run"])
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let s = Sidecar {
+            child,
+            log,
+            id: id.into(),
+        };
+        s.wait_log("joined master", Duration::from_secs(60));
+        s
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`; panics with the log otherwise.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        let t = Instant::now();
+        while t.elapsed() < timeout {
+            if self.log_text().contains(needle) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "virtseed did not log {needle:?} within {timeout:?}; log:\n{}",
+            self.log_text()
+        );
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Reads a child's stdout to the end (after it exits).
+pub fn stdout_of(mut child: Child) -> String {
+    let mut s = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.read_to_string(&mut s);
+    }
+    let _ = child.wait();
+    s
+}
+
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while t.elapsed() < timeout {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
