@@ -265,9 +265,20 @@ fn write_json(v: &Value, out: &mut String) {
                 if i > 0 {
                     out.push(',');
                 }
-                match str_of(k) {
-                    Some(s) => write_json_str(s, out),
-                    None => write_json_str(&to_json(k), out),
+                // JSON keys are strings. Scalars keep their text; a container as a key (legal in
+                // msgpack) is only described, since rendering it escaped would double its size
+                // at every level of nesting.
+                match (str_of(k), k) {
+                    (Some(s), _) => write_json_str(s, out),
+                    (
+                        None,
+                        Value::Array(_)
+                        | Value::Map(_)
+                        | Value::Binary(_)
+                        | Value::String(_)
+                        | Value::Ext(..),
+                    ) => write_json_str(&format!("<{}>", kind(k)), out),
+                    (None, scalar) => write_json_str(&to_json(scalar), out),
                 }
                 out.push(':');
                 write_json(val, out);
@@ -347,6 +358,18 @@ mod tests {
         assert_eq!(get(&m, "load"), Some(&Value::from(1)));
         assert_eq!(req_str(&m, "enc").unwrap(), "aes");
         assert_eq!(req_str(&m, "x"), Err(Error::Missing("x")));
+    }
+
+    #[test]
+    fn json_of_nested_container_keys_stays_small() {
+        // Found by fuzzing: each level used to double the output.
+        let mut v = Value::Nil;
+        for _ in 0..100 {
+            v = Value::Map(vec![(v, Value::Nil)]);
+        }
+        assert!(to_json(&v).len() < 100);
+        let int_key = Value::Map(vec![(Value::from(7), Value::Nil)]);
+        assert_eq!(to_json(&int_key), r#"{"7":null}"#);
     }
 
     #[test]
