@@ -46,6 +46,13 @@ install_debs() {
 }
 
 start_libvirtd() {
+    # Without udev, /dev/kvm stays root:root 0600. libvirt probes QEMU with KVM, then finds
+    # /dev/kvm unusable by its qemu user, declares the capability cache stale and probes again
+    # on every define (36 s each here). Give it the group and mode udev would.
+    if [ -c /dev/kvm ] && getent group kvm >/dev/null && [ "$(stat -c %G:%a /dev/kvm)" != "kvm:660" ]; then
+        step "/dev/kvm: group kvm, mode 0660 (as udev would set it)"
+        chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
+    fi
     # No systemd here: start the daemons by hand when they are not running.
     if ! pgrep -x virtlogd >/dev/null; then
         step "starting virtlogd"

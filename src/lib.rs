@@ -4,8 +4,10 @@
 //! The binary (`src/main.rs`) is a thin CLI over these modules.
 
 pub mod bus;
+pub mod cloud;
 pub mod config;
 pub mod jobs;
+pub mod libvirt;
 pub mod names;
 pub mod pki;
 pub mod sidecar;

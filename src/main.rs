@@ -4,6 +4,8 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod commands;
+
 #[derive(Parser)]
 #[command(name = "virtseed", version, about, long_about = None)]
 struct Cli {
@@ -37,6 +39,12 @@ enum Command {
         /// Names of the new VMs (also their minion ids).
         #[arg(required = true)]
         names: Vec<String>,
+        /// Clones made at once (default: the profile's `max_parallel`, else 8).
+        #[arg(long)]
+        parallel: Option<usize>,
+        /// Testing: fail right after this step (disks, nvram, defined, started) and roll back.
+        #[arg(long, hide = true)]
+        fail_after: Option<String>,
     },
     /// Destroy VMs virtseed made, with their volumes, seeds and keys.
     Destroy {
@@ -76,13 +84,29 @@ fn main() -> ExitCode {
     let name = cli.command.name();
     let result = match cli.command {
         Command::Run => runtime().block_on(virtseed::sidecar::run(&cli.config_dir)),
-        _ => {
+        Command::Profile {
+            profile,
+            names,
+            parallel,
+            fail_after,
+        } => runtime().block_on(commands::profile(
+            &cli.config_dir,
+            &profile,
+            &names,
+            parallel,
+            fail_after.as_deref(),
+        )),
+        Command::Destroy { names } => commands::destroy(&cli.config_dir, &names),
+        Command::List => commands::list(&cli.config_dir),
+        Command::CheckConfig => commands::check_config(&cli.config_dir),
+        Command::InstallRunner => {
             eprintln!("virtseed {name}: not implemented yet");
             return ExitCode::from(2);
         }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<commands::Failed>() => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("virtseed {name}: {e:#}");
             ExitCode::FAILURE

@@ -3,6 +3,8 @@
 //! drop, also when a test fails.
 #![allow(dead_code)]
 
+pub mod pool;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

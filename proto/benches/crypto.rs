@@ -24,13 +24,20 @@ fn bench(name: &str, budget: Duration, mut f: impl FnMut()) {
         .collect();
     samples.sort_by(f64::total_cmp);
     let m = samples[2];
-    let (v, unit) = if m >= 1e-3 { (m * 1e3, "ms") } else { (m * 1e6, "µs") };
+    let (v, unit) = if m >= 1e-3 {
+        (m * 1e3, "ms")
+    } else {
+        (m * 1e6, "µs")
+    };
     println!("{name:<40} {v:>10.2} {unit}  ({} runs)", 5 * per_batch);
 }
 
 fn main() {
     let budget = Duration::from_millis(
-        std::env::var("BENCH_MS").ok().and_then(|s| s.parse().ok()).unwrap_or(1500),
+        std::env::var("BENCH_MS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1500),
     );
     let c = Crypticle::from_key_string(generate_key_string().as_bytes()).unwrap();
     for (label, size) in [("1 KiB", 1 << 10), ("1 MiB", 1 << 20)] {
@@ -62,13 +69,20 @@ fn main() {
     bench("rsa-2048 x9.31 sign (tok)", budget, || {
         black_box(key.x931_sign(b"salt").unwrap());
     });
-    let sig = key.x931_sign(b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef").unwrap();
+    let sig = key
+        .x931_sign(b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+        .unwrap();
     bench("rsa-2048 x9.31 verify (auth sig)", budget, || {
-        pk.x931_verify(b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", &sig).unwrap();
+        pk.x931_verify(
+            b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            &sig,
+        )
+        .unwrap();
     });
     let psig = key.sign(SigAlgo::Pkcs1v15Sha1, &[7u8; 600]);
     bench("rsa-2048 pkcs1v15 verify (auth reply)", budget, || {
-        pk.verify(SigAlgo::Pkcs1v15Sha1, &[7u8; 600], &psig).unwrap();
+        pk.verify(SigAlgo::Pkcs1v15Sha1, &[7u8; 600], &psig)
+            .unwrap();
     });
     bench("rsa-2048 pem encode private+public", budget, || {
         black_box(key.to_pem());

@@ -1,6 +1,7 @@
 //! Configuration: the Salt master's own file (what the sidecar needs of it), virtseed's
 //! settings, and (later) salt-cloud's providers and profiles.
 
+pub mod cloud;
 pub mod master;
 pub mod settings;
 pub mod yaml;

@@ -1,0 +1,230 @@
+//! The one-shot commands: profile, destroy, list, check-config.
+
+use anyhow::Result;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::sync::Arc;
+use virtseed::cloud::{self, Cloud, CreateOptions, Progress, Step};
+use virtseed::config::cloud::{masked, CloudConfig};
+
+/// The command printed its own failure report; exit non-zero without another message.
+#[derive(Debug)]
+pub struct Failed;
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("failed")
+    }
+}
+impl std::error::Error for Failed {}
+
+/// Progress on stderr, one line per step.
+struct Lines;
+impl Progress for Lines {
+    fn step(&self, name: &str, step: &str, data: Value) {
+        match data.get("elapsed_ms") {
+            Some(ms) => eprintln!("{name}: {step} ({ms} ms)"),
+            None => eprintln!("{name}: {step} {data}"),
+        }
+    }
+}
+
+fn load(config_dir: &Path) -> Arc<Cloud> {
+    let cfg = CloudConfig::load(config_dir);
+    for e in &cfg.errors {
+        eprintln!("warning: {e}");
+    }
+    Cloud::new(cfg, cloud::DEFAULT_MAX_PARALLEL)
+}
+
+fn print(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+pub async fn profile(
+    config_dir: &Path,
+    profile: &str,
+    names: &[String],
+    parallel: Option<usize>,
+    fail_after: Option<&str>,
+) -> Result<()> {
+    let cfg = CloudConfig::load(config_dir);
+    for e in &cfg.errors {
+        eprintln!("warning: {e}");
+    }
+    let fail_after = match fail_after {
+        None => None,
+        Some(s) => Some(
+            Step::ALL
+                .into_iter()
+                .find(|st| st.name() == s)
+                .ok_or_else(|| anyhow::anyhow!("--fail-after: unknown step {s:?}"))?,
+        ),
+    };
+    let c = Cloud::new(cfg, parallel.unwrap_or(cloud::DEFAULT_MAX_PARALLEL));
+    let opts = CreateOptions {
+        request: uuid::Uuid::new_v4().to_string(),
+        fail_after,
+    };
+    let results = c.profile(profile, names, opts, Arc::new(Lines)).await?;
+    let mut out = serde_json::Map::new();
+    let mut failed = false;
+    for (name, r) in results {
+        let v = match r {
+            Ok(created) => serde_json::to_value(created)?,
+            Err(e) => {
+                failed = true;
+                json!({"Error": e.to_string()})
+            }
+        };
+        out.insert(name, v);
+    }
+    print(&Value::Object(out));
+    if failed {
+        return Err(Failed.into());
+    }
+    Ok(())
+}
+
+pub fn destroy(config_dir: &Path, names: &[String]) -> Result<()> {
+    let c = load(config_dir);
+    let mut out = serde_json::Map::new();
+    let mut failed = false;
+    for n in names {
+        let v = match c.destroy_one(n, &Lines) {
+            Ok(v) => v,
+            Err(e) => {
+                failed = true;
+                json!({"Error": e.to_string()})
+            }
+        };
+        out.insert(n.clone(), v);
+    }
+    print(&Value::Object(out));
+    if failed {
+        return Err(Failed.into());
+    }
+    Ok(())
+}
+
+pub fn list(config_dir: &Path) -> Result<()> {
+    let c = load(config_dir);
+    if c.uris().is_empty() {
+        anyhow::bail!(
+            "no libvirt provider in {}/cloud.providers(.d)",
+            config_dir.display()
+        );
+    }
+    let mut failed = false;
+    println!(
+        "{:<24} {:<10} {:<36} {:<16} ADDRESSES",
+        "NAME", "STATE", "UUID", "PROFILE"
+    );
+    for (uri, r) in c.list() {
+        match r {
+            Ok(list) => {
+                for i in list {
+                    println!(
+                        "{:<24} {:<10} {:<36} {:<16} {}",
+                        i.name,
+                        i.state,
+                        i.uuid,
+                        i.ownership.profile,
+                        if i.addresses.is_empty() {
+                            "-".to_string()
+                        } else {
+                            i.addresses.join(",")
+                        }
+                    );
+                }
+            }
+            Err(e) => {
+                failed = true;
+                eprintln!("{uri}: {e}");
+            }
+        }
+    }
+    if failed {
+        return Err(Failed.into());
+    }
+    Ok(())
+}
+
+pub fn check_config(config_dir: &Path) -> Result<()> {
+    let cfg = CloudConfig::load(config_dir);
+    println!("files read:");
+    for f in &cfg.files {
+        println!("  {}", f.display());
+    }
+    println!("providers:");
+    for (alias, ps) in &cfg.providers {
+        for p in ps {
+            println!(
+                "  {alias}:{} {}",
+                p.driver,
+                if p.driver == "libvirt" {
+                    p.url.clone().unwrap_or_default()
+                } else {
+                    "(not served by virtseed)".into()
+                }
+            );
+        }
+    }
+    println!("profiles:");
+    for (name, p) in &cfg.profiles {
+        println!("  {name} ({})", p.file.display());
+        println!("    provider: {}:{} ({})", p.provider, p.driver, p.url);
+        println!("    base_domain: {}", p.base_domain);
+        println!(
+            "    clone_strategy: {:?}, seed: {:?}, accept: {:?}",
+            p.clone_strategy, p.seed, p.accept
+        );
+        println!(
+            "    cpus: {}, memory: {}, disk: {}, onboot: {}",
+            p.cpus
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "as base".into()),
+            p.memory_mib
+                .map(|m| format!("{m} MiB"))
+                .unwrap_or_else(|| "as base".into()),
+            p.disk_gib
+                .map(|d| format!("{d} GiB"))
+                .unwrap_or_else(|| "as base".into()),
+            p.onboot
+        );
+        if !p.unused.is_empty() {
+            println!(
+                "    unused (salt-cloud SSH deploy options; virtseed seeds the guest instead): {}",
+                p.unused.join(", ")
+            );
+        }
+        if !p.unknown.is_empty() {
+            println!(
+                "    unknown keys (ignored; typos?): {}",
+                p.unknown.join(", ")
+            );
+        }
+        let raw = yaml_serde::to_string(&masked(&p.raw)).unwrap_or_default();
+        println!("    as written (secrets masked):");
+        for line in raw.lines() {
+            println!("      {line}");
+        }
+    }
+    for (name, f) in &cfg.foreign {
+        println!(
+            "  {name} ({}): provider {}:{}, not served by virtseed",
+            f.file.display(),
+            f.provider,
+            f.driver
+        );
+    }
+    if cfg.errors.is_empty() {
+        println!("no errors");
+        Ok(())
+    } else {
+        eprintln!("errors:");
+        for e in &cfg.errors {
+            eprintln!("  {e}");
+        }
+        Err(Failed.into())
+    }
+}

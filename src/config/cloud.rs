@@ -1,0 +1,857 @@
+//! salt-cloud's configuration, read where salt-cloud reads it (relative to the Salt config
+//! dir): `cloud`, `cloud.providers`, `cloud.providers.d/*.conf`, `cloud.profiles`,
+//! `cloud.profiles.d/*.conf`.
+//!
+//! A value is looked up as salt-cloud's `get_cloud_config_value` does: the profile (after
+//! `extends:`), then its provider, then the main `cloud` file; mappings (`minion`, `grains`)
+//! are merged across those levels with the profile winning.
+
+use super::{yaml, ConfigError};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use yaml_serde::{Mapping, Value};
+
+/// Keys salt-cloud's libvirt driver and its SSH deploy step read, which virtseed does not need
+/// (it seeds the guest instead of logging in): accepted, and reported as unused.
+pub const UNUSED_SALT_CLOUD_KEYS: &[&str] = &[
+    "ssh_username",
+    "password",
+    "ssh_password",
+    "ssh_agent",
+    "ssh_port",
+    "ssh_keyfile",
+    "ssh_interface",
+    "sudo",
+    "sudo_password",
+    "deploy",
+    "deploy_command",
+    "script",
+    "script_args",
+    "script_env",
+    "tmp_dir",
+    "file_map",
+    "preflight_cmds",
+    "known_hosts_file",
+    "make_master",
+    "inline_script",
+    "preseed_minion_keys",
+    "force_minion_config",
+    "private_key",
+    "display_ssh_output",
+    "wait_for_ip_timeout",
+    "wait_for_ip_interval",
+    "wait_for_ip_interval_multiplier",
+    "show_deploy_args",
+];
+
+/// Keys virtseed reads from a profile.
+pub const PROFILE_KEYS: &[&str] = &[
+    "provider",
+    "extends",
+    "base_domain",
+    "clone_strategy",
+    "ip_source",
+    "validate_xml",
+    "cpus",
+    "memory",
+    "disk",
+    "onboot",
+    "desc",
+    "minion",
+    "grains",
+    "keysize",
+    "seed",
+    "accept",
+    "autoaccept_window",
+    "force",
+    "wait_for_minion",
+    "minion_timeout",
+    "pool",
+    "max_parallel",
+    "sidecar",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloneStrategy {
+    /// A qcow2 overlay with the base disk as its backing store.
+    Quick,
+    /// A full copy of every base disk.
+    Full,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeedKind {
+    /// A cloud-init NoCloud vfat image labelled `cidata`.
+    CloudInit,
+    /// systemd credentials in SMBIOS type 11 OEM strings.
+    Smbios,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcceptMode {
+    /// Write the minted public key to the master's `minions/` before the VM starts.
+    Preseed,
+    /// The image makes its own key: accept the first one seen for the id, once, in a window.
+    OnFirstAuth,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpSource {
+    IpLearning,
+    QemuAgent,
+}
+
+/// A libvirt provider alias.
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub alias: String,
+    pub driver: String,
+    pub url: Option<String>,
+    pub file: PathBuf,
+    pub raw: Mapping,
+}
+
+/// A profile with everything resolved, ready to clone from.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub name: String,
+    pub file: PathBuf,
+    pub provider: String,
+    pub driver: String,
+    pub url: String,
+    pub base_domain: String,
+    pub clone_strategy: CloneStrategy,
+    pub ip_source: IpSource,
+    pub validate_xml: bool,
+    pub cpus: Option<u32>,
+    pub memory_mib: Option<u64>,
+    pub disk_gib: Option<u64>,
+    pub onboot: bool,
+    pub desc: Option<String>,
+    pub minion: Mapping,
+    pub grains: Mapping,
+    pub keysize: usize,
+    pub seed: SeedKind,
+    pub accept: AcceptMode,
+    pub autoaccept_window_secs: u64,
+    pub force: bool,
+    pub wait_for_minion: bool,
+    pub minion_timeout_secs: u64,
+    pub pool: Option<String>,
+    pub max_parallel: Option<usize>,
+    pub sidecar: Option<String>,
+    /// salt-cloud deploy keys present in the profile that virtseed does not use.
+    pub unused: Vec<String>,
+    /// Keys neither salt-cloud's libvirt driver nor virtseed know (typos?).
+    pub unknown: Vec<String>,
+    /// The merged profile as written (for check-config; print through `masked`).
+    pub raw: Mapping,
+}
+
+/// A profile virtseed does not serve (another driver), reported and skipped.
+#[derive(Debug, Clone)]
+pub struct ForeignProfile {
+    pub name: String,
+    pub file: PathBuf,
+    pub provider: String,
+    pub driver: String,
+}
+
+/// Everything from salt-cloud's files.
+#[derive(Debug, Default)]
+pub struct CloudConfig {
+    pub providers: BTreeMap<String, Vec<Provider>>,
+    pub profiles: BTreeMap<String, Profile>,
+    pub foreign: BTreeMap<String, ForeignProfile>,
+    /// Problems, each naming the file, the profile and the key. A profile with an error is
+    /// not in `profiles`.
+    pub errors: Vec<ConfigError>,
+    pub files: Vec<PathBuf>,
+}
+
+/// The files salt-cloud reads for `base` (`cloud.providers`, then `.d/*.conf` sorted).
+fn layered_files(dir: &Path, base: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let main = dir.join(base);
+    if main.is_file() {
+        out.push(main);
+    }
+    let d = dir.join(format!("{base}.d"));
+    if let Ok(rd) = std::fs::read_dir(&d) {
+        let mut confs: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "conf") && p.is_file())
+            .collect();
+        confs.sort();
+        out.extend(confs);
+    }
+    out
+}
+
+fn key_err(path: &Path, key: String, expected: String) -> ConfigError {
+    ConfigError::Key {
+        path: path.to_path_buf(),
+        key,
+        expected,
+    }
+}
+
+/// Deep merge of mappings (`over` wins), as salt.utils.dictupdate.update does.
+pub fn deep_merge(base: &mut Mapping, over: &Mapping) {
+    for (k, v) in over {
+        match (base.get_mut(k), v) {
+            (Some(Value::Mapping(b)), Value::Mapping(o)) => deep_merge(b, o),
+            _ => {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+impl CloudConfig {
+    pub fn load(dir: &Path) -> CloudConfig {
+        let mut cfg = CloudConfig::default();
+        // The main `cloud` file: global defaults for every profile.
+        let main_path = dir.join("cloud");
+        let main = if main_path.is_file() {
+            cfg.files.push(main_path.clone());
+            match yaml::load_file(&main_path) {
+                Ok(Value::Mapping(m)) => m,
+                Ok(_) => Mapping::new(),
+                Err(e) => {
+                    cfg.errors.push(e);
+                    Mapping::new()
+                }
+            }
+        } else {
+            Mapping::new()
+        };
+
+        // Providers.
+        for file in layered_files(dir, "cloud.providers") {
+            cfg.files.push(file.clone());
+            let v = match yaml::load_file(&file) {
+                Ok(v) => v,
+                Err(e) => {
+                    cfg.errors.push(e);
+                    continue;
+                }
+            };
+            for (alias, body) in v.as_mapping().into_iter().flatten() {
+                let Some(alias) = yaml::as_text(alias) else {
+                    continue;
+                };
+                // An alias is one mapping, or a list of mappings (one per driver).
+                let entries: Vec<&Value> = match body {
+                    Value::Sequence(s) => s.iter().collect(),
+                    other => vec![other],
+                };
+                for entry in entries {
+                    let Some(m) = entry.as_mapping() else {
+                        cfg.errors.push(key_err(
+                            &file,
+                            alias.clone(),
+                            format!(
+                                "must be a mapping with `driver:`, found {}",
+                                yaml::kind(entry)
+                            ),
+                        ));
+                        continue;
+                    };
+                    // `provider:` is the old spelling of `driver:`.
+                    let driver = m
+                        .get("driver")
+                        .or_else(|| m.get("provider"))
+                        .and_then(yaml::as_text);
+                    let Some(driver) = driver else {
+                        cfg.errors.push(key_err(
+                            &file,
+                            format!("{alias}.driver"),
+                            "is required (e.g. `driver: libvirt`)".into(),
+                        ));
+                        continue;
+                    };
+                    let url = m.get("url").and_then(yaml::as_text);
+                    if driver == "libvirt" && url.is_none() {
+                        cfg.errors.push(key_err(
+                            &file,
+                            format!("{alias}.url"),
+                            "is required for driver libvirt (e.g. `url: qemu:///system`)".into(),
+                        ));
+                        continue;
+                    }
+                    let list = cfg.providers.entry(alias.clone()).or_default();
+                    list.retain(|p| p.driver != driver);
+                    list.push(Provider {
+                        alias: alias.clone(),
+                        driver,
+                        url,
+                        file: file.clone(),
+                        raw: m.clone(),
+                    });
+                }
+            }
+        }
+
+        // Profiles, as written (extends resolved below).
+        let mut written: BTreeMap<String, (PathBuf, Mapping)> = BTreeMap::new();
+        for file in layered_files(dir, "cloud.profiles") {
+            cfg.files.push(file.clone());
+            let v = match yaml::load_file(&file) {
+                Ok(v) => v,
+                Err(e) => {
+                    cfg.errors.push(e);
+                    continue;
+                }
+            };
+            for (name, body) in v.as_mapping().into_iter().flatten() {
+                let Some(name) = yaml::as_text(name) else {
+                    continue;
+                };
+                match body.as_mapping() {
+                    Some(m) => {
+                        written.insert(name, (file.clone(), m.clone()));
+                    }
+                    None => cfg.errors.push(key_err(
+                        &file,
+                        name,
+                        format!("a profile must be a mapping, found {}", yaml::kind(body)),
+                    )),
+                }
+            }
+        }
+
+        for name in written.keys() {
+            let (file, _) = &written[name];
+            let merged = match resolve_extends(name, &written) {
+                Ok(m) => m,
+                Err(msg) => {
+                    cfg.errors
+                        .push(key_err(file, format!("{name}.extends"), msg));
+                    continue;
+                }
+            };
+            match resolve_profile(name, file, merged, &cfg.providers, &main) {
+                Ok(Resolved::Ours(p)) => {
+                    cfg.profiles.insert(name.clone(), *p);
+                }
+                Ok(Resolved::Foreign(f)) => {
+                    cfg.foreign.insert(name.clone(), f);
+                }
+                Err(e) => cfg.errors.push(e),
+            }
+        }
+        cfg
+    }
+
+    /// The profile `name`, or an error saying why it cannot be used.
+    pub fn profile(&self, name: &str) -> Result<&Profile, String> {
+        if let Some(p) = self.profiles.get(name) {
+            return Ok(p);
+        }
+        if let Some(f) = self.foreign.get(name) {
+            return Err(format!(
+                "profile {name:?} ({}) uses provider {}:{}, which virtseed does not serve (it serves driver libvirt)",
+                f.file.display(),
+                f.provider,
+                f.driver
+            ));
+        }
+        if let Some(e) = self
+            .errors
+            .iter()
+            .find(|e| e.to_string().contains(&format!("`{name}.")))
+        {
+            return Err(format!("profile {name:?} has an error: {e}"));
+        }
+        let known: Vec<&str> = self.profiles.keys().map(|s| s.as_str()).collect();
+        Err(format!(
+            "no profile {name:?} in cloud.profiles(.d){}",
+            if known.is_empty() {
+                String::new()
+            } else {
+                format!(" (known: {})", known.join(", "))
+            }
+        ))
+    }
+}
+
+enum Resolved {
+    Ours(Box<Profile>),
+    Foreign(ForeignProfile),
+}
+
+fn resolve_extends(
+    name: &str,
+    written: &BTreeMap<String, (PathBuf, Mapping)>,
+) -> Result<Mapping, String> {
+    let mut chain = vec![name.to_string()];
+    let mut cur = name.to_string();
+    loop {
+        let (_, m) = &written[&cur];
+        match m.get("extends").and_then(yaml::as_text) {
+            None => break,
+            Some(parent) => {
+                if chain.contains(&parent) {
+                    chain.push(parent);
+                    return Err(format!("forms a loop: {}", chain.join(" -> ")));
+                }
+                if !written.contains_key(&parent) {
+                    return Err(format!("names {parent:?}, which is not a profile"));
+                }
+                chain.push(parent.clone());
+                cur = parent;
+            }
+        }
+    }
+    // Oldest ancestor first, each child merged over it.
+    let mut merged = Mapping::new();
+    for n in chain.iter().rev() {
+        deep_merge(&mut merged, &written[n].1);
+    }
+    merged.remove("extends");
+    Ok(merged)
+}
+
+/// Parses a memory size in MiB: a number (MiB, as in proxmox and virt profiles), or a string
+/// with a unit (`512M`, `2G`, `2GiB`, `1024 MiB`).
+pub fn parse_mib(v: &Value) -> Option<u64> {
+    if let Some(n) = yaml::as_i64(v) {
+        return u64::try_from(n).ok();
+    }
+    let s = v.as_str()?.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mul = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "m" | "mb" | "mib" => 1,
+        "g" | "gb" | "gib" => 1024,
+        "t" | "tb" | "tib" => 1024 * 1024,
+        _ => return None,
+    };
+    n.checked_mul(mul)
+}
+
+fn resolve_profile(
+    name: &str,
+    file: &Path,
+    prof: Mapping,
+    providers: &BTreeMap<String, Vec<Provider>>,
+    main: &Mapping,
+) -> Result<Resolved, ConfigError> {
+    let err = |key: &str, expected: String| key_err(file, format!("{name}.{key}"), expected);
+    let provider_ref = prof
+        .get("provider")
+        .and_then(yaml::as_text)
+        .ok_or_else(|| {
+            err(
+                "provider",
+                "is required: the provider alias (`alias` or `alias:driver`)".into(),
+            )
+        })?;
+    let (alias, want_driver) = match provider_ref.split_once(':') {
+        Some((a, d)) => (a.to_string(), Some(d.to_string())),
+        None => (provider_ref.clone(), None),
+    };
+    let candidates = providers.get(&alias).ok_or_else(|| {
+        err(
+            "provider",
+            format!(
+                "names {alias:?}, which is not in cloud.providers(.d) (known: {})",
+                providers.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        )
+    })?;
+    let provider = match &want_driver {
+        Some(d) => candidates
+            .iter()
+            .find(|p| &p.driver == d)
+            .ok_or_else(|| err("provider", format!("alias {alias:?} has no driver {d:?}")))?,
+        None => {
+            if candidates.len() > 1 {
+                return Err(err(
+                    "provider",
+                    format!("alias {alias:?} has several drivers; write `{alias}:<driver>`"),
+                ));
+            }
+            &candidates[0]
+        }
+    };
+    if provider.driver != "libvirt" {
+        return Ok(Resolved::Foreign(ForeignProfile {
+            name: name.to_string(),
+            file: file.to_path_buf(),
+            provider: alias,
+            driver: provider.driver.clone(),
+        }));
+    }
+
+    // Lookup order: profile, provider, main cloud file; mappings merged.
+    let lookup = |key: &str| -> Option<Value> {
+        let levels = [main.get(key), provider.raw.get(key), prof.get(key)];
+        if levels.iter().flatten().any(|v| v.is_mapping()) {
+            let mut out = Mapping::new();
+            for v in levels.iter().flatten() {
+                if let Value::Mapping(m) = v {
+                    deep_merge(&mut out, m);
+                }
+            }
+            return Some(Value::Mapping(out));
+        }
+        levels.iter().rev().flatten().next().map(|v| (*v).clone())
+    };
+    let boolean = |key: &str, default: bool| -> Result<bool, ConfigError> {
+        match lookup(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => yaml::as_bool(&v).ok_or_else(|| {
+                err(
+                    key,
+                    format!("must be true or false (yes/no/on/off), not {}", show(&v)),
+                )
+            }),
+        }
+    };
+    let number = |key: &str, min: i64, max: i64| -> Result<Option<i64>, ConfigError> {
+        match lookup(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => match yaml::as_i64(&v) {
+                Some(n) if (min..=max).contains(&n) => Ok(Some(n)),
+                _ => Err(err(
+                    key,
+                    format!(
+                        "must be a whole number from {min} to {max}, not {}",
+                        show(&v)
+                    ),
+                )),
+            },
+        }
+    };
+    let text = |key: &str| -> Result<Option<String>, ConfigError> {
+        match lookup(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => yaml::as_text(&v)
+                .map(Some)
+                .ok_or_else(|| err(key, format!("must be a string, not {}", yaml::kind(&v)))),
+        }
+    };
+    let mapping = |key: &str| -> Result<Mapping, ConfigError> {
+        match lookup(key) {
+            None | Some(Value::Null) => Ok(Mapping::new()),
+            Some(Value::Mapping(m)) => Ok(m),
+            Some(v) => Err(err(
+                key,
+                format!("must be a mapping, not {}", yaml::kind(&v)),
+            )),
+        }
+    };
+
+    let base_domain = text("base_domain")?
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            err(
+                "base_domain",
+                "is required: the name of the shut-off libvirt domain to clone".into(),
+            )
+        })?;
+    let clone_strategy = match text("clone_strategy")?.as_deref() {
+        None | Some("quick") => CloneStrategy::Quick,
+        Some("full") => CloneStrategy::Full,
+        Some(o) => {
+            return Err(err(
+                "clone_strategy",
+                format!("must be quick or full, not {o:?}"),
+            ))
+        }
+    };
+    let ip_source = match text("ip_source")?.as_deref() {
+        None | Some("ip-learning") => IpSource::IpLearning,
+        Some("qemu-agent") => IpSource::QemuAgent,
+        Some(o) => {
+            return Err(err(
+                "ip_source",
+                format!("must be ip-learning or qemu-agent, not {o:?}"),
+            ))
+        }
+    };
+    let memory_mib = match lookup("memory") {
+        None | Some(Value::Null) => None,
+        Some(v) => match parse_mib(&v) {
+            Some(n) if (16..=16 * 1024 * 1024).contains(&n) => Some(n),
+            _ => {
+                return Err(err(
+                    "memory",
+                    format!(
+                        "must be a size in MiB of at least 16 (e.g. 2048 or '2G'), not {}",
+                        show(&v)
+                    ),
+                ))
+            }
+        },
+    };
+    let seed = match text("seed")?.as_deref() {
+        None | Some("cloud-init") | Some("cloudinit") | Some("nocloud") => SeedKind::CloudInit,
+        Some("smbios") => SeedKind::Smbios,
+        Some(o) => {
+            return Err(err(
+                "seed",
+                format!("must be cloud-init or smbios, not {o:?}"),
+            ))
+        }
+    };
+    let accept = match text("accept")?.as_deref() {
+        None | Some("preseed") => AcceptMode::Preseed,
+        Some("on_first_auth") => AcceptMode::OnFirstAuth,
+        Some(o) => {
+            return Err(err(
+                "accept",
+                format!("must be preseed or on_first_auth, not {o:?}"),
+            ))
+        }
+    };
+    let keysize = number("keysize", 2048, 8192)?.unwrap_or(2048);
+    if keysize % 1024 != 0 {
+        return Err(err(
+            "keysize",
+            format!("must be a multiple of 1024 (2048, 3072, 4096), not {keysize}"),
+        ));
+    }
+    let minion = mapping("minion")?;
+    let grains = mapping("grains")?;
+    let pool = text("pool")?;
+    let sidecar = text("sidecar")?;
+    if let Some(s) = &sidecar {
+        if !crate::names::valid_minion_id(s) {
+            return Err(err(
+                "sidecar",
+                format!("must be the sidecar's minion id, not {s:?}"),
+            ));
+        }
+    }
+
+    let mut unused = Vec::new();
+    let mut unknown = Vec::new();
+    for k in prof.keys().filter_map(yaml::as_text) {
+        if UNUSED_SALT_CLOUD_KEYS.contains(&k.as_str()) {
+            unused.push(k);
+        } else if !PROFILE_KEYS.contains(&k.as_str()) {
+            unknown.push(k);
+        }
+    }
+
+    Ok(Resolved::Ours(Box::new(Profile {
+        name: name.to_string(),
+        file: file.to_path_buf(),
+        provider: alias,
+        driver: provider.driver.clone(),
+        url: provider.url.clone().unwrap_or_default(),
+        base_domain,
+        clone_strategy,
+        ip_source,
+        validate_xml: boolean("validate_xml", true)?,
+        cpus: number("cpus", 1, 4096)?.map(|n| n as u32),
+        memory_mib,
+        disk_gib: number("disk", 1, 65536)?.map(|n| n as u64),
+        onboot: boolean("onboot", false)?,
+        desc: text("desc")?,
+        minion,
+        grains,
+        keysize: keysize as usize,
+        seed,
+        accept,
+        autoaccept_window_secs: number("autoaccept_window", 1, 86400)?.unwrap_or(600) as u64,
+        force: boolean("force", false)?,
+        wait_for_minion: boolean("wait_for_minion", true)?,
+        minion_timeout_secs: number("minion_timeout", 1, 86400)?.unwrap_or(300) as u64,
+        pool,
+        max_parallel: number("max_parallel", 1, 1024)?.map(|n| n as usize),
+        sidecar,
+        unused,
+        unknown,
+        raw: prof,
+    })))
+}
+
+fn show(v: &Value) -> String {
+    match yaml::as_text(v) {
+        Some(t) => format!("{t:?}"),
+        None => yaml::kind(v).to_string(),
+    }
+}
+
+/// True for keys whose values are secrets (passwords, keys, tokens).
+pub fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    [
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "private_key",
+        "priv_key",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
+}
+
+/// A copy of `m` with secret values replaced by `********`, at any depth.
+pub fn masked(m: &Mapping) -> Mapping {
+    let mut out = Mapping::new();
+    for (k, v) in m {
+        let secret = yaml::as_text(k).is_some_and(|k| is_secret_key(&k));
+        let v = if secret {
+            Value::String("********".into())
+        } else if let Value::Mapping(inner) = v {
+            Value::Mapping(masked(inner))
+        } else {
+            v.clone()
+        };
+        out.insert(k.clone(), v);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            let p = d.path().join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        d
+    }
+
+    /// The example files of salt-cloud's libvirt documentation, unchanged.
+    const DOC_PROVIDERS: &str = "# Set up a provider with qemu+ssh protocol\nkvm-via-ssh:\n  driver: libvirt\n  url: qemu+ssh://user@kvm.company.com/system?socket=/var/run/libvirt/libvirt-sock\n\n# Or connect to a local libvirt instance\nlocal-kvm:\n  driver: libvirt\n  url: qemu:///system\n  # work around flag for XML validation errors for cloned VMs\n  validate_xml: no\n";
+    const DOC_PROFILES: &str = "base-centos7-64:\n  provider: local-kvm\n  # the domain to clone\n  base_domain: base-centos7-64\n  # how to obtain the IP address of the cloned instance\n  # ip-learning or qemu-agent\n  ip_source: ip-learning\n  # clone_strategy = [ quick | full ]\n  clone_strategy: quick\n  ssh_username: vagrant\n  # has_ssh_agent: True\n  password: vagrant\n  # if /tmp is mounted noexec do workaround\n  deploy_command: sh /tmp/.saltcloud/deploy.sh\n  # -F makes the bootstrap script overwrite existing config\n  # which make reprovisioning a box work\n  script_args: -F\n  grains:\n    clones-are-awesome: true\n";
+
+    #[test]
+    fn salt_cloud_doc_examples_load_unchanged() {
+        let d = dir_with(&[
+            ("cloud.providers.d/libvirt.conf", DOC_PROVIDERS),
+            ("cloud.profiles.d/libvirt.conf", DOC_PROFILES),
+        ]);
+        let cfg = CloudConfig::load(d.path());
+        assert!(cfg.errors.is_empty(), "{:?}", cfg.errors);
+        let p = cfg.profile("base-centos7-64").unwrap();
+        assert_eq!(p.url, "qemu:///system");
+        assert_eq!(p.base_domain, "base-centos7-64");
+        assert_eq!(p.clone_strategy, CloneStrategy::Quick);
+        // `validate_xml: no` on the provider reaches the profile.
+        assert!(!p.validate_xml);
+        assert_eq!(
+            p.unused,
+            ["ssh_username", "password", "deploy_command", "script_args"]
+        );
+        assert!(p.unknown.is_empty());
+        assert_eq!(p.grains.get("clones-are-awesome"), Some(&Value::Bool(true)));
+        let m = masked(&p.raw);
+        assert_eq!(m.get("password").and_then(|v| v.as_str()), Some("********"));
+        assert_eq!(
+            cfg.providers["kvm-via-ssh"][0].url.as_deref().unwrap(),
+            "qemu+ssh://user@kvm.company.com/system?socket=/var/run/libvirt/libvirt-sock"
+        );
+    }
+
+    #[test]
+    fn extends_layers_and_sizing() {
+        let d = dir_with(&[
+            ("cloud", "minion:\n  master: 10.0.2.2\n  master_port: 4506\n"),
+            ("cloud.providers", "kvm:\n  driver: libvirt\n  url: test:///default\n  minion:\n    master_port: 5506\n"),
+            (
+                "cloud.profiles",
+                "base:\n  provider: kvm:libvirt\n  base_domain: test\n  memory: 1G\n  grains: {a: 1, b: 2}\nsmall:\n  extends: base\n  cpus: '2'\n  disk: 20\n  onboot: yes\n  grains: {b: 3}\n  minion: {log_level: debug}\n",
+            ),
+        ]);
+        let cfg = CloudConfig::load(d.path());
+        assert!(cfg.errors.is_empty(), "{:?}", cfg.errors);
+        let p = cfg.profile("small").unwrap();
+        assert_eq!(p.base_domain, "test");
+        assert_eq!(
+            (p.cpus, p.memory_mib, p.disk_gib, p.onboot),
+            (Some(2), Some(1024), Some(20), true)
+        );
+        assert_eq!(yaml::as_i64(&p.grains["a"]), Some(1));
+        assert_eq!(yaml::as_i64(&p.grains["b"]), Some(3));
+        // minion: global < provider < profile
+        assert_eq!(
+            p.minion.get("master").and_then(|v| v.as_str()),
+            Some("10.0.2.2")
+        );
+        assert_eq!(yaml::as_i64(&p.minion["master_port"]), Some(5506));
+        assert_eq!(
+            p.minion.get("log_level").and_then(|v| v.as_str()),
+            Some("debug")
+        );
+    }
+
+    #[test]
+    fn foreign_drivers_are_reported_not_served() {
+        let d = dir_with(&[
+            ("cloud.providers", "pve:\n  driver: proxmox\n  user: root@pam\n  password: x\n  url: pve.example.com\n"),
+            ("cloud.profiles", "ct:\n  provider: pve\n  image: local:vztmpl/debian.tar.gz\n"),
+        ]);
+        let cfg = CloudConfig::load(d.path());
+        assert!(cfg.errors.is_empty(), "{:?}", cfg.errors);
+        let e = cfg.profile("ct").unwrap_err();
+        assert!(
+            e.contains("pve:proxmox") && e.contains("does not serve"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn errors_name_file_profile_and_key() {
+        let d = dir_with(&[
+            ("cloud.providers", "kvm:\n  driver: libvirt\n  url: test:///default\nnourl:\n  driver: libvirt\n"),
+            (
+                "cloud.profiles.d/x.conf",
+                "a:\n  provider: kvm\n  base_domain: test\n  cpus: many\nb:\n  provider: nope\n  base_domain: t\nc:\n  provider: kvm\nd:\n  extends: d\ne:\n  provider: kvm\n  base_domain: t\n  clone_strategy: linked\nf:\n  provider: kvm\n  base_domain: t\n  memory: lots\ng:\n  provider: kvm\n  base_domain: t\n  onboot: maybe\n",
+            ),
+        ]);
+        let cfg = CloudConfig::load(d.path());
+        let msgs: Vec<String> = cfg.errors.iter().map(|e| e.to_string()).collect();
+        let find = |needle: &str| {
+            msgs.iter()
+                .find(|m| m.contains(needle))
+                .unwrap_or_else(|| panic!("no error with {needle:?} in {msgs:#?}"))
+                .clone()
+        };
+        assert!(find("`nourl.url`").contains("cloud.providers"));
+        let a = find("`a.cpus`");
+        assert!(
+            a.contains("x.conf") && a.contains("whole number") && a.contains("\"many\""),
+            "{a}"
+        );
+        assert!(find("`b.provider`").contains("\"nope\""));
+        assert!(find("`c.base_domain`").contains("required"));
+        assert!(find("`d.extends`").contains("loop"));
+        assert!(find("`e.clone_strategy`").contains("quick or full"));
+        assert!(find("`f.memory`").contains("MiB"));
+        assert!(find("`g.onboot`").contains("true or false"));
+        assert!(cfg.profiles.is_empty());
+        assert!(cfg.profile("a").unwrap_err().contains("cpus"));
+        assert!(cfg.profile("zzz").unwrap_err().contains("no profile"));
+    }
+
+    #[test]
+    fn malformed_yaml_names_file_and_line() {
+        let d = dir_with(&[("cloud.profiles", "a:\n  provider: [x\n")]);
+        let cfg = CloudConfig::load(d.path());
+        let m = cfg.errors[0].to_string();
+        assert!(m.contains("cloud.profiles line"), "{m}");
+    }
+
+    #[test]
+    fn memory_units() {
+        let v = |s: &str| parse_mib(&yaml_serde::from_str::<Value>(s).unwrap());
+        assert_eq!(v("512"), Some(512));
+        assert_eq!(v("'2G'"), Some(2048));
+        assert_eq!(v("'1024 MiB'"), Some(1024));
+        assert_eq!(v("'1x'"), None);
+        assert_eq!(v("-1"), None);
+    }
+}

@@ -1,0 +1,578 @@
+//! Reading a base domain's XML and writing its clone's.
+
+use super::dom::{self, Element};
+
+/// virtseed's metadata namespace (ownership record on every domain it makes).
+pub const NS: &str = "https://virtseed.dev/xmlns/instance/1";
+pub const NS_PREFIX: &str = "virtseed";
+
+/// Where a base disk's bytes are.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DiskSource {
+    File(String),
+    Volume { pool: String, volume: String },
+}
+
+/// One disk of the base domain that a clone needs its own copy of.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BaseDisk {
+    /// The guest device name (`vda`), unique in a domain.
+    pub target: String,
+    pub source: DiskSource,
+    /// The `<driver type=...>` (qcow2, raw), if given.
+    pub format: Option<String>,
+}
+
+/// What a base domain offers to clone.
+#[derive(Debug, Clone)]
+pub struct BaseXml {
+    pub root: Element,
+    pub disks: Vec<BaseDisk>,
+    pub nvram: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DomainXmlError {
+    #[error("{0}")]
+    Xml(String),
+    #[error("base domain {base:?}: disk {target} is {kind}; virtseed clones file and volume disks only (a shared {kind} disk would be written by every clone)")]
+    UnsupportedDisk {
+        base: String,
+        target: String,
+        kind: String,
+    },
+    #[error("base domain {base:?} has no disk to clone")]
+    NoDisk { base: String },
+}
+
+impl From<dom::XmlError> for DomainXmlError {
+    fn from(e: dom::XmlError) -> Self {
+        DomainXmlError::Xml(e.to_string())
+    }
+}
+
+fn is_removable(disk: &Element) -> bool {
+    matches!(
+        disk.attr("device").as_deref(),
+        Some("cdrom") | Some("floppy")
+    )
+}
+
+/// Parses the base's XML and finds the disks to clone. Block, network and other disk types
+/// are refused: every clone would share and write the same device.
+pub fn read_base(base: &str, xml: &str) -> Result<BaseXml, DomainXmlError> {
+    let root = dom::parse(xml)?;
+    if root.name != "domain" {
+        return Err(DomainXmlError::Xml(format!(
+            "expected <domain>, found <{}>",
+            root.name
+        )));
+    }
+    let mut disks = Vec::new();
+    if let Some(devices) = root.child("devices") {
+        for d in devices.elements().filter(|e| e.name == "disk") {
+            if is_removable(d) {
+                continue;
+            }
+            let target = d
+                .child("target")
+                .and_then(|t| t.attr("dev"))
+                .unwrap_or_else(|| "?".into());
+            let kind = d.attr("type").unwrap_or_else(|| "file".into());
+            let source = d.child("source");
+            let src = match (kind.as_str(), source) {
+                ("file", Some(s)) if s.attr("file").is_some() => {
+                    DiskSource::File(s.attr("file").unwrap_or_default())
+                }
+                ("volume", Some(s)) if s.attr("pool").is_some() && s.attr("volume").is_some() => {
+                    DiskSource::Volume {
+                        pool: s.attr("pool").unwrap_or_default(),
+                        volume: s.attr("volume").unwrap_or_default(),
+                    }
+                }
+                // A file disk without a source is an empty drive: nothing to clone.
+                ("file", None) => continue,
+                _ => {
+                    return Err(DomainXmlError::UnsupportedDisk {
+                        base: base.into(),
+                        target,
+                        kind: format!("a {kind} disk"),
+                    })
+                }
+            };
+            disks.push(BaseDisk {
+                target,
+                source: src,
+                format: d.child("driver").and_then(|drv| drv.attr("type")),
+            });
+        }
+    }
+    if disks.is_empty() {
+        return Err(DomainXmlError::NoDisk { base: base.into() });
+    }
+    let nvram = root
+        .child("os")
+        .and_then(|os| os.child("nvram"))
+        .map(|n| n.text())
+        .filter(|t| !t.is_empty());
+    Ok(BaseXml { root, disks, nvram })
+}
+
+/// The ownership record virtseed writes into every clone's `<metadata>`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Ownership {
+    pub profile: String,
+    pub provider: String,
+    pub base: String,
+    pub fingerprint: String,
+    /// Seconds since the epoch.
+    pub created: u64,
+    pub request: String,
+    /// Every volume this clone owns, by path (disks, NVRAM, seed): what destroy deletes.
+    pub volumes: Vec<String>,
+    /// The NVRAM file, if copied outside a pool.
+    pub files: Vec<String>,
+}
+
+impl Ownership {
+    pub fn to_element(&self) -> Element {
+        let p = |n: &str| format!("{NS_PREFIX}:{n}");
+        let mut el = Element::new(&p("instance"))
+            .with_attr(&format!("xmlns:{NS_PREFIX}"), NS)
+            .with_child(Element::new(&p("profile")).with_text(&self.profile))
+            .with_child(Element::new(&p("provider")).with_text(&self.provider))
+            .with_child(Element::new(&p("base")).with_text(&self.base))
+            .with_child(Element::new(&p("fingerprint")).with_text(&self.fingerprint))
+            .with_child(Element::new(&p("created")).with_text(&self.created.to_string()))
+            .with_child(Element::new(&p("request")).with_text(&self.request));
+        for v in &self.volumes {
+            el = el.with_child(Element::new(&p("volume")).with_text(v));
+        }
+        for f in &self.files {
+            el = el.with_child(Element::new(&p("file")).with_text(f));
+        }
+        el
+    }
+
+    /// Reads the record back from the element libvirt returns for our namespace (libvirt may
+    /// pick its own prefix, so match on local names).
+    pub fn parse(xml: &str) -> Result<Self, DomainXmlError> {
+        let root = dom::parse(xml)?;
+        let local = |n: &str| n.rsplit(':').next().unwrap_or(n).to_string();
+        if local(&root.name) != "instance" {
+            return Err(DomainXmlError::Xml("not a virtseed instance record".into()));
+        }
+        let mut o = Ownership::default();
+        for c in root.elements() {
+            let t = c.text();
+            match local(&c.name).as_str() {
+                "profile" => o.profile = t,
+                "provider" => o.provider = t,
+                "base" => o.base = t,
+                "fingerprint" => o.fingerprint = t,
+                "created" => o.created = t.parse().unwrap_or(0),
+                "request" => o.request = t,
+                "volume" => o.volumes.push(t),
+                "file" => o.files.push(t),
+                _ => {}
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// Where a clone's copy of one base disk lives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CloneDisk {
+    pub target: String,
+    /// The volume's path (for file disks) or pool/volume (for volume disks).
+    pub source: DiskSource,
+    pub format: String,
+}
+
+/// Everything that differs between the base and its clone.
+#[derive(Debug, Clone)]
+pub struct CloneSpec {
+    pub name: String,
+    pub uuid: String,
+    pub description: String,
+    pub disks: Vec<CloneDisk>,
+    pub nvram: Option<String>,
+    pub cpus: Option<u32>,
+    pub memory_mib: Option<u64>,
+    pub ownership: Ownership,
+    /// Extra devices (the seed disk), appended to `<devices>`.
+    pub extra_devices: Vec<Element>,
+    /// SMBIOS type 11 OEM strings (`<sysinfo type='smbios'><oemStrings>`).
+    pub oem_strings: Vec<String>,
+}
+
+/// A locally administered unicast MAC in QEMU's 52:54:00 range, random.
+pub fn random_mac() -> String {
+    let b: [u8; 3] = rand::random();
+    format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2])
+}
+
+/// Writes the clone's domain XML from the base's. Returns the XML and the MACs given.
+pub fn clone_xml(
+    base: &BaseXml,
+    spec: &CloneSpec,
+) -> Result<(String, Vec<String>), DomainXmlError> {
+    let mut root = base.root.clone();
+    root.remove_attr("id");
+    root.child_or_insert("name").set_text(&spec.name);
+    root.child_or_insert("uuid").set_text(&spec.uuid);
+    root.child_or_insert("description")
+        .set_text(&spec.description);
+    if let Some(mib) = spec.memory_mib {
+        let kib = (mib * 1024).to_string();
+        for tag in ["memory", "currentMemory"] {
+            if let Some(m) = root.child_mut(tag) {
+                m.set_attr("unit", "KiB");
+                m.set_text(&kib);
+            }
+        }
+        if root.child("memory").is_none() {
+            root.append(
+                Element::new("memory")
+                    .with_attr("unit", "KiB")
+                    .with_text(&kib),
+            );
+        }
+        if let Some(m) = root.child_mut("maxMemory") {
+            // A hotplug ceiling below the new size would be refused by libvirt.
+            let _ = m;
+            root.remove_children(|e| e.name == "maxMemory");
+        }
+    }
+    if let Some(n) = spec.cpus {
+        let v = root.child_or_insert("vcpu");
+        v.remove_attr("current");
+        v.set_text(&n.to_string());
+        if let Some(topo) = root.child_mut("cpu").and_then(|c| c.child_mut("topology")) {
+            topo.set_attr("sockets", &n.to_string());
+            topo.set_attr("dies", "1");
+            topo.set_attr("cores", "1");
+            topo.set_attr("threads", "1");
+            if topo.attr("clusters").is_some() {
+                topo.set_attr("clusters", "1");
+            }
+        }
+        root.remove_children(|e| e.name == "vcpus");
+    }
+    if let (Some(path), Some(os)) = (&spec.nvram, root.child_mut("os")) {
+        if let Some(nv) = os.child_mut("nvram") {
+            nv.set_text(path);
+        }
+    }
+    if !spec.oem_strings.is_empty() {
+        let os = root.child_or_insert("os");
+        os.remove_children(|e| e.name == "smbios");
+        os.append(Element::new("smbios").with_attr("mode", "sysinfo"));
+        root.remove_children(|e| {
+            e.name == "sysinfo" && e.attr("type").as_deref() == Some("smbios")
+        });
+        let mut oem = Element::new("oemStrings");
+        for s in &spec.oem_strings {
+            oem = oem.with_child(Element::new("entry").with_text(s));
+        }
+        root.append(
+            Element::new("sysinfo")
+                .with_attr("type", "smbios")
+                .with_child(oem),
+        );
+    }
+    let mut macs = Vec::new();
+    let devices = root.child_or_insert("devices");
+    devices.remove_children(|e| e.name == "disk" && is_removable(e));
+    for d in devices.elements_mut() {
+        match d.name.as_str() {
+            "disk" => {
+                let target = d.child("target").and_then(|t| t.attr("dev"));
+                let Some(cd) = spec
+                    .disks
+                    .iter()
+                    .find(|c| Some(&c.target) == target.as_ref())
+                else {
+                    continue;
+                };
+                d.remove_children(|e| e.name == "backingStore");
+                let src = d.child_or_insert("source");
+                match &cd.source {
+                    DiskSource::File(path) => {
+                        src.remove_attr("pool");
+                        src.remove_attr("volume");
+                        src.set_attr("file", path);
+                    }
+                    DiskSource::Volume { pool, volume } => {
+                        src.set_attr("pool", pool);
+                        src.set_attr("volume", volume);
+                    }
+                }
+                let drv = d.child_or_insert("driver");
+                if drv.attr("name").is_none() {
+                    drv.set_attr("name", "qemu");
+                }
+                drv.set_attr("type", &cd.format);
+            }
+            "interface" => {
+                let mac = random_mac();
+                d.child_or_insert("mac").set_attr("address", &mac);
+                // A host-side device name from the base would clash.
+                d.remove_children(|e| e.name == "target");
+                macs.push(mac);
+            }
+            "channel" if d.attr("type").as_deref() == Some("unix") => {
+                // The agent socket path names the domain: let libvirt make a fresh one.
+                if let Some(s) = d.child_mut("source") {
+                    s.remove_attr("path");
+                }
+            }
+            _ => {}
+        }
+    }
+    for extra in &spec.extra_devices {
+        devices.append(extra.clone());
+    }
+    let meta = root.child_or_insert("metadata");
+    meta.remove_children(|e| {
+        e.name.ends_with(":instance")
+            && e.attr(&format!("xmlns:{}", e.name.split(':').next().unwrap_or("")))
+                .as_deref()
+                == Some(NS)
+    });
+    meta.append(spec.ownership.to_element());
+    Ok((root.to_xml(), macs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub const BASE: &str = r#"<domain type='kvm' id='3'>
+  <name>base</name>
+  <uuid>11111111-2222-3333-4444-555555555555</uuid>
+  <description>golden</description>
+  <metadata>
+    <libosinfo:libosinfo xmlns:libosinfo="http://libosinfo.org/xmlns/libvirt/domain/1.0">
+      <libosinfo:os id="http://debian.org/debian/12"/>
+    </libosinfo:libosinfo>
+  </metadata>
+  <memory unit='KiB'>1048576</memory>
+  <currentMemory unit='KiB'>1048576</currentMemory>
+  <vcpu placement='static'>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc-q35-7.2'>hvm</type>
+    <loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>
+    <nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>/var/lib/libvirt/qemu/nvram/base_VARS.fd</nvram>
+  </os>
+  <cpu mode='host-model'><topology sockets='1' dies='1' cores='1' threads='1'/></cpu>
+  <devices>
+    <!-- the system disk -->
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='/pool/base.qcow2'/>
+      <backingStore/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='volume' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source pool='data' volume='base-data.img'/>
+      <target dev='vdb' bus='virtio'/>
+    </disk>
+    <disk type='file' device='cdrom'>
+      <source file='/iso/debian.iso'/>
+      <target dev='sda' bus='sata'/>
+      <readonly/>
+    </disk>
+    <interface type='user'>
+      <mac address='52:54:00:aa:bb:cc'/>
+      <model type='virtio'/>
+    </interface>
+    <interface type='network'>
+      <mac address='52:54:00:aa:bb:cd'/>
+      <source network='default'/>
+      <target dev='vnet3'/>
+    </interface>
+    <channel type='unix'>
+      <source mode='bind' path='/var/lib/libvirt/qemu/channel/target/domain-3-base/org.qemu.guest_agent.0'/>
+      <target type='virtio' name='org.qemu.guest_agent.0'/>
+    </channel>
+  </devices>
+</domain>"#;
+
+    fn spec() -> CloneSpec {
+        CloneSpec {
+            name: "web1".into(),
+            uuid: "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee".into(),
+            description: "cloned from base by virtseed".into(),
+            disks: vec![
+                CloneDisk {
+                    target: "vda".into(),
+                    source: DiskSource::File("/pool/web1-vda.qcow2".into()),
+                    format: "qcow2".into(),
+                },
+                CloneDisk {
+                    target: "vdb".into(),
+                    source: DiskSource::Volume {
+                        pool: "data".into(),
+                        volume: "web1-vdb.qcow2".into(),
+                    },
+                    format: "qcow2".into(),
+                },
+            ],
+            nvram: Some("/var/lib/libvirt/qemu/nvram/web1_VARS.fd".into()),
+            cpus: Some(4),
+            memory_mib: Some(2048),
+            ownership: Ownership {
+                profile: "p".into(),
+                provider: "kvm".into(),
+                base: "base".into(),
+                fingerprint: "aa:bb".into(),
+                created: 1700000000,
+                request: "r1".into(),
+                volumes: vec!["/pool/web1-vda.qcow2".into()],
+                files: vec![],
+            },
+            extra_devices: vec![],
+            oem_strings: vec![],
+        }
+    }
+
+    #[test]
+    fn reads_base_disks() {
+        let b = read_base("base", BASE).unwrap();
+        assert_eq!(b.disks.len(), 2, "the cdrom is not cloned");
+        assert_eq!(
+            b.disks[0].source,
+            DiskSource::File("/pool/base.qcow2".into())
+        );
+        assert_eq!(b.disks[0].format.as_deref(), Some("qcow2"));
+        assert_eq!(
+            b.disks[1].source,
+            DiskSource::Volume {
+                pool: "data".into(),
+                volume: "base-data.img".into()
+            }
+        );
+        assert_eq!(
+            b.nvram.as_deref(),
+            Some("/var/lib/libvirt/qemu/nvram/base_VARS.fd")
+        );
+    }
+
+    #[test]
+    fn refuses_shared_disks() {
+        let xml = BASE.replace(
+            "<disk type='volume' device='disk'>",
+            "<disk type='block' device='disk'>",
+        );
+        let e = read_base("base", &xml).unwrap_err();
+        assert!(e.to_string().contains("disk vdb is a block disk"), "{e}");
+        let e = read_base("base", "<domain><name>x</name></domain>").unwrap_err();
+        assert_eq!(
+            e,
+            DomainXmlError::NoDisk {
+                base: "base".into()
+            }
+        );
+    }
+
+    #[test]
+    fn clone_rewrites_identity_devices_and_sizing() {
+        let b = read_base("base", BASE).unwrap();
+        let (xml, macs) = clone_xml(&b, &spec()).unwrap();
+        let c = dom::parse(&xml).unwrap();
+        assert_eq!(c.attr("id"), None);
+        assert_eq!(c.child("name").unwrap().text(), "web1");
+        assert_eq!(
+            c.child("uuid").unwrap().text(),
+            "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
+        );
+        assert_eq!(
+            c.child("description").unwrap().text(),
+            "cloned from base by virtseed"
+        );
+        assert_eq!(c.child("memory").unwrap().text(), "2097152");
+        assert_eq!(c.child("currentMemory").unwrap().text(), "2097152");
+        assert_eq!(c.child("vcpu").unwrap().text(), "4");
+        assert_eq!(
+            c.child("cpu")
+                .unwrap()
+                .child("topology")
+                .unwrap()
+                .attr("sockets")
+                .unwrap(),
+            "4"
+        );
+        assert_eq!(
+            c.child("os").unwrap().child("nvram").unwrap().text(),
+            "/var/lib/libvirt/qemu/nvram/web1_VARS.fd"
+        );
+        let devs = c.child("devices").unwrap();
+        let disks: Vec<&Element> = devs.elements().filter(|e| e.name == "disk").collect();
+        assert_eq!(disks.len(), 2, "cdrom dropped");
+        assert_eq!(
+            disks[0].child("source").unwrap().attr("file").unwrap(),
+            "/pool/web1-vda.qcow2"
+        );
+        assert!(disks[0].child("backingStore").is_none());
+        assert_eq!(
+            disks[1].child("source").unwrap().attr("volume").unwrap(),
+            "web1-vdb.qcow2"
+        );
+        assert_eq!(
+            disks[1].child("driver").unwrap().attr("type").unwrap(),
+            "qcow2"
+        );
+        let ifs: Vec<&Element> = devs.elements().filter(|e| e.name == "interface").collect();
+        assert_eq!(macs.len(), 2);
+        for (i, m) in ifs.iter().zip(&macs) {
+            let a = i.child("mac").unwrap().attr("address").unwrap();
+            assert_eq!(&a, m);
+            assert!(
+                a.starts_with("52:54:00:") && a != "52:54:00:aa:bb:cc" && a != "52:54:00:aa:bb:cd"
+            );
+            assert!(i.child("target").is_none());
+        }
+        assert_ne!(macs[0], macs[1]);
+        let ch = devs.child("channel").unwrap();
+        assert_eq!(ch.child("source").unwrap().attr("path"), None);
+        // Other metadata kept, ours added and readable back.
+        assert!(xml.contains("<libosinfo:os id=\"http://debian.org/debian/12\"/>"));
+        assert!(xml.contains("<!-- the system disk -->"));
+        let meta = c.child("metadata").unwrap();
+        let ours = meta
+            .elements()
+            .find(|e| e.name == "virtseed:instance")
+            .unwrap();
+        assert_eq!(Ownership::parse(&ours.to_xml()).unwrap(), spec().ownership);
+    }
+
+    #[test]
+    fn oem_strings_for_smbios_seed() {
+        let b = read_base("base", BASE).unwrap();
+        let mut s = spec();
+        s.oem_strings = vec!["io.systemd.credential.binary:salt.id=d2ViMQ==".into()];
+        let (xml, _) = clone_xml(&b, &s).unwrap();
+        let c = dom::parse(&xml).unwrap();
+        assert_eq!(
+            c.child("os")
+                .unwrap()
+                .child("smbios")
+                .unwrap()
+                .attr("mode")
+                .unwrap(),
+            "sysinfo"
+        );
+        let si = c.child("sysinfo").unwrap();
+        assert_eq!(
+            si.child("oemStrings")
+                .unwrap()
+                .child("entry")
+                .unwrap()
+                .text(),
+            s.oem_strings[0]
+        );
+    }
+}
