@@ -4,7 +4,7 @@
 
 mod harness;
 
-use harness::pool::{qemu_img, virsh_ok, Pool, URI};
+use harness::pool::{qemu_img, virsh_ok, Pool};
 use harness::{repo, text};
 use serde_json::Value;
 use std::path::Path;
@@ -117,10 +117,7 @@ fn quick_clones_run_sized_and_destroy_leaves_nothing() {
         assert!(!xml.contains("device='cdrom'"), "cdrom kept: {xml}");
         assert!(xml.contains(&format!("cloned from {base} by virtseed")));
         assert!(xml.contains("https://virtseed.dev/xmlns/instance/1"));
-        assert_eq!(
-            virsh_ok(&["dominfo", n]).contains("Autostart:      enable"),
-            true
-        );
+        assert!(virsh_ok(&["dominfo", n]).contains("Autostart:      enable"));
 
         // vda: a qcow2 overlay over the qcow2 base, grown to 1 GiB.
         let vda = p.dir.join(format!("{n}-vda.qcow2"));
