@@ -353,7 +353,7 @@ fn same_name_in_one_process_is_refused_while_busy() {
         "p:\n  provider: t\n  base_domain: tbase\n  cpus: 3\n",
     )
     .unwrap();
-    let cloud = Cloud::new(CloudConfig::load(d.path()), 8);
+    let cloud = Cloud::new(CloudConfig::load(d.path()), None, 8);
     let hv = cloud.hypervisor("test:///default").unwrap();
     let path = hv
         .create_volume("default-pool", "tbase.img", "raw", 1 << 20)

@@ -31,16 +31,21 @@ def loop():
 threading.Thread(target=loop, daemon=True).start()
 
 def cleanup(prefix):
-    for dom in conn.listAllDomains():
-        if dom.name().startswith(prefix):
-            try:
-                dom.destroy()
-            except libvirt.libvirtError:
-                pass
-            try:
-                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
-            except libvirt.libvirtError:
-                pass
+    def drop(dom):
+        try:
+            dom.destroy()
+        except libvirt.libvirtError:
+            pass
+        try:
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+        except libvirt.libvirtError:
+            pass
+    # Stopping a domain takes libvirt ~1.7 s here: do them side by side.
+    ts = [threading.Thread(target=drop, args=(d,)) for d in conn.listAllDomains() if d.name().startswith(prefix)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
     p = conn.storagePoolLookupByName(pool)
     p.refresh()
     for v in p.listAllVolumes():

@@ -4,8 +4,11 @@ use anyhow::Result;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::Arc;
-use virtseed::cloud::{self, Cloud, CreateOptions, Progress, Step};
+use virtseed::bus::events::EventBus;
+use virtseed::cloud::{self, Cloud, CreateOptions, MasterCtx, Progress, Step};
 use virtseed::config::cloud::{masked, CloudConfig};
+use virtseed::config::master::MasterOpts;
+use virtseed::config::settings::Settings;
 
 /// The command printed its own failure report; exit non-zero without another message.
 #[derive(Debug)]
@@ -17,8 +20,11 @@ impl std::fmt::Display for Failed {
 }
 impl std::error::Error for Failed {}
 
-/// Progress on stderr, one line per step.
-struct Lines;
+/// Progress on stderr, one line per step; events to the master's bus when there is one.
+struct Lines {
+    bus: Option<(tokio::runtime::Handle, EventBus)>,
+}
+
 impl Progress for Lines {
     fn step(&self, name: &str, step: &str, data: Value) {
         match data.get("elapsed_ms") {
@@ -26,14 +32,41 @@ impl Progress for Lines {
             None => eprintln!("{name}: {step} {data}"),
         }
     }
+
+    fn fire(&self, tag: &str, data: Value) {
+        if let Some((rt, bus)) = &self.bus {
+            let data = virtseed::bus::from_json(&data);
+            if let Err(e) = rt.block_on(bus.fire(tag, data)) {
+                tracing::warn!(tag, error = %e, "could not fire event (is the master running?)");
+            }
+        }
+    }
 }
 
-fn load(config_dir: &Path) -> Arc<Cloud> {
+/// The cloud service for `config_dir`: with the master's identity context when `DIR/master`
+/// exists (clones get keys and seeds), without it otherwise.
+fn load(config_dir: &Path, parallel: Option<usize>) -> Result<(Arc<Cloud>, Lines)> {
     let cfg = CloudConfig::load(config_dir);
     for e in &cfg.errors {
         eprintln!("warning: {e}");
     }
-    Cloud::new(cfg, cloud::DEFAULT_MAX_PARALLEL)
+    let (master, bus) = if config_dir.join("master").exists() {
+        let opts = MasterOpts::load(config_dir)?;
+        let settings = Settings::load(config_dir)?;
+        let ctx = MasterCtx::from_opts(&opts, settings.salt_version)?;
+        let bus = EventBus::new(&opts.sock_dir, settings.salt_version);
+        (Some(ctx), Some((tokio::runtime::Handle::current(), bus)))
+    } else {
+        eprintln!(
+            "note: no {}/master: clones get no minion key or seed",
+            config_dir.display()
+        );
+        (None, None)
+    };
+    Ok((
+        Cloud::new(cfg, master, parallel.unwrap_or(cloud::DEFAULT_MAX_PARALLEL)),
+        Lines { bus },
+    ))
 }
 
 fn print(v: &Value) {
@@ -47,10 +80,6 @@ pub async fn profile(
     parallel: Option<usize>,
     fail_after: Option<&str>,
 ) -> Result<()> {
-    let cfg = CloudConfig::load(config_dir);
-    for e in &cfg.errors {
-        eprintln!("warning: {e}");
-    }
     let fail_after = match fail_after {
         None => None,
         Some(s) => Some(
@@ -60,12 +89,12 @@ pub async fn profile(
                 .ok_or_else(|| anyhow::anyhow!("--fail-after: unknown step {s:?}"))?,
         ),
     };
-    let c = Cloud::new(cfg, parallel.unwrap_or(cloud::DEFAULT_MAX_PARALLEL));
+    let (c, lines) = load(config_dir, parallel)?;
     let opts = CreateOptions {
         request: uuid::Uuid::new_v4().to_string(),
         fail_after,
     };
-    let results = c.profile(profile, names, opts, Arc::new(Lines)).await?;
+    let results = c.profile(profile, names, opts, Arc::new(lines)).await?;
     let mut out = serde_json::Map::new();
     let mut failed = false;
     for (name, r) in results {
@@ -85,19 +114,27 @@ pub async fn profile(
     Ok(())
 }
 
-pub fn destroy(config_dir: &Path, names: &[String]) -> Result<()> {
-    let c = load(config_dir);
+pub async fn destroy(config_dir: &Path, names: &[String]) -> Result<()> {
+    let (c, lines) = load(config_dir, None)?;
+    let names = names.to_vec();
+    let results = tokio::task::spawn_blocking(move || {
+        names
+            .iter()
+            .map(|n| (n.clone(), c.destroy_one(n, &lines)))
+            .collect::<Vec<_>>()
+    })
+    .await?;
     let mut out = serde_json::Map::new();
     let mut failed = false;
-    for n in names {
-        let v = match c.destroy_one(n, &Lines) {
+    for (n, r) in results {
+        let v = match r {
             Ok(v) => v,
             Err(e) => {
                 failed = true;
                 json!({"Error": e.to_string()})
             }
         };
-        out.insert(n.clone(), v);
+        out.insert(n, v);
     }
     print(&Value::Object(out));
     if failed {
@@ -107,7 +144,11 @@ pub fn destroy(config_dir: &Path, names: &[String]) -> Result<()> {
 }
 
 pub fn list(config_dir: &Path) -> Result<()> {
-    let c = load(config_dir);
+    let cfg = CloudConfig::load(config_dir);
+    for e in &cfg.errors {
+        eprintln!("warning: {e}");
+    }
+    let c = Cloud::new(cfg, None, 1);
     if c.uris().is_empty() {
         anyhow::bail!(
             "no libvirt provider in {}/cloud.providers(.d)",

@@ -10,4 +10,5 @@ pub mod jobs;
 pub mod libvirt;
 pub mod names;
 pub mod pki;
+pub mod seed;
 pub mod sidecar;

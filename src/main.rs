@@ -96,7 +96,9 @@ fn main() -> ExitCode {
             parallel,
             fail_after.as_deref(),
         )),
-        Command::Destroy { names } => commands::destroy(&cli.config_dir, &names),
+        Command::Destroy { names } => {
+            runtime().block_on(commands::destroy(&cli.config_dir, &names))
+        }
         Command::List => commands::list(&cli.config_dir),
         Command::CheckConfig => commands::check_config(&cli.config_dir),
         Command::InstallRunner => {

@@ -7,7 +7,8 @@
 
 pub mod names;
 
-use crate::config::cloud::{CloneStrategy, CloudConfig, Profile};
+use crate::config::cloud::{CloneStrategy, CloudConfig, Profile, SeedKind};
+use crate::libvirt::dom::Element;
 use crate::libvirt::domain_xml::{self, CloneDisk, CloneSpec, DiskSource, Ownership};
 use crate::libvirt::{Hypervisor, Instance, LibvirtError};
 use serde_json::{json, Value};
@@ -22,20 +23,67 @@ pub const DEFAULT_MAX_PARALLEL: usize = 8;
 pub enum Step {
     Disks,
     Nvram,
+    Seeded,
     Defined,
+    KeyAccepted,
     Started,
 }
 
 impl Step {
-    pub const ALL: [Step; 4] = [Step::Disks, Step::Nvram, Step::Defined, Step::Started];
+    pub const ALL: [Step; 6] = [
+        Step::Disks,
+        Step::Nvram,
+        Step::Seeded,
+        Step::Defined,
+        Step::KeyAccepted,
+        Step::Started,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Step::Disks => "disks",
             Step::Nvram => "nvram",
+            Step::Seeded => "seeded",
             Step::Defined => "defined",
+            Step::KeyAccepted => "key_accepted",
             Step::Started => "started",
         }
+    }
+}
+
+/// What the clone pipeline needs of the Salt master beside it.
+#[derive(Clone)]
+pub struct MasterCtx {
+    pub pki_dir: std::path::PathBuf,
+    pub cachedir: std::path::PathBuf,
+    /// The master's public key (`pki_dir/master.pub`): the only master a clone trusts.
+    pub master_pub: String,
+    pub ret_port: u16,
+    pub publish_port: u16,
+    /// `salt/key` event `act` for an accept: "accept" before 3008, "accepted" from 3008.
+    pub accept_act: &'static str,
+}
+
+impl MasterCtx {
+    pub fn from_opts(
+        m: &crate::config::master::MasterOpts,
+        version: Option<salt_proto::version::SaltVersion>,
+    ) -> Result<Self, CloudError> {
+        let path = m.pki_dir.join("master.pub");
+        let master_pub = std::fs::read_to_string(&path).map_err(|e| {
+            CloudError::Config(format!(
+                "cannot read the master's public key {}: {e} (has the master run once? does virtseed run as the master's user?)",
+                path.display()
+            ))
+        })?;
+        Ok(Self {
+            pki_dir: m.pki_dir.clone(),
+            cachedir: m.cachedir.clone(),
+            master_pub,
+            ret_port: m.ret_port,
+            publish_port: m.publish_port,
+            accept_act: version.map_or("accept", |v| v.key_act_accept()),
+        })
     }
 }
 
@@ -49,6 +97,8 @@ pub enum CloudError {
     Busy(String),
     #[error(transparent)]
     Libvirt(#[from] LibvirtError),
+    #[error("minion id {0:?} already has an accepted key on the master (another machine?); remove it with `salt-key -d {0}` or set `force: true` in the profile")]
+    KeyTaken(String),
     #[error("injected failure after step {0}")]
     Injected(&'static str),
     #[error("internal: {0}")]
@@ -60,11 +110,18 @@ pub enum CloudError {
 pub enum Made {
     Volume(String),
     Domain(String),
+    /// The accepted key `minions/<id>` with this fingerprint (removed only if still ours).
+    Key {
+        id: String,
+        finger: String,
+    },
 }
 
 /// Receives progress of long work (the CLI prints it; the sidecar fires events).
 pub trait Progress: Send + Sync {
     fn step(&self, name: &str, step: &str, data: Value);
+    /// Fires an event on the master's bus (`salt/key` after a pre-accept or revoke).
+    fn fire(&self, _tag: &str, _data: Value) {}
 }
 
 /// Progress that goes nowhere.
@@ -94,12 +151,17 @@ pub struct Created {
     pub base_domain: String,
     pub macs: Vec<String>,
     pub volumes: Vec<String>,
+    /// The minion key's fingerprint (`salt-key -f` form), empty without identity.
+    pub fingerprint: String,
+    pub seed: Option<&'static str>,
     pub timings_ms: BTreeMap<String, u64>,
 }
 
 /// The cloud service.
 pub struct Cloud {
     pub config: CloudConfig,
+    master: Option<MasterCtx>,
+    keys: Arc<crate::pki::KeyPool>,
     max_parallel: usize,
     busy: Arc<Mutex<HashSet<String>>>,
     hypervisors: Mutex<HashMap<String, Arc<Hypervisor>>>,
@@ -131,9 +193,13 @@ fn ms(d: Duration) -> u64 {
 }
 
 impl Cloud {
-    pub fn new(config: CloudConfig, max_parallel: usize) -> Arc<Self> {
+    /// The service. Without a master (`None`) clones get no identity: their key is not
+    /// minted or accepted and no seed is made (used by engine-only tests).
+    pub fn new(config: CloudConfig, master: Option<MasterCtx>, max_parallel: usize) -> Arc<Self> {
         Arc::new(Self {
             config,
+            master,
+            keys: crate::pki::KeyPool::start(2048, 4),
             max_parallel: max_parallel.max(1),
             busy: Default::default(),
             hypervisors: Default::default(),
@@ -246,7 +312,7 @@ impl Cloud {
             Err(e) => {
                 let hv = self.hypervisor(&prof.url);
                 let leftovers = match hv {
-                    Ok(hv) => undo(&hv, &made),
+                    Ok(hv) => undo(&hv, self.master.as_ref(), &made, progress),
                     Err(e2) => made.iter().map(|m| format!("{m:?}: {e2}")).collect(),
                 };
                 if leftovers.is_empty() {
@@ -343,6 +409,62 @@ impl Cloud {
         checkpoint(Step::Nvram, timings)?;
 
         let uuid = uuid::Uuid::new_v4().to_string();
+        // Identity: a fresh keypair, and the seed that carries it into the guest.
+        let mut extra_devices = Vec::new();
+        let mut oem_strings = Vec::new();
+        let mut identity_key = None;
+        if let Some(mc) = &self.master {
+            let key = self
+                .keys
+                .take(prof.keysize)
+                .map_err(|e| CloudError::Internal(format!("minting a key: {e}")))?;
+            let ident = identity(prof, name, &uuid, mc, &key)?;
+            match prof.seed {
+                SeedKind::CloudInit => {
+                    let img = ident
+                        .nocloud_image()
+                        .map_err(|e| CloudError::Internal(e.to_string()))?;
+                    let pool = prof
+                        .pool
+                        .clone()
+                        .unwrap_or_else(|| base.disks[0].pool.clone());
+                    let path = hv.upload_volume(&pool, &format!("{name}-seed.img"), "raw", &img)?;
+                    made.push(Made::Volume(path.clone()));
+                    extra_devices.push(
+                        Element::new("disk")
+                            .with_attr("type", "file")
+                            .with_attr("device", "disk")
+                            .with_child(
+                                Element::new("driver")
+                                    .with_attr("name", "qemu")
+                                    .with_attr("type", "raw"),
+                            )
+                            .with_child(Element::new("source").with_attr("file", &path))
+                            .with_child(
+                                Element::new("target")
+                                    .with_attr("dev", &free_virtio_target(&base))
+                                    .with_attr("bus", "virtio"),
+                            )
+                            .with_child(Element::new("readonly"))
+                            .with_child(Element::new("serial").with_text("virtseed-seed")),
+                    );
+                }
+                SeedKind::Smbios => {
+                    oem_strings = ident
+                        .smbios_strings()
+                        .map_err(|e| CloudError::Internal(e.to_string()))?
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect();
+                }
+            }
+            identity_key = Some(key);
+        }
+        checkpoint(Step::Seeded, timings)?;
+        let fingerprint = identity_key
+            .as_ref()
+            .map(|k| k.public_key().fingerprint())
+            .unwrap_or_default();
         let volumes: Vec<String> = made
             .iter()
             .filter_map(|m| match m {
@@ -365,14 +487,14 @@ impl Cloud {
                 profile: prof.name.clone(),
                 provider: prof.provider.clone(),
                 base: prof.base_domain.clone(),
-                fingerprint: String::new(),
+                fingerprint: fingerprint.clone(),
                 created: now_secs(),
                 request: opts.request.clone(),
                 volumes: volumes.clone(),
                 files: vec![],
             },
-            extra_devices: vec![],
-            oem_strings: vec![],
+            extra_devices,
+            oem_strings,
         };
         let (xml, macs) = domain_xml::clone_xml(&base.xml, &spec).map_err(LibvirtError::from)?;
         hv.define(&xml, prof.validate_xml)?;
@@ -381,6 +503,32 @@ impl Cloud {
             hv.set_autostart(name, true)?;
         }
         checkpoint(Step::Defined, timings)?;
+
+        // Pre-accept, before the guest can ask: the master already trusts exactly this key.
+        if let (Some(mc), Some(key)) = (&self.master, &identity_key) {
+            let pem = key.public_key().pem();
+            match crate::pki::pre_accept(&mc.pki_dir, name, pem)
+                .map_err(|e| CloudError::Internal(e.to_string()))?
+            {
+                crate::pki::Accepted::Ours | crate::pki::Accepted::Absent => {}
+                crate::pki::Accepted::Other if prof.force => {
+                    crate::pki::force_accept(&mc.pki_dir, name, pem)
+                        .map_err(|e| CloudError::Internal(e.to_string()))?;
+                }
+                crate::pki::Accepted::Other => {
+                    return Err(CloudError::KeyTaken(name.into()));
+                }
+            }
+            made.push(Made::Key {
+                id: name.into(),
+                finger: fingerprint.clone(),
+            });
+            progress.fire(
+                "salt/key",
+                json!({"result": true, "act": mc.accept_act, "id": name}),
+            );
+        }
+        checkpoint(Step::KeyAccepted, timings)?;
 
         hv.start(name)?;
         checkpoint(Step::Started, timings)?;
@@ -395,6 +543,11 @@ impl Cloud {
             base_domain: prof.base_domain.clone(),
             macs,
             volumes,
+            fingerprint,
+            seed: self.master.as_ref().map(|_| match prof.seed {
+                SeedKind::CloudInit => "cloud-init",
+                SeedKind::Smbios => "smbios",
+            }),
             timings_ms: timings.clone(),
         })
     }
@@ -445,8 +598,22 @@ impl Cloud {
         let (hv, inst) = self.locate(name)?;
         progress.step(name, "destroying", json!({"name": name}));
         let deleted = hv.destroy(name)?;
+        let mut key_removed = false;
+        if let (Some(mc), false) = (&self.master, inst.ownership.fingerprint.is_empty()) {
+            key_removed =
+                crate::pki::revoke(&mc.pki_dir, &mc.cachedir, name, &inst.ownership.fingerprint)
+                    .map_err(|e| CloudError::Internal(e.to_string()))?;
+            if key_removed {
+                progress.fire(
+                    "salt/key",
+                    json!({"result": true, "act": "delete", "id": name}),
+                );
+            }
+        }
         progress.step(name, "destroyed", json!({"name": name}));
-        Ok(json!({"name": name, "id": inst.uuid, "volumes_deleted": deleted, "state": "destroyed"}))
+        Ok(
+            json!({"name": name, "id": inst.uuid, "volumes_deleted": deleted, "key_removed": key_removed, "state": "destroyed"}),
+        )
     }
 
     /// Every VM virtseed made, per provider URI.
@@ -482,6 +649,51 @@ impl Cloud {
     }
 }
 
+/// The identity of clone `name`: minion config from the profile's `minion:` (id forced to
+/// the name; master ports defaulting to the master's), grains with virtseed's own.
+fn identity(
+    prof: &Profile,
+    name: &str,
+    uuid: &str,
+    mc: &MasterCtx,
+    key: &salt_proto::keys::PrivateKey,
+) -> Result<crate::seed::Identity, CloudError> {
+    use yaml_serde::Value as Y;
+    let mut conf = prof.minion.clone();
+    if conf.get("master").is_none() {
+        return Err(CloudError::Config(format!(
+            "profile {:?} ({}): `minion: {{master: ADDRESS}}` is required: the address the guest reaches this master at (10.0.2.2 under QEMU user networking)",
+            prof.name,
+            prof.file.display()
+        )));
+    }
+    conf.insert("id".into(), Y::String(name.into()));
+    if conf.get("master_port").is_none() {
+        conf.insert("master_port".into(), Y::Number(mc.ret_port.into()));
+    }
+    if conf.get("publish_port").is_none() {
+        conf.insert("publish_port".into(), Y::Number(mc.publish_port.into()));
+    }
+    let mut grains = prof.grains.clone();
+    let mut ours = yaml_serde::Mapping::new();
+    ours.insert("profile".into(), Y::String(prof.name.clone()));
+    ours.insert(
+        "provider".into(),
+        Y::String(format!("{}:{}", prof.provider, prof.driver)),
+    );
+    ours.insert("base".into(), Y::String(prof.base_domain.clone()));
+    grains.insert("virtseed".into(), Y::Mapping(ours));
+    Ok(crate::seed::Identity {
+        id: name.into(),
+        instance_id: uuid.into(),
+        private_pem: key.to_pem(),
+        public_pem: key.public_key().pem().to_string(),
+        master_pub: mc.master_pub.clone(),
+        minion_conf: conf,
+        grains,
+    })
+}
+
 /// Where libvirt would keep a fresh NVRAM for the clone, beside the base's.
 fn nvram_sibling(base_nvram: &str, name: &str) -> String {
     let dir = std::path::Path::new(base_nvram)
@@ -492,18 +704,54 @@ fn nvram_sibling(base_nvram: &str, name: &str) -> String {
 }
 
 /// Undoes `made` in reverse; returns what could not be undone.
-pub fn undo(hv: &Hypervisor, made: &[Made]) -> Vec<String> {
+pub fn undo(
+    hv: &Hypervisor,
+    master: Option<&MasterCtx>,
+    made: &[Made],
+    progress: &dyn Progress,
+) -> Vec<String> {
     let mut left = Vec::new();
     for m in made.iter().rev() {
         let r = match m {
-            Made::Domain(name) => hv.undefine(name),
-            Made::Volume(path) => hv.delete_volume(path),
+            Made::Domain(name) => hv.undefine(name).map_err(|e| e.to_string()),
+            Made::Volume(path) => hv.delete_volume(path).map_err(|e| e.to_string()),
+            Made::Key { id, finger } => match master {
+                Some(mc) => revoke_key(mc, id, finger, progress),
+                None => Ok(()),
+            },
         };
         if let Err(e) = r {
             left.push(format!("{m:?}: {e}"));
         }
     }
     left
+}
+
+/// Removes our accepted key for `id` and the master's cache for it, and says so on the bus.
+fn revoke_key(
+    mc: &MasterCtx,
+    id: &str,
+    finger: &str,
+    progress: &dyn Progress,
+) -> Result<(), String> {
+    let removed =
+        crate::pki::revoke(&mc.pki_dir, &mc.cachedir, id, finger).map_err(|e| e.to_string())?;
+    if removed {
+        progress.fire(
+            "salt/key",
+            json!({"result": true, "act": "delete", "id": id}),
+        );
+    }
+    Ok(())
+}
+
+/// The first free `vdX` device name after the domain's own virtio disks.
+fn free_virtio_target(base: &crate::libvirt::Base) -> String {
+    let used: Vec<String> = base.xml.disks.iter().map(|d| d.target.clone()).collect();
+    ('b'..='z')
+        .map(|c| format!("vd{c}"))
+        .find(|t| !used.contains(t))
+        .unwrap_or_else(|| "vdz".into())
 }
 
 /// An instance in salt-cloud's `list_nodes` shape plus virtseed's record.

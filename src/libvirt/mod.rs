@@ -623,7 +623,12 @@ impl Hypervisor {
         let mut out = Vec::new();
         for d in doms {
             if let Some(o) = self.ownership(&d) {
-                out.push(self.describe(&d, o)?);
+                match self.describe(&d, o) {
+                    Ok(i) => out.push(i),
+                    // Undefined between listing and reading: it is simply gone.
+                    Err(e) if e.code() == Some(sys::VIR_ERR_NO_DOMAIN as i32) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));

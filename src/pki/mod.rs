@@ -117,6 +117,134 @@ pub fn pre_accept(master_pki: &Path, id: &str, pub_pem: &str) -> Result<Accepted
     Ok(state)
 }
 
+/// Writes `pub_pem` as the accepted key for `id` even over another key (the profile said
+/// `force: true`). Returns the key that was there, if any.
+pub fn force_accept(
+    master_pki: &Path,
+    id: &str,
+    pub_pem: &str,
+) -> Result<Option<String>, PkiError> {
+    let path = master_pki.join("minions").join(id);
+    let old = std::fs::read_to_string(&path).ok();
+    write_atomic(&path, pub_pem.as_bytes(), 0o644)?;
+    Ok(old)
+}
+
+/// Removes `minions/<id>` if it holds the key whose fingerprint is `finger` (ours), and the
+/// master's cached data for the id, as `salt-key -d` does. A key that is not ours stays.
+/// Returns whether a key was removed.
+pub fn revoke(
+    master_pki: &Path,
+    cachedir: &Path,
+    id: &str,
+    finger: &str,
+) -> Result<bool, PkiError> {
+    let path = master_pki.join("minions").join(id);
+    let removed = match std::fs::read_to_string(&path) {
+        Ok(text) if salt_proto::keys::pem_finger(&text) == finger => {
+            std::fs::remove_file(&path).map_err(io(&path))?;
+            true
+        }
+        Ok(_) => false,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(PkiError::Io { path, source: e }),
+    };
+    if removed {
+        purge_minion_cache(cachedir, id)?;
+    }
+    Ok(removed)
+}
+
+/// The master's cached data for `id`: `minions/<id>/` (3006, 3007) and the `grains` and
+/// `pillar` banks' `<id>.p` and `<id>:<pillarenv>.p` (3008's localfs cache).
+pub fn purge_minion_cache(cachedir: &Path, id: &str) -> Result<(), PkiError> {
+    let gone = |r: std::io::Result<()>, path: &Path| match r {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(PkiError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+    };
+    let dir = cachedir.join("minions").join(id);
+    gone(std::fs::remove_dir_all(&dir), &dir)?;
+    for bank in ["grains", "pillar"] {
+        let bdir = cachedir.join(bank);
+        let Ok(rd) = std::fs::read_dir(&bdir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let Some(stem) = n.strip_suffix(".p") else {
+                continue;
+            };
+            if stem == id || stem.strip_prefix(id).is_some_and(|r| r.starts_with(':')) {
+                gone(std::fs::remove_file(e.path()), &e.path())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// RSA keys minted ahead of need, so a clone does not wait ~70 ms (2048 bits) for its key.
+/// Filled by a background thread; `take` falls back to minting inline when empty.
+pub struct KeyPool {
+    bits: usize,
+    keys: std::sync::Mutex<Vec<PrivateKey>>,
+    want: usize,
+    wake: std::sync::Condvar,
+}
+
+impl KeyPool {
+    /// A pool of up to `want` keys of `bits`, filled by one background thread.
+    pub fn start(bits: usize, want: usize) -> std::sync::Arc<Self> {
+        let pool = std::sync::Arc::new(Self {
+            bits,
+            keys: Default::default(),
+            want,
+            wake: Default::default(),
+        });
+        let weak = std::sync::Arc::downgrade(&pool);
+        std::thread::Builder::new()
+            .name("keypool".into())
+            .spawn(move || loop {
+                let Some(pool) = weak.upgrade() else { return };
+                {
+                    let keys = pool.keys.lock().expect("keypool");
+                    if keys.len() >= pool.want {
+                        let _ = pool
+                            .wake
+                            .wait_timeout(keys, std::time::Duration::from_secs(1))
+                            .expect("keypool");
+                        continue;
+                    }
+                }
+                if let Ok(k) = PrivateKey::generate(pool.bits) {
+                    pool.keys.lock().expect("keypool").push(k);
+                }
+            })
+            .expect("keypool thread");
+        pool
+    }
+
+    /// A fresh key of `bits` (from the pool when it holds that size). Each key is handed
+    /// out once.
+    pub fn take(&self, bits: usize) -> Result<PrivateKey, salt_proto::Error> {
+        if bits == self.bits {
+            let k = self.keys.lock().expect("keypool").pop();
+            self.wake.notify_one();
+            if let Some(k) = k {
+                return Ok(k);
+            }
+        }
+        PrivateKey::generate(bits)
+    }
+
+    pub fn ready(&self) -> usize {
+        self.keys.lock().expect("keypool").len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,5 +295,53 @@ mod tests {
             theirs.public_key().pem()
         );
         std::fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn revoke_removes_only_our_key_and_its_cache() {
+        let d = tempdir();
+        let ours = PrivateKey::generate(1024).unwrap();
+        let theirs = PrivateKey::generate(1024).unwrap();
+        let cache = d.join("cache");
+        std::fs::create_dir_all(cache.join("minions/a/data")).unwrap();
+        std::fs::create_dir_all(cache.join("grains")).unwrap();
+        std::fs::create_dir_all(cache.join("pillar")).unwrap();
+        for f in [
+            "grains/a.p",
+            "pillar/a.p",
+            "pillar/a:base.p",
+            "grains/ab.p",
+            "pillar/ab:x.p",
+        ] {
+            std::fs::write(cache.join(f), b"x").unwrap();
+        }
+        std::fs::write(d.join("minions/a"), theirs.public_key().pem()).unwrap();
+        assert!(!revoke(&d, &cache, "a", &ours.public_key().fingerprint()).unwrap());
+        assert!(d.join("minions/a").exists() && cache.join("minions/a").exists());
+        assert!(revoke(&d, &cache, "a", &theirs.public_key().fingerprint()).unwrap());
+        assert!(!d.join("minions/a").exists() && !cache.join("minions/a").exists());
+        for f in ["grains/a.p", "pillar/a.p", "pillar/a:base.p"] {
+            assert!(!cache.join(f).exists(), "{f}");
+        }
+        for f in ["grains/ab.p", "pillar/ab:x.p"] {
+            assert!(cache.join(f).exists(), "{f} is another minion's");
+        }
+        assert!(!revoke(&d, &cache, "gone", "x").unwrap());
+        std::fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn keypool_hands_out_distinct_keys() {
+        let pool = KeyPool::start(1024, 2);
+        let t = std::time::Instant::now();
+        while pool.ready() < 2 && t.elapsed().as_secs() < 20 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let a = pool.take(1024).unwrap();
+        let b = pool.take(1024).unwrap();
+        let c = pool.take(1024).unwrap();
+        assert_ne!(a.public_key(), b.public_key());
+        assert_ne!(b.public_key(), c.public_key());
+        assert_eq!(pool.take(2048).unwrap().size(), 256);
     }
 }

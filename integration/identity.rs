@@ -1,0 +1,363 @@
+//! Identity on a real master (3006.30, 3007.17, 3008.5) and a real salt-minion, no VM: after
+//! `virtseed profile`, the seed image is read as cloud-init would (mtools, no mount), a
+//! salt-minion is built from it, and it answers test.ping on its first authentication.
+
+mod harness;
+
+use harness::pool::{virsh_ok, Pool};
+use harness::{text, wait_for, EventLog, Master, Minion};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+use yaml_serde::Value as Y;
+
+fn virtseed(config: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_virtseed"))
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A file of a vfat image, read with mtools (as cloud-init's NoCloud reads the cidata volume).
+fn mread(img: &Path, file: &str) -> String {
+    let out = Command::new("mtype")
+        .args(["-i", img.to_str().unwrap(), &format!("::{file}")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mtype {file}: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+fn body_lines(pem: &str) -> Vec<String> {
+    pem.lines()
+        .filter(|l| !l.starts_with("-----") && l.len() > 40)
+        .map(str::to_string)
+        .collect()
+}
+
+fn grep_tree(dir: &Path, needles: &[String]) -> Vec<String> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                let t = String::from_utf8_lossy(&bytes);
+                if needles.iter().any(|n| t.contains(n.as_str())) {
+                    hits.push(p.display().to_string());
+                }
+            }
+        }
+    }
+    hits
+}
+
+fn setup(version: &str, tag: &str) -> (Master, Pool, String) {
+    let m = Master::start(version);
+    let p = Pool::new(tag);
+    let vda = p.base_volume("base-vda.qcow2", "qcow2", 64);
+    let base = format!("{}base", p.prefix);
+    p.base_domain(&base, &[("vda", "qcow2", Pool::file_source(&vda))]);
+    std::fs::write(
+        m.dir.join("cloud.providers"),
+        "kvm:\n  driver: libvirt\n  url: qemu:///system\n",
+    )
+    .unwrap();
+    std::fs::write(
+        m.dir.join("cloud.profiles"),
+        format!(
+            "web:\n  provider: kvm\n  base_domain: {base}\n  minion:\n    master: 127.0.0.1\n    log_level: info\n  grains:\n    role: web\nweb-smbios:\n  extends: web\n  seed: smbios\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        m.dir.join("virtseed"),
+        format!("salt_version: '{version}'\n"),
+    )
+    .unwrap();
+    (m, p, base)
+}
+
+fn seeded_minion_answers_at_once(version: &str) {
+    let (m, p, _base) = setup(version, &format!("id{}", &version[..4]));
+    let events = EventLog::start(&m);
+    let name = format!("{}w", p.prefix);
+
+    let out = virtseed(&m.dir, &["profile", "web", &name]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let ret: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let finger = ret[&name]["fingerprint"].as_str().unwrap().to_string();
+    assert_eq!(ret[&name]["seed"], "cloud-init");
+
+    // Pre-accepted before the machine could ask, as the exact key minted.
+    let accepted = std::fs::read_to_string(m.pki().join("minions").join(&name)).unwrap();
+    assert_eq!(salt_proto::keys::pem_finger(&accepted), finger);
+
+    // The seed, read as cloud-init reads it.
+    let seed = p.dir.join(format!("{name}-seed.img"));
+    let blkid = Command::new("blkid")
+        .args(["-p", "-o", "export", seed.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let blkid = text(&blkid.stdout);
+    assert!(
+        blkid.contains("LABEL=cidata") && blkid.contains("TYPE=vfat"),
+        "{blkid}"
+    );
+    let xml = virsh_ok(&["dumpxml", &name]);
+    assert!(
+        xml.contains(&format!("{name}-seed.img")) && xml.contains("<readonly/>"),
+        "{xml}"
+    );
+    let meta: Y = yaml_serde::from_str(&mread(&seed, "meta-data")).unwrap();
+    assert_eq!(
+        meta["instance-id"].as_str().unwrap(),
+        ret[&name]["id"].as_str().unwrap()
+    );
+    assert_eq!(meta["local-hostname"].as_str().unwrap(), name);
+    let ud = mread(&seed, "user-data");
+    assert!(ud.starts_with("#cloud-config\n"));
+    let ud: Y = yaml_serde::from_str(&ud).unwrap();
+    let sm = &ud["salt_minion"];
+    assert_eq!(sm["public_key"].as_str().unwrap(), accepted);
+    let master_pub = std::fs::read_to_string(m.pki().join("master.pub")).unwrap();
+    assert_eq!(
+        ud["write_files"][0]["content"].as_str().unwrap(),
+        master_pub
+    );
+    assert_eq!(
+        ud["write_files"][0]["path"].as_str().unwrap(),
+        "/etc/salt/pki/minion/minion_master.pub"
+    );
+    let conf = &sm["conf"];
+    assert_eq!(conf["id"].as_str().unwrap(), name);
+    let ret_port = std::fs::read_to_string(m.dir.join("master")).unwrap();
+    assert!(ret_port.contains(&format!(
+        "ret_port: {}",
+        conf["master_port"].as_u64().unwrap()
+    )));
+    assert_eq!(sm["grains"]["role"].as_str(), Some("web"));
+    assert_eq!(sm["grains"]["virtseed"]["profile"].as_str(), Some("web"));
+    let private = sm["private_key"].as_str().unwrap().to_string();
+
+    // A real minion with exactly what the seed gives it.
+    let mdir = m.dir.join(format!("guest-{name}"));
+    std::fs::create_dir_all(mdir.join("pki")).unwrap();
+    std::fs::write(mdir.join("pki/minion.pem"), &private).unwrap();
+    std::fs::write(
+        mdir.join("pki/minion.pub"),
+        sm["public_key"].as_str().unwrap(),
+    )
+    .unwrap();
+    std::fs::write(mdir.join("pki/minion_master.pub"), &master_pub).unwrap();
+    let mut conf_text = yaml_serde::to_string(conf).unwrap();
+    conf_text.push_str(&format!(
+        "grains: {}\n",
+        serde_json::to_string(&yaml_to_json(&sm["grains"])).unwrap()
+    ));
+    let minion = Minion::start(&m, &mdir, &conf_text);
+    wait_for(
+        "the seeded minion's start event",
+        Duration::from_secs(90),
+        || events.text().contains(&format!("salt/minion/{name}/start")),
+    );
+    let (ok, v) = m.salt_json(&name, &["test.ping"], 30);
+    assert!(ok && v[&name] == true, "{v} {}", minion.log_text());
+    let (_, g) = m.salt_json(&name, &["grains.get", "virtseed:base"], 30);
+    assert!(g[&name].as_str().unwrap().ends_with("base"), "{g}");
+    // Never pending: the master went straight to accept.
+    assert!(!m.pki().join("minions_pre").join(&name).exists());
+    let auths: Vec<serde_json::Value> = events
+        .events()
+        .into_iter()
+        .filter(|e| e["tag"] == "salt/auth" && e["data"]["id"] == name.as_str())
+        .collect();
+    assert!(!auths.is_empty());
+    assert!(
+        auths.iter().all(|e| e["data"]["act"] == "accept"),
+        "{auths:?}"
+    );
+    let want_act = if version.starts_with("3008") {
+        "accepted"
+    } else {
+        "accept"
+    };
+    assert!(
+        events.events().iter().any(|e| e["tag"] == "salt/key"
+            && e["data"]["id"] == name.as_str()
+            && e["data"]["act"] == want_act),
+        "no salt/key {want_act} event for {name}"
+    );
+
+    // An impostor with the same id and its own key is denied; the real one keeps answering.
+    let idir = m.dir.join(format!("impostor-{name}"));
+    let impostor = Minion::start(
+        &m,
+        &idir,
+        &format!(
+            "id: {name}\nmaster: 127.0.0.1\nmaster_port: {}\npublish_port: {}\n",
+            conf["master_port"].as_u64().unwrap(),
+            conf["publish_port"].as_u64().unwrap()
+        ),
+    );
+    wait_for("the impostor to be denied", Duration::from_secs(90), || {
+        m.pki().join("minions_denied").join(&name).exists()
+    });
+    drop(impostor);
+    assert_eq!(
+        std::fs::read_to_string(m.pki().join("minions").join(&name)).unwrap(),
+        accepted
+    );
+    let (ok, v) = m.salt_json(&name, &["test.ping"], 30);
+    assert!(ok && v[&name] == true, "{v}");
+
+    // No private key material in virtseed's output, the events, the job cache or the logs.
+    let needles = body_lines(&private);
+    assert!(!needles.is_empty());
+    let out_text = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!needles.iter().any(|n| out_text.contains(n.as_str())));
+    assert!(!needles.iter().any(|n| events.text().contains(n.as_str())));
+    let hits = grep_tree(&m.dir.join("cache"), &needles);
+    assert!(
+        hits.is_empty(),
+        "private key in the master's cache: {hits:?}"
+    );
+    let hits = grep_tree(&m.dir.join("log"), &needles);
+    assert!(hits.is_empty(), "private key in logs: {hits:?}");
+
+    // Destroy removes the key, the seed volume and the master's cache for the id.
+    drop(minion);
+    let cached = |m: &Master| {
+        m.dir.join("cache/minions").join(&name).exists()
+            || m.dir
+                .join("cache/grains")
+                .join(format!("{name}.p"))
+                .exists()
+    };
+    assert!(cached(&m), "the master cached nothing for {name}?");
+    let out = virtseed(&m.dir, &["destroy", &name]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!m.pki().join("minions").join(&name).exists());
+    assert!(!cached(&m));
+    assert!(!seed.exists());
+    assert_eq!(p.files(), ["base-vda.qcow2"]);
+    wait_for("salt/key delete", Duration::from_secs(10), || {
+        events.events().iter().any(|e| {
+            e["tag"] == "salt/key"
+                && e["data"]["id"] == name.as_str()
+                && e["data"]["act"] == "delete"
+        })
+    });
+}
+
+fn yaml_to_json(v: &Y) -> serde_json::Value {
+    serde_json::to_value(v).unwrap()
+}
+
+#[test]
+fn seeded_minion_answers_at_once_3006() {
+    seeded_minion_answers_at_once("3006.30");
+}
+
+#[test]
+fn seeded_minion_answers_at_once_3007() {
+    seeded_minion_answers_at_once("3007.17");
+}
+
+#[test]
+fn seeded_minion_answers_at_once_3008() {
+    seeded_minion_answers_at_once("3008.5");
+}
+
+#[test]
+fn smbios_seed_and_refusals() {
+    let (m, p, _base) = setup("3007.17", "smb");
+    let name = format!("{}s", p.prefix);
+    let out = virtseed(&m.dir, &["profile", "web-smbios", &name]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let xml = virsh_ok(&["dumpxml", "--security-info", &name]);
+    assert!(xml.contains("<smbios mode='sysinfo'/>"), "{xml}");
+    let entries: Vec<&str> = xml
+        .match_indices("<entry>io.systemd.credential.binary:")
+        .map(|(i, _)| &xml[i + 7..i + 7 + xml[i + 7..].find('<').unwrap()])
+        .collect();
+    let get = |k: &str| {
+        use base64::Engine;
+        let e = entries
+            .iter()
+            .find(|e| e.contains(&format!(":{k}=")))
+            .unwrap();
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(e.split_once('=').unwrap().1)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(get("virtseed.minion_id"), name);
+    let accepted = std::fs::read_to_string(m.pki().join("minions").join(&name)).unwrap();
+    assert_eq!(get("virtseed.minion.pub"), accepted);
+    assert_eq!(
+        get("virtseed.minion_master.pub"),
+        std::fs::read_to_string(m.pki().join("master.pub")).unwrap()
+    );
+    assert!(get("virtseed.minion.pem").contains("PRIVATE KEY"));
+    assert!(get("virtseed.minion.conf").contains("master: 127.0.0.1"));
+    assert!(
+        !p.dir.join(format!("{name}-seed.img")).exists(),
+        "smbios needs no seed volume"
+    );
+
+    // Another machine's accepted key under a new name is never replaced.
+    let other = format!("{}o", p.prefix);
+    let theirs = salt_proto::keys::PrivateKey::generate(2048).unwrap();
+    std::fs::write(
+        m.pki().join("minions").join(&other),
+        theirs.public_key().pem(),
+    )
+    .unwrap();
+    let out = virtseed(&m.dir, &["profile", "web", &other]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stdout).contains("already has an accepted key"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        std::fs::read_to_string(m.pki().join("minions").join(&other)).unwrap(),
+        theirs.public_key().pem()
+    );
+    assert_eq!(p.domains().len(), 2, "nothing made for {other}");
+
+    // Rollback after the key step removes the key again.
+    let r = format!("{}k", p.prefix);
+    let out = virtseed(
+        &m.dir,
+        &["profile", "web", &r, "--fail-after", "key_accepted"],
+    );
+    assert!(!out.status.success());
+    assert!(!m.pki().join("minions").join(&r).exists());
+    assert!(!p.dir.join(format!("{r}-seed.img")).exists());
+
+    let out = virtseed(&m.dir, &["destroy", &name]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!m.pki().join("minions").join(&name).exists());
+    assert_eq!(p.files(), ["base-vda.qcow2"]);
+}

@@ -1,0 +1,219 @@
+//! The identity a clone boots with: its minion id, its keypair, the one master it trusts and
+//! its minion config, as a cloud-init NoCloud seed (a vfat image labelled `cidata`) or as
+//! systemd credentials in SMBIOS type 11 OEM strings.
+//!
+//! Both carry the private key: they are secrets. They are built in memory, handed to libvirt
+//! and never logged.
+
+use base64::Engine;
+use std::io::{Cursor, Write};
+use yaml_serde::{Mapping, Value};
+use zeroize::Zeroizing;
+
+/// What a clone needs to know to be itself.
+pub struct Identity {
+    pub id: String,
+    /// The instance id cloud-init keys its first boot on (the domain UUID).
+    pub instance_id: String,
+    pub private_pem: Zeroizing<String>,
+    pub public_pem: String,
+    pub master_pub: String,
+    /// The minion config (`id` and `master*` included).
+    pub minion_conf: Mapping,
+    pub grains: Mapping,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("building the seed: {0}")]
+pub struct SeedError(String);
+
+fn yaml(v: &Value) -> Result<String, SeedError> {
+    yaml_serde::to_string(v).map_err(|e| SeedError(e.to_string()))
+}
+
+impl Identity {
+    /// cloud-init `user-data`: the salt_minion module (conf, grains, keys), and the master's
+    /// public key written where the minion caches it (so the guest trusts only this master).
+    pub fn user_data(&self) -> Result<Zeroizing<String>, SeedError> {
+        let mut salt = Mapping::new();
+        salt.insert("conf".into(), Value::Mapping(self.minion_conf.clone()));
+        if !self.grains.is_empty() {
+            salt.insert("grains".into(), Value::Mapping(self.grains.clone()));
+        }
+        salt.insert("public_key".into(), self.public_pem.clone().into());
+        salt.insert("private_key".into(), self.private_pem.to_string().into());
+        let mut wf = Mapping::new();
+        wf.insert(
+            "path".into(),
+            "/etc/salt/pki/minion/minion_master.pub".into(),
+        );
+        wf.insert("permissions".into(), "0644".into());
+        wf.insert("content".into(), self.master_pub.clone().into());
+        let mut top = Mapping::new();
+        top.insert("salt_minion".into(), Value::Mapping(salt));
+        top.insert(
+            "write_files".into(),
+            Value::Sequence(vec![Value::Mapping(wf)]),
+        );
+        let body = Zeroizing::new(yaml(&Value::Mapping(top))?);
+        Ok(Zeroizing::new(format!("#cloud-config\n{}", body.as_str())))
+    }
+
+    pub fn meta_data(&self) -> Result<String, SeedError> {
+        let mut m = Mapping::new();
+        m.insert("instance-id".into(), self.instance_id.clone().into());
+        m.insert("local-hostname".into(), self.id.clone().into());
+        yaml(&Value::Mapping(m))
+    }
+
+    /// The NoCloud seed: a 1 MiB FAT12 image labelled `cidata` with a random volume serial,
+    /// holding `meta-data` and `user-data`.
+    pub fn nocloud_image(&self) -> Result<Zeroizing<Vec<u8>>, SeedError> {
+        let user = self.user_data()?;
+        let meta = self.meta_data()?;
+        let e = |e: std::io::Error| SeedError(e.to_string());
+        let mut img = Zeroizing::new(vec![0u8; 1024 * 1024]);
+        {
+            let mut cur = Cursor::new(&mut img[..]);
+            fatfs::format_volume(
+                &mut cur,
+                fatfs::FormatVolumeOptions::new()
+                    .volume_label(*b"cidata     ")
+                    .volume_id(rand::random()),
+            )
+            .map_err(e)?;
+            cur.set_position(0);
+            let fs = fatfs::FileSystem::new(&mut cur, fatfs::FsOptions::new()).map_err(e)?;
+            {
+                let root = fs.root_dir();
+                let mut f = root.create_file("meta-data").map_err(e)?;
+                f.write_all(meta.as_bytes()).map_err(e)?;
+                let mut f = root.create_file("user-data").map_err(e)?;
+                f.write_all(user.as_bytes()).map_err(e)?;
+            }
+            fs.unmount().map_err(e)?;
+        }
+        Ok(img)
+    }
+
+    /// The minion config as a drop-in file (`/etc/salt/minion.d/virtseed.conf`), with grains.
+    pub fn minion_conf_text(&self) -> Result<String, SeedError> {
+        let mut conf = self.minion_conf.clone();
+        if !self.grains.is_empty() {
+            conf.insert("grains".into(), Value::Mapping(self.grains.clone()));
+        }
+        yaml(&Value::Mapping(conf))
+    }
+
+    /// systemd credentials as SMBIOS type 11 OEM strings
+    /// (`io.systemd.credential.binary:NAME=BASE64`), installed in the guest by
+    /// `guest/virtseed-credentials` before salt-minion starts.
+    pub fn smbios_strings(&self) -> Result<Vec<Zeroizing<String>>, SeedError> {
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+        let cred = |name: &str, v: &str| {
+            Zeroizing::new(format!("io.systemd.credential.binary:{name}={}", b64(v)))
+        };
+        Ok(vec![
+            cred("virtseed.minion_id", &self.id),
+            cred("virtseed.minion.conf", &self.minion_conf_text()?),
+            cred("virtseed.minion.pem", &self.private_pem),
+            cred("virtseed.minion.pub", &self.public_pem),
+            cred("virtseed.minion_master.pub", &self.master_pub),
+        ])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ident() -> Identity {
+        let mut conf = Mapping::new();
+        conf.insert("id".into(), "web1".into());
+        conf.insert("master".into(), "10.0.2.2".into());
+        let mut grains = Mapping::new();
+        grains.insert("role".into(), "web".into());
+        Identity {
+            id: "web1".into(),
+            instance_id: "aaaa-bbbb".into(),
+            private_pem: Zeroizing::new(
+                "-----BEGIN RSA PRIVATE KEY-----\nAAA\n-----END RSA PRIVATE KEY-----\n".into(),
+            ),
+            public_pem: "-----BEGIN PUBLIC KEY-----\nBBB\n-----END PUBLIC KEY-----\n".into(),
+            master_pub: "-----BEGIN PUBLIC KEY-----\nMMM\n-----END PUBLIC KEY-----\n".into(),
+            minion_conf: conf,
+            grains,
+        }
+    }
+
+    #[test]
+    fn user_data_is_cloud_config_with_keys_and_master_key() {
+        let i = ident();
+        let ud = i.user_data().unwrap();
+        assert!(ud.starts_with("#cloud-config\n"));
+        let v: Value = yaml_serde::from_str(&ud).unwrap();
+        assert_eq!(
+            v["salt_minion"]["conf"]["master"].as_str(),
+            Some("10.0.2.2")
+        );
+        assert_eq!(v["salt_minion"]["grains"]["role"].as_str(), Some("web"));
+        assert_eq!(
+            v["salt_minion"]["private_key"].as_str(),
+            Some(i.private_pem.as_str())
+        );
+        assert_eq!(
+            v["salt_minion"]["public_key"].as_str(),
+            Some(i.public_pem.as_str())
+        );
+        assert_eq!(
+            v["write_files"][0]["content"].as_str(),
+            Some(i.master_pub.as_str())
+        );
+        let md: Value = yaml_serde::from_str(&i.meta_data().unwrap()).unwrap();
+        assert_eq!(md["instance-id"].as_str(), Some("aaaa-bbbb"));
+    }
+
+    #[test]
+    fn nocloud_image_is_a_cidata_vfat_with_both_files() {
+        let i = ident();
+        let img = i.nocloud_image().unwrap();
+        let img2 = i.nocloud_image().unwrap();
+        let mut cur = Cursor::new(img.to_vec());
+        let fs = fatfs::FileSystem::new(&mut cur, fatfs::FsOptions::new()).unwrap();
+        assert_eq!(fs.volume_label(), "cidata");
+        let serial = fs.volume_id();
+        let mut names: Vec<String> = fs
+            .root_dir()
+            .iter()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["meta-data", "user-data"]);
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut fs.root_dir().open_file("user-data").unwrap(), &mut s)
+            .unwrap();
+        assert_eq!(s, *i.user_data().unwrap());
+        drop(fs);
+        let fs2 =
+            fatfs::FileSystem::new(Cursor::new(img2.to_vec()), fatfs::FsOptions::new()).unwrap();
+        assert_ne!(
+            serial,
+            fs2.volume_id(),
+            "volume serials must differ per image"
+        );
+    }
+
+    #[test]
+    fn smbios_credentials_decode() {
+        let i = ident();
+        let s = i.smbios_strings().unwrap();
+        let pem = s
+            .iter()
+            .find(|x| x.contains("virtseed.minion.pem="))
+            .unwrap();
+        let b = pem.split_once('=').unwrap().1;
+        let dec = base64::engine::general_purpose::STANDARD.decode(b).unwrap();
+        assert_eq!(String::from_utf8(dec).unwrap(), *i.private_pem);
+        assert!(s[0].starts_with("io.systemd.credential.binary:virtseed.minion_id="));
+    }
+}
