@@ -48,7 +48,8 @@ kvm:
   driver: libvirt
   url: qemu:///system
 CONF
-# One profile both tools read. salt-cloud: no SSH deploy, give up waiting for an IP at once
+# One profile both tools read. Both mint a key per clone and pre-accept it on the master
+# (virtseed also builds and uploads the cloud-init seed). salt-cloud: no SSH deploy, give up waiting for an IP at once
 # (user networking has no lease to find) -- we time only until the domain has started.
 cat > "$d/cloud.profiles" <<CONF
 bench:
@@ -59,6 +60,8 @@ bench:
   wait_for_ip_timeout: 1
   wait_for_ip_interval: 1
   max_parallel: 50
+  minion:
+    master: 10.0.2.2
 CONF
 echo "bench: $(nproc) CPUs, libvirt $(virsh -c qemu:///system version | awk '/Running hypervisor/{print $4}') ; sizes $SIZES, $ROUNDS rounds"
 BENCH_POOL=$pool "$venv/bin/python" "$here/bench-clone.py" "$d" "$root/target/release/virtseed" "$venv/bin/salt-cloud" "$SIZES" "$ROUNDS"

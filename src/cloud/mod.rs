@@ -346,6 +346,13 @@ impl Cloud {
                 }
                 Ok(())
             };
+        if self.master.is_some() && prof.minion.get("master").is_none() {
+            return Err(CloudError::Config(format!(
+                "profile {:?} ({}): `minion: {{master: ADDRESS}}` is required: the address the guest reaches this master at (10.0.2.2 under QEMU user networking)",
+                prof.name,
+                prof.file.display()
+            )));
+        }
         let hv = self.hypervisor(&prof.url)?;
         hv.check_free(name)?;
         let base = hv.base(&prof.base_domain)?;
@@ -660,13 +667,6 @@ fn identity(
 ) -> Result<crate::seed::Identity, CloudError> {
     use yaml_serde::Value as Y;
     let mut conf = prof.minion.clone();
-    if conf.get("master").is_none() {
-        return Err(CloudError::Config(format!(
-            "profile {:?} ({}): `minion: {{master: ADDRESS}}` is required: the address the guest reaches this master at (10.0.2.2 under QEMU user networking)",
-            prof.name,
-            prof.file.display()
-        )));
-    }
     conf.insert("id".into(), Y::String(name.into()));
     if conf.get("master_port").is_none() {
         conf.insert("master_port".into(), Y::Number(mc.ret_port.into()));
