@@ -213,8 +213,12 @@ impl Channel {
     pub async fn master_restarted(&self) {
         self.req.clear().await;
         let current = self.session.read().await.as_ref().map(|s| s.generation);
-        self.renew(current).await;
+        // Resubscribe first: the publisher drops what is published while nobody listens, and
+        // signing in can take a second while the master starts its workers. A publication
+        // under the new key that arrives meanwhile fails its HMAC, waits for this sign-in
+        // and is decoded again.
         self.restarts.send_modify(|n| *n += 1);
+        self.renew(current).await;
     }
 
     /// Sends an aes request and returns the master's answer. A refused request (the master

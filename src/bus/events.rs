@@ -74,6 +74,9 @@ impl EventBus {
                 path: path.to_path_buf(),
                 source,
             })?;
+        // A new connection: the first at start, any later one after the master restarted.
+        self.connections.send_modify(|c| *c += 1);
+        debug!(path = %path.display(), "event bus connected");
         let mut buf = vec![0u8; 64 * 1024];
         let mut stream: Option<EventStream> = None;
         loop {
