@@ -101,10 +101,7 @@ fn main() -> ExitCode {
         }
         Command::List => commands::list(&cli.config_dir),
         Command::CheckConfig => commands::check_config(&cli.config_dir),
-        Command::InstallRunner => {
-            eprintln!("virtseed {name}: not implemented yet");
-            return ExitCode::from(2);
-        }
+        Command::InstallRunner => commands::install_runner(&cli.config_dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -114,12 +114,56 @@ pub async fn run(config_dir: &Path) -> anyhow::Result<()> {
 
     let (tx, rx) = mpsc::channel(1024);
     tokio::spawn(channel.clone().publications(tx));
-    let dispatcher = Arc::new(Dispatcher::new(channel.clone(), settings.salt_version));
+    let cloud = cloud_service(config_dir, &master, &settings, &events);
+    let dispatcher = Arc::new(Dispatcher::new(
+        channel.clone(),
+        settings.salt_version,
+        cloud,
+    ));
     tokio::spawn(dispatcher.serve(rx));
 
     shutdown_signal().await;
     info!("stopping");
     Ok(())
+}
+
+/// The `cloud.*` service: salt-cloud's providers and profiles in `config_dir`, identity from
+/// the master. Without a libvirt provider the sidecar still answers everything else.
+fn cloud_service(
+    config_dir: &Path,
+    master: &crate::config::master::MasterOpts,
+    settings: &crate::config::settings::Settings,
+    events: &EventBus,
+) -> Option<Arc<crate::cloud::service::Service>> {
+    let cfg = crate::config::cloud::CloudConfig::load(config_dir);
+    for e in &cfg.errors {
+        warn!("cloud configuration: {e}");
+    }
+    if cfg.profiles.is_empty() {
+        info!(
+            "no libvirt profiles in {}/cloud.profiles(.d): cloud.* jobs are off",
+            config_dir.display()
+        );
+        return None;
+    }
+    let ctx = match crate::cloud::MasterCtx::from_opts(master, settings.salt_version) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!("cloud.* jobs are off: {e}");
+            return None;
+        }
+    };
+    info!(profiles = cfg.profiles.len(), "serving cloud.* jobs");
+    let cloud = crate::cloud::Cloud::new(cfg, Some(ctx), crate::cloud::DEFAULT_MAX_PARALLEL);
+    Some(Arc::new(crate::cloud::service::Service {
+        cloud,
+        events: events.clone(),
+        clear: crate::bus::clear::ClearChannel::new(
+            &master.ret_endpoint(),
+            &master.cachedir,
+            &master.user,
+        ),
+    }))
 }
 
 async fn shutdown_signal() {

@@ -6,6 +6,8 @@
 //! nothing behind.
 
 pub mod names;
+pub mod ready;
+pub mod service;
 
 use crate::config::cloud::{CloneStrategy, CloudConfig, Profile, SeedKind};
 use crate::libvirt::dom::Element;
@@ -621,6 +623,13 @@ impl Cloud {
         Ok(
             json!({"name": name, "id": inst.uuid, "volumes_deleted": deleted, "key_removed": key_removed, "state": "destroyed"}),
         )
+    }
+
+    /// Detaches and deletes a clone's seed volume (its minion has its identity).
+    pub fn remove_seed(&self, name: &str, seed_path: &str) -> Result<(), CloudError> {
+        let (hv, _) = self.locate(name)?;
+        hv.remove_disk(name, seed_path)?;
+        Ok(())
     }
 
     /// Every VM virtseed made, per provider URI.

@@ -3,6 +3,10 @@
 //!
 //! Every job runs in its own task, so a long clone never delays a `test.ping`.
 
+mod cloud_args;
+mod cloud_destroy;
+mod cloud_profile;
+mod cloud_query;
 mod find_job;
 mod list_functions;
 pub mod target;
@@ -25,6 +29,14 @@ use tracing::{debug, info, warn};
 
 /// Every function the sidecar answers, for `sys.list_functions`.
 pub const FUNCTIONS: &[&str] = &[
+    cloud_profile::NAME,
+    cloud_destroy::NAME,
+    cloud_query::LIST_NODES,
+    cloud_query::LIST_NODES_FULL,
+    cloud_query::LIST_NODES_SELECT,
+    cloud_query::QUERY,
+    cloud_query::LIST_IMAGES,
+    cloud_query::ACTION,
     find_job::NAME,
     list_functions::NAME,
     test_arg::NAME,
@@ -96,6 +108,7 @@ impl Running {
 /// Runs publications addressed to us and returns their results to the master.
 pub struct Dispatcher {
     channel: Arc<Channel>,
+    cloud: Option<Arc<crate::cloud::service::Service>>,
     running: Running,
     return_floor: Duration,
 }
@@ -111,6 +124,7 @@ impl Dispatcher {
     pub fn new(
         channel: Arc<Channel>,
         salt_version: Option<salt_proto::version::SaltVersion>,
+        cloud: Option<Arc<crate::cloud::service::Service>>,
     ) -> Self {
         let return_floor = match salt_version {
             Some(v) if v.major != 3007 => Duration::ZERO,
@@ -118,6 +132,7 @@ impl Dispatcher {
         };
         Self {
             channel,
+            cloud,
             running: Running::default(),
             return_floor,
         }
@@ -190,6 +205,16 @@ impl Dispatcher {
             test_sleep::NAME => test_sleep::run(p).await,
             find_job::NAME => find_job::run(p, &self.running),
             list_functions::NAME => list_functions::run(p),
+            f if f.starts_with("cloud.") && FUNCTIONS.contains(&f) => match &self.cloud {
+                None => Outcome::error(format!(
+                    "'{f}' is not available: this sidecar has no cloud configuration"
+                )),
+                Some(svc) => match f {
+                    cloud_profile::NAME => cloud_profile::run(p, svc).await,
+                    cloud_destroy::NAME => cloud_destroy::run(p, svc).await,
+                    _ => cloud_query::run(p, svc).await,
+                },
+            },
             other => Outcome::error(format!("'{other}' is not available.")),
         }
     }

@@ -499,6 +499,36 @@ impl Hypervisor {
             .map_err(self.err(format!("autostart {name}")))
     }
 
+    /// Detaches the disk whose source is `path` from a domain virtseed made (its persistent
+    /// definition, and the running guest when it lets go), then deletes the volume.
+    pub fn remove_disk(&self, name: &str, path: &str) -> Result<(), LibvirtError> {
+        let (dom, _) = self.ours(name)?;
+        let find = |flags: u32| -> Result<Option<String>, LibvirtError> {
+            let xml = dom.xml_desc(flags).map_err(self.err("domain XML"))?;
+            let root = dom::parse(&xml).map_err(|e| LibvirtError::Xml(e.into()))?;
+            Ok(root.child("devices").and_then(|d| {
+                d.elements()
+                    .find(|e| {
+                        e.name == "disk"
+                            && e.child("source").and_then(|s| s.attr("file")).as_deref()
+                                == Some(path)
+                    })
+                    .map(|e| e.to_xml())
+            }))
+        };
+        if let Some(x) = find(sys::VIR_DOMAIN_XML_INACTIVE)? {
+            dom.detach_device_flags(&x, sys::VIR_DOMAIN_AFFECT_CONFIG)
+                .map_err(self.err(format!("detach {path} from {name}")))?;
+        }
+        if dom.is_active().unwrap_or(false) {
+            if let Some(x) = find(0)? {
+                // Best effort: a guest without hotplug keeps it until its next power cycle.
+                let _ = dom.detach_device_flags(&x, sys::VIR_DOMAIN_AFFECT_LIVE);
+            }
+        }
+        self.delete_volume(path)
+    }
+
     /// Stops a domain at once (power off).
     pub fn stop(&self, name: &str) -> Result<(), LibvirtError> {
         let (dom, _) = self.ours(name)?;

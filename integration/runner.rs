@@ -1,0 +1,244 @@
+//! `salt-run cloud.*` on real masters (3007.17 with Salt's own cloud runner replaced, 3008.5
+//! which has none), served by the sidecar: events for reactors, readiness with a real
+//! salt-minion built from the seed, list, actions, destroy, errors.
+
+mod harness;
+
+use harness::pool::Pool;
+use harness::{text, wait_for, EventLog, Master, Minion, Sidecar};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+use yaml_serde::Value as Y;
+
+fn virtseed(config: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_virtseed"))
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The runner's return: the last JSON document salt-run printed (progress lines come first).
+fn last_json(out: &Output) -> serde_json::Value {
+    let s = text(&out.stdout);
+    let mut starts: Vec<usize> = s.match_indices("\n{").map(|(i, _)| i + 1).collect();
+    starts.insert(0, 0);
+    for i in starts.into_iter().rev() {
+        if let Ok(v) = serde_json::from_str(&s[i..]) {
+            return v;
+        }
+    }
+    panic!(
+        "no JSON in salt-run output:\n{s}\nstderr:\n{}",
+        text(&out.stderr)
+    );
+}
+
+fn mread(img: &Path, file: &str) -> String {
+    let out = Command::new("mtype")
+        .args(["-i", img.to_str().unwrap(), &format!("::{file}")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mtype: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+fn scenario(version: &str) {
+    let m = Master::start(version);
+    let p = Pool::new(&format!("run{}", &version[..4]));
+    let vda = p.base_volume("base-vda.qcow2", "qcow2", 64);
+    let base = format!("{}base", p.prefix);
+    p.base_domain(&base, &[("vda", "qcow2", Pool::file_source(&vda))]);
+    std::fs::write(
+        m.dir.join("cloud.providers"),
+        "kvm:\n  driver: libvirt\n  url: qemu:///system\n",
+    )
+    .unwrap();
+    std::fs::write(
+        m.dir.join("cloud.profiles"),
+        format!("web:\n  provider: kvm\n  base_domain: {base}\n  minion:\n    master: 127.0.0.1\n  minion_timeout: 120\nquick:\n  extends: web\n  wait_for_minion: false\n"),
+    )
+    .unwrap();
+    let sidecar = Sidecar::start(&m, "virtseed");
+    sidecar.wait_log("serving cloud.* jobs", Duration::from_secs(10));
+    let out = virtseed(&m.dir, &["install-runner"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let events = EventLog::start(&m);
+
+    // Without waiting for a minion: the VM is made and returned at once.
+    let a = format!("{}a", p.prefix);
+    let out = m.salt_run(&["--out", "json", "cloud.profile", "quick", &a]);
+    assert!(
+        out.status.success(),
+        "{}\n{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        sidecar.log_text()
+    );
+    let ret = last_json(&out);
+    assert_eq!(ret[&a]["state"], "running", "{ret}");
+    assert_eq!(ret[&a]["profile"], "quick");
+    assert!(ret[&a]["fingerprint"].as_str().unwrap().contains(':'));
+    assert!(
+        text(&out.stdout).contains(&format!("{a}: started")),
+        "no progress shown: {}",
+        text(&out.stdout)
+    );
+    for step in [
+        "creating",
+        "requesting",
+        "seeded",
+        "key_accepted",
+        "started",
+        "created",
+    ] {
+        let tag = format!("salt/cloud/{a}/{step}");
+        wait_for(&tag, Duration::from_secs(10), || {
+            events.events().iter().any(|e| e["tag"] == tag.as_str())
+        });
+    }
+    let created = events
+        .events()
+        .into_iter()
+        .find(|e| e["tag"] == format!("salt/cloud/{a}/created"))
+        .unwrap();
+    for (k, v) in [
+        ("name", a.as_str()),
+        ("profile", "quick"),
+        ("provider", "kvm:libvirt"),
+        ("driver", "libvirt"),
+    ] {
+        assert_eq!(created["data"][k], v, "{created}");
+    }
+    assert!(created["data"]["_stamp"].is_string());
+
+    // With readiness: salt-run waits until the new minion answers a real test.ping.
+    let b = format!("{}b", p.prefix);
+    let child = Command::new(m.venv.join("bin/salt-run"))
+        .arg("-c")
+        .arg(&m.dir)
+        .args(["--out", "json", "cloud.profile", "web", &b])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let seed = p.dir.join(format!("{b}-seed.img"));
+    wait_for("the seed volume", Duration::from_secs(30), || {
+        seed.exists() && m.pki().join("minions").join(&b).exists()
+    });
+    let ud: Y = yaml_serde::from_str(&mread(&seed, "user-data")).unwrap();
+    let sm = &ud["salt_minion"];
+    let mdir = m.dir.join(format!("guest-{b}"));
+    std::fs::create_dir_all(mdir.join("pki")).unwrap();
+    std::fs::write(
+        mdir.join("pki/minion.pem"),
+        sm["private_key"].as_str().unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        mdir.join("pki/minion.pub"),
+        sm["public_key"].as_str().unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        mdir.join("pki/minion_master.pub"),
+        ud["write_files"][0]["content"].as_str().unwrap(),
+    )
+    .unwrap();
+    let minion = Minion::start(&m, &mdir, &yaml_serde::to_string(&sm["conf"]).unwrap());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        minion.log_text()
+    );
+    let ret = last_json(&out);
+    assert_eq!(ret[&b]["minion_up"], true, "{ret}");
+    let t = &ret[&b]["timings_ms"];
+    assert!(
+        t["first_ping"].as_u64().unwrap() >= t["started"].as_u64().unwrap(),
+        "{t}"
+    );
+    assert!(
+        t["minion_start"].is_u64() && t["first_auth"].is_u64(),
+        "{t}"
+    );
+    // The seed is gone once the minion is up; the minion keeps answering.
+    wait_for("seed removal", Duration::from_secs(10), || !seed.exists());
+    let inactive = harness::pool::virsh_ok(&["dumpxml", "--inactive", &b]);
+    assert!(
+        !inactive.contains(&format!("<source file='{}'", seed.display())),
+        "{inactive}\n{}",
+        sidecar.log_text()
+    );
+    let (ok, v) = m.salt_json(&b, &["test.ping"], 30);
+    assert!(ok && v[&b] == true, "{v}");
+
+    // Queries in salt-cloud's shapes.
+    let out = m.salt_run(&["--out", "json", "cloud.list_nodes"]);
+    let ret = last_json(&out);
+    for n in [&a, &b] {
+        assert_eq!(
+            ret["kvm"]["libvirt"][n.as_str()]["state"],
+            "running",
+            "{ret}"
+        );
+    }
+    assert!(
+        ret["kvm"]["libvirt"].get(&base).is_none(),
+        "the base is not ours"
+    );
+    let out = m.salt_run(&["--out", "json", "cloud.action", "show_instance", &a]);
+    assert_eq!(last_json(&out)[&a]["name"], a.as_str());
+    let out = m.salt_run(&["--out", "json", "cloud.list_images"]);
+    assert!(last_json(&out)["kvm"]["libvirt"].get(&base).is_some());
+
+    // Errors: non-zero exit and {name: {Error}}.
+    let out = m.salt_run(&["--out", "json", "cloud.profile", "web", "../bad"]);
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("instance name"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = m.salt_run(&["--out", "json", "cloud.profile", "nope", "x1"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stdout).contains("no profile"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // Destroy both: domains, volumes and keys are gone; events for reactors.
+    drop(minion);
+    let out = m.salt_run(&["--out", "json", "cloud.destroy", &format!("{a},{b}")]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    for n in [&a, &b] {
+        assert!(!m.pki().join("minions").join(n).exists());
+        let tag = format!("salt/cloud/{n}/destroyed");
+        wait_for(&tag, Duration::from_secs(10), || {
+            events.events().iter().any(|e| e["tag"] == tag.as_str())
+        });
+    }
+    assert_eq!(p.domains(), vec![base]);
+    assert_eq!(p.files(), ["base-vda.qcow2"]);
+}
+
+#[test]
+fn salt_run_cloud_3007() {
+    scenario("3007.17");
+}
+
+#[test]
+fn salt_run_cloud_3008() {
+    scenario("3008.5");
+}

@@ -1,0 +1,89 @@
+//! Readiness: a new minion is up when it has authenticated, started, and answered a real
+//! `test.ping` published through the master (events alone are not the authority).
+
+use crate::bus::clear::ClearChannel;
+use salt_proto::event::Event;
+use salt_proto::msgpack;
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast;
+
+/// When each readiness milestone was seen, in ms since the request began.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Ready {
+    pub first_auth_ms: Option<u64>,
+    pub minion_start_ms: Option<u64>,
+    pub first_ping_ms: u64,
+}
+
+/// Waits for `id` to authenticate, start and answer test.ping, until `deadline`.
+pub async fn wait_minion(
+    clear: &ClearChannel,
+    events: &mut broadcast::Receiver<Event>,
+    id: &str,
+    t0: Instant,
+    deadline: Instant,
+) -> Result<Ready, String> {
+    let ms = || t0.elapsed().as_millis() as u64;
+    let mut ready = Ready::default();
+    let start_tag = format!("salt/minion/{id}/start");
+    // Authenticated and started.
+    while ready.minion_start_ms.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!(
+                "{id} did not start its minion in time ({})",
+                if ready.first_auth_ms.is_some() {
+                    "it authenticated"
+                } else {
+                    "it never authenticated"
+                }
+            ));
+        }
+        match tokio::time::timeout(left, events.recv()).await {
+            Err(_) => continue,
+            Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue,
+            Ok(Err(_)) => return Err("the master's event bus closed".into()),
+            Ok(Ok(ev)) => {
+                let data_id = msgpack::get(&ev.data, "id").and_then(msgpack::str_of);
+                if ev.tag == "salt/auth" && data_id == Some(id) {
+                    let act = msgpack::get(&ev.data, "act").and_then(msgpack::str_of);
+                    if act == Some("accept") && ready.first_auth_ms.is_none() {
+                        ready.first_auth_ms = Some(ms());
+                    }
+                } else if ev.tag == start_tag {
+                    ready.minion_start_ms = Some(ms());
+                }
+            }
+        }
+    }
+    // One real ping (repeated every 10 s if it goes unanswered).
+    loop {
+        if Instant::now() >= deadline {
+            return Err(format!("{id} started but did not answer test.ping in time"));
+        }
+        let p = clear
+            .publish(id, "glob", "test.ping", vec![])
+            .await
+            .map_err(|e| format!("publishing test.ping to {id}: {e}"))?;
+        let ret_tag = format!("salt/job/{}/ret/{id}", p.jid);
+        let until = (Instant::now() + Duration::from_secs(10)).min(deadline);
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match tokio::time::timeout(left, events.recv()).await {
+                Err(_) => break,
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue,
+                Ok(Err(_)) => return Err("the master's event bus closed".into()),
+                Ok(Ok(ev)) if ev.tag == ret_tag => {
+                    if msgpack::get(&ev.data, "return") == Some(&salt_proto::Value::Boolean(true)) {
+                        ready.first_ping_ms = ms();
+                        return Ok(ready);
+                    }
+                }
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! The cloud service inside the sidecar: the `cloud.*` jobs' shared state, salt-cloud
+//! events on the master's bus, readiness, and removing the seed once the minion is up.
+
+use super::ready::{self, Ready};
+use super::{Cloud, CloudError, CreateOptions, Progress};
+use crate::bus::clear::ClearChannel;
+use crate::bus::events::EventBus;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct Service {
+    pub cloud: Arc<Cloud>,
+    pub events: EventBus,
+    pub clear: ClearChannel,
+}
+
+/// Progress as events: `salt/cloud/<name>/<step>` with salt-cloud's fields.
+pub struct BusProgress {
+    pub events: EventBus,
+    pub rt: tokio::runtime::Handle,
+    pub profile: String,
+    pub provider: String,
+}
+
+impl Progress for BusProgress {
+    fn step(&self, name: &str, step: &str, data: Value) {
+        let mut d = match data {
+            Value::Object(m) => m,
+            other => {
+                let mut m = serde_json::Map::new();
+                m.insert("data".into(), other);
+                m
+            }
+        };
+        d.insert("name".into(), json!(name));
+        d.insert("profile".into(), json!(self.profile));
+        d.insert("provider".into(), json!(self.provider));
+        d.insert("driver".into(), json!("libvirt"));
+        d.entry("event")
+            .or_insert_with(|| json!(format!("{step} instance")));
+        self.fire(&format!("salt/cloud/{name}/{step}"), Value::Object(d));
+    }
+
+    fn fire(&self, tag: &str, data: Value) {
+        let bus = self.events.clone();
+        let tag = tag.to_string();
+        let data = crate::bus::from_json(&data);
+        // Called from blocking clone threads and from async code alike: fire on the runtime
+        // without waiting.
+        self.rt.spawn(async move {
+            if let Err(e) = bus.fire(&tag, data).await {
+                tracing::warn!(%tag, "could not fire: {e}");
+            }
+        });
+    }
+}
+
+/// Per-request overrides a caller may pass with `cloud.profile`.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub wait_for_minion: Option<bool>,
+    pub minion_timeout: Option<u64>,
+}
+
+impl Service {
+    /// `cloud.profile`: clones, then (by default) waits for each minion's first ping and
+    /// removes its seed. Returns salt-cloud's shape: `{name: {...}}` or `{name: {Error}}`.
+    pub async fn profile(
+        self: &Arc<Self>,
+        profile: &str,
+        names: &[String],
+        request: &str,
+        ov: Overrides,
+    ) -> Result<BTreeMap<String, Value>, CloudError> {
+        let prof = self
+            .cloud
+            .config
+            .profile(profile)
+            .map_err(CloudError::Config)?
+            .clone();
+        super::names::check_all(names).map_err(CloudError::BadName)?;
+        let progress = Arc::new(BusProgress {
+            events: self.events.clone(),
+            rt: tokio::runtime::Handle::current(),
+            profile: prof.name.clone(),
+            provider: format!("{}:{}", prof.provider, prof.driver),
+        });
+        let t0 = Instant::now();
+        // Listen before anything starts, so no auth or start event is missed.
+        let mut rxs: BTreeMap<String, tokio::sync::broadcast::Receiver<_>> = names
+            .iter()
+            .map(|n| (n.clone(), self.events.subscribe()))
+            .collect();
+        for n in names {
+            progress.step(n, "creating", json!({"event": "starting create"}));
+            progress.step(n, "requesting", json!({"event": "requesting instance", "kwargs": {"name": n, "base_domain": prof.base_domain}}));
+        }
+        let created = self
+            .cloud
+            .profile(
+                profile,
+                names,
+                CreateOptions {
+                    request: request.into(),
+                    fail_after: None,
+                },
+                progress.clone(),
+            )
+            .await?;
+        let wait = ov.wait_for_minion.unwrap_or(prof.wait_for_minion);
+        let timeout = Duration::from_secs(ov.minion_timeout.unwrap_or(prof.minion_timeout_secs));
+        let deadline = Instant::now() + timeout;
+        let mut tasks = Vec::new();
+        for (name, r) in created {
+            let me = self.clone();
+            let progress = progress.clone();
+            let mut rx = rxs.remove(&name).expect("a receiver per name");
+            tasks.push(tokio::spawn(async move {
+                let c = match r {
+                    Ok(c) => c,
+                    Err(e) => return (name, json!({"Error": e.to_string()})),
+                };
+                let mut v = serde_json::to_value(&c).unwrap_or_default();
+                if wait && c.seed.is_some() {
+                    match ready::wait_minion(&me.clear, &mut rx, &name, t0, deadline).await {
+                        Ok(ready) => {
+                            progress.step(
+                                &name,
+                                "minion_up",
+                                json!({"elapsed_ms": ready.first_ping_ms}),
+                            );
+                            me.remove_seed(&name, &c.volumes, &*progress).await;
+                            merge_ready(&mut v, &ready);
+                            v["minion_up"] = json!(true);
+                        }
+                        Err(e) => {
+                            progress.step(&name, "failed", json!({"error": e}));
+                            v["minion_up"] = json!(false);
+                            v["Error"] = json!(e);
+                            return (name, v);
+                        }
+                    }
+                }
+                progress.step(&name, "created", json!({"event": "created instance"}));
+                (name, v)
+            }));
+        }
+        let mut out = BTreeMap::new();
+        for t in tasks {
+            if let Ok((n, v)) = t.await {
+                out.insert(n, v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Detaches and deletes the seed volume once the minion has its identity.
+    async fn remove_seed(&self, name: &str, volumes: &[String], progress: &dyn Progress) {
+        let Some(seed) = volumes
+            .iter()
+            .find(|v| v.ends_with(&format!("/{name}-seed.img")))
+            .cloned()
+        else {
+            return;
+        };
+        let cloud = self.cloud.clone();
+        let n = name.to_string();
+        let r = tokio::task::spawn_blocking(move || cloud.remove_seed(&n, &seed)).await;
+        match r {
+            Ok(Ok(())) => progress.step(name, "seed_removed", json!({})),
+            Ok(Err(e)) => tracing::warn!(name, "could not remove the seed: {e}"),
+            Err(e) => tracing::warn!(name, "could not remove the seed: {e}"),
+        }
+    }
+}
+
+fn merge_ready(v: &mut Value, r: &Ready) {
+    if let Some(t) = v.get_mut("timings_ms").and_then(|t| t.as_object_mut()) {
+        if let Some(a) = r.first_auth_ms {
+            t.insert("first_auth".into(), json!(a));
+        }
+        if let Some(s) = r.minion_start_ms {
+            t.insert("minion_start".into(), json!(s));
+        }
+        t.insert("first_ping".into(), json!(r.first_ping_ms));
+    }
+}

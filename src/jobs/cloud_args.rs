@@ -1,0 +1,52 @@
+//! Argument helpers shared by the `cloud.*` jobs (salt-cloud's runner forms).
+
+use salt_proto::msgpack;
+use salt_proto::Value;
+
+/// Instance names: a list, or a comma-separated string.
+pub fn names(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| msgpack::str_of(x).map(str::to_string))
+            .collect(),
+        Some(v) => msgpack::str_of(v)
+            .map(|s| {
+                s.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        None => vec![],
+    }
+}
+
+pub fn text(v: Option<&Value>) -> Option<String> {
+    v.and_then(msgpack::str_of).map(str::to_string)
+}
+
+pub fn boolean(v: Option<&Value>) -> Option<bool> {
+    match v? {
+        Value::Boolean(b) => Some(*b),
+        Value::Integer(i) => i.as_i64().map(|i| i != 0),
+        other => match msgpack::str_of(other)?.to_ascii_lowercase().as_str() {
+            "true" | "yes" | "on" | "1" => Some(true),
+            "false" | "no" | "off" | "0" => Some(false),
+            _ => None,
+        },
+    }
+}
+
+pub fn number(v: Option<&Value>) -> Option<u64> {
+    match v? {
+        Value::Integer(i) => i.as_u64(),
+        other => msgpack::str_of(other)?.parse().ok(),
+    }
+}
+
+/// A JSON value as a Salt return value.
+pub fn ret(v: &serde_json::Value) -> Value {
+    crate::bus::from_json(v)
+}

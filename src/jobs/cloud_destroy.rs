@@ -1,0 +1,53 @@
+//! `cloud.destroy NAMES`: destroy VMs virtseed made, with their volumes, seeds and keys.
+
+use super::cloud_args as a;
+use super::Outcome;
+use crate::cloud::service::{BusProgress, Service};
+use salt_proto::publish::Publication;
+use serde_json::json;
+use std::sync::Arc;
+
+pub const NAME: &str = "cloud.destroy";
+
+pub async fn run(p: &Publication, svc: &Arc<Service>) -> Outcome {
+    let names = a::names(
+        p.args
+            .first()
+            .or_else(|| p.kwarg("instances"))
+            .or_else(|| p.kwarg("names")),
+    );
+    if names.is_empty() {
+        return Outcome::error("cloud.destroy: one or more instance names must be given");
+    }
+    let progress = BusProgress {
+        events: svc.events.clone(),
+        rt: tokio::runtime::Handle::current(),
+        profile: String::new(),
+        provider: String::new(),
+    };
+    let cloud = svc.cloud.clone();
+    let res = tokio::task::spawn_blocking(move || {
+        names
+            .iter()
+            .map(|n| {
+                let v = match cloud.destroy_one(n, &progress) {
+                    Ok(v) => v,
+                    Err(e) => json!({"Error": e.to_string()}),
+                };
+                (n.clone(), v)
+            })
+            .collect::<serde_json::Map<_, _>>()
+    })
+    .await;
+    match res {
+        Ok(map) => {
+            let failed = map.values().any(|v| v.get("Error").is_some());
+            Outcome {
+                ret: a::ret(&serde_json::Value::Object(map)),
+                success: !failed,
+                retcode: i64::from(failed),
+            }
+        }
+        Err(e) => Outcome::error(format!("cloud.destroy: {e}")),
+    }
+}

@@ -1,0 +1,44 @@
+//! `cloud.profile PROFILE NAMES [wait_for_minion=..] [minion_timeout=..]`: clone one VM per
+//! name, wait for each minion's first ping, return salt-cloud's `{name: {...}}`.
+
+use super::cloud_args as a;
+use super::Outcome;
+use crate::cloud::service::{Overrides, Service};
+use salt_proto::publish::Publication;
+use std::sync::Arc;
+
+pub const NAME: &str = "cloud.profile";
+
+pub async fn run(p: &Publication, svc: &Arc<Service>) -> Outcome {
+    let profile = a::text(
+        p.args
+            .first()
+            .or_else(|| p.kwarg("prof"))
+            .or_else(|| p.kwarg("profile")),
+    );
+    let names = a::names(
+        p.args
+            .get(1)
+            .or_else(|| p.kwarg("instances"))
+            .or_else(|| p.kwarg("names")),
+    );
+    let Some(profile) = profile else {
+        return Outcome::error("cloud.profile: a profile (or prof) must be given");
+    };
+    let ov = Overrides {
+        wait_for_minion: a::boolean(p.kwarg("wait_for_minion")),
+        minion_timeout: a::number(p.kwarg("minion_timeout")),
+    };
+    match svc.profile(&profile, &names, p.jid.as_str(), ov).await {
+        Ok(map) => {
+            let failed = map.values().any(|v| v.get("Error").is_some());
+            let v = serde_json::Value::Object(map.into_iter().collect());
+            Outcome {
+                ret: a::ret(&v),
+                success: !failed,
+                retcode: i64::from(failed),
+            }
+        }
+        Err(e) => Outcome::error(e.to_string()),
+    }
+}

@@ -1,0 +1,119 @@
+//! `cloud.list_nodes`, `cloud.list_nodes_full`, `cloud.list_nodes_select`, `cloud.query`,
+//! `cloud.list_images` and `cloud.action`: salt-cloud's query shapes,
+//! `{provider_alias: {driver: {name: {...}}}}`, over the VMs virtseed made.
+
+use super::cloud_args as a;
+use super::Outcome;
+use crate::cloud::{instance_json, service::Service};
+use salt_proto::publish::Publication;
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+
+pub const LIST_NODES: &str = "cloud.list_nodes";
+pub const LIST_NODES_FULL: &str = "cloud.list_nodes_full";
+pub const LIST_NODES_SELECT: &str = "cloud.list_nodes_select";
+pub const QUERY: &str = "cloud.query";
+pub const LIST_IMAGES: &str = "cloud.list_images";
+pub const ACTION: &str = "cloud.action";
+
+/// Nodes grouped as salt-cloud's `query` does: provider alias, then driver, then name.
+fn nodes(svc: &Service, full: bool) -> Value {
+    let mut out = Map::new();
+    let mut errors = Vec::new();
+    for (uri, r) in svc.cloud.list() {
+        match r {
+            Ok(list) => {
+                for i in list {
+                    let alias = i.ownership.provider.clone();
+                    let entry = out.entry(alias).or_insert_with(|| json!({"libvirt": {}}));
+                    let mut v = instance_json(&i);
+                    if !full {
+                        if let Value::Object(m) = &mut v {
+                            m.retain(|k, _| {
+                                [
+                                    "id",
+                                    "name",
+                                    "state",
+                                    "public_ips",
+                                    "private_ips",
+                                    "size",
+                                    "image",
+                                ]
+                                .contains(&k.as_str())
+                            });
+                        }
+                    }
+                    entry["libvirt"][i.name.as_str()] = v;
+                }
+            }
+            Err(e) => errors.push(format!("{uri}: {e}")),
+        }
+    }
+    if !errors.is_empty() {
+        out.insert("Error".into(), json!(errors));
+    }
+    Value::Object(out)
+}
+
+pub async fn run(p: &Publication, svc: &Arc<Service>) -> Outcome {
+    let s = svc.clone();
+    let fun = p.fun.clone();
+    let query = a::text(p.args.first().or_else(|| p.kwarg("query_type")));
+    let action = (
+        a::text(p.args.first().or_else(|| p.kwarg("func"))),
+        a::names(p.args.get(1).or_else(|| p.kwarg("instances"))),
+    );
+    let r = tokio::task::spawn_blocking(move || -> Value {
+        match fun.as_str() {
+            LIST_NODES | LIST_NODES_SELECT => nodes(&s, false),
+            LIST_NODES_FULL => nodes(&s, true),
+            QUERY => nodes(&s, query.as_deref().unwrap_or("list_nodes") != "list_nodes"),
+            LIST_IMAGES => {
+                // The base domains the profiles name, per provider.
+                let mut out = Map::new();
+                for p in s.cloud.config.profiles.values() {
+                    let e = out.entry(p.provider.clone()).or_insert_with(|| json!({"libvirt": {}}));
+                    e["libvirt"][p.base_domain.as_str()] = json!({"name": p.base_domain, "profiles": []});
+                }
+                for p in s.cloud.config.profiles.values() {
+                    if let Some(list) = out[&p.provider]["libvirt"][p.base_domain.as_str()]["profiles"].as_array_mut() {
+                        list.push(json!(p.name));
+                    }
+                }
+                Value::Object(out)
+            }
+            _ => {
+                let (func, names) = &action;
+                let Some(func) = func else {
+                    return json!({"Error": "cloud.action: a function (start, stop, reboot, show_instance) must be given"});
+                };
+                if names.is_empty() {
+                    return json!({"Error": "cloud.action: one or more instance names must be given"});
+                }
+                let mut out = Map::new();
+                for n in names {
+                    let v = match s.cloud.action(func, n) {
+                        Ok(v) => v,
+                        Err(e) => json!({"Error": e.to_string()}),
+                    };
+                    out.insert(n.clone(), v);
+                }
+                Value::Object(out)
+            }
+        }
+    })
+    .await;
+    match r {
+        Ok(v) => {
+            let failed = v.get("Error").is_some()
+                || v.as_object()
+                    .is_some_and(|m| m.values().any(|x| x.get("Error").is_some()));
+            Outcome {
+                ret: a::ret(&v),
+                success: !failed,
+                retcode: i64::from(failed),
+            }
+        }
+        Err(e) => Outcome::error(format!("{}: {e}", p.fun)),
+    }
+}
