@@ -242,3 +242,123 @@ fn salt_run_cloud_3007() {
 fn salt_run_cloud_3008() {
     scenario("3008.5");
 }
+
+/// `accept: on_first_auth`: an image that makes its own key is accepted once, in its window,
+/// only for a VM virtseed made; a second key for the id stays denied.
+#[test]
+fn first_auth_acceptance_is_pinned_and_one_shot() {
+    let m = Master::start("3007.17");
+    let p = Pool::new("faa");
+    let vda = p.base_volume("base-vda.qcow2", "qcow2", 64);
+    let base = format!("{}base", p.prefix);
+    p.base_domain(&base, &[("vda", "qcow2", Pool::file_source(&vda))]);
+    std::fs::write(
+        m.dir.join("cloud.providers"),
+        "kvm:\n  driver: libvirt\n  url: qemu:///system\n",
+    )
+    .unwrap();
+    std::fs::write(
+        m.dir.join("cloud.profiles"),
+        format!("own:\n  provider: kvm\n  base_domain: {base}\n  minion: {{master: 127.0.0.1}}\n  accept: on_first_auth\n  autoaccept_window: 120\nshort:\n  extends: own\n  autoaccept_window: 1\n"),
+    )
+    .unwrap();
+    let sidecar = Sidecar::start(&m, "virtseed");
+    sidecar.wait_log("serving cloud.* jobs", Duration::from_secs(10));
+    let events = EventLog::start(&m);
+    let ports = std::fs::read_to_string(m.dir.join("master")).unwrap();
+    let port = |k: &str| {
+        ports
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}: ")))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let conf = |id: &str| {
+        format!(
+            "id: {id}\nmaster: 127.0.0.1\nmaster_port: {}\npublish_port: {}\n",
+            port("ret_port"),
+            port("publish_port")
+        )
+    };
+
+    let x = format!("{}x", p.prefix);
+    let out = virtseed(&m.dir, &["profile", "own", &x]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !m.pki().join("minions").join(&x).exists(),
+        "nothing pre-accepted"
+    );
+    let ud = mread(&p.dir.join(format!("{x}-seed.img")), "user-data");
+    assert!(
+        !ud.contains("private_key"),
+        "the image makes its own key: {ud}"
+    );
+
+    // The image's own key: accepted once by the sidecar, then the minion answers.
+    let minion = Minion::start(&m, &m.dir.join("own-x"), &conf(&x));
+    wait_for(
+        "the first key to be accepted",
+        Duration::from_secs(60),
+        || m.pki().join("minions").join(&x).exists(),
+    );
+    let accepted = std::fs::read_to_string(m.pki().join("minions").join(&x)).unwrap();
+    let own_pub = std::fs::read_to_string(m.dir.join("own-x/pki/minion.pub")).unwrap();
+    assert_eq!(
+        salt_proto::keys::clean_key(&accepted),
+        salt_proto::keys::clean_key(&own_pub)
+    );
+    wait_for("the minion's start event", Duration::from_secs(60), || {
+        events.text().contains(&format!("salt/minion/{x}/start"))
+    });
+    let (ok, v) = m.salt_json(&x, &["test.ping"], 30);
+    assert!(ok && v[&x] == true, "{v}");
+
+    // A second key for x: denied, reported, and the accepted key stays.
+    let impostor = Minion::start(&m, &m.dir.join("own-x2"), &conf(&x));
+    wait_for("virtseed/key/denied", Duration::from_secs(60), || {
+        events
+            .events()
+            .iter()
+            .any(|e| e["tag"] == "virtseed/key/denied" && e["data"]["id"] == x.as_str())
+    });
+    drop(impostor);
+    assert_eq!(
+        std::fs::read_to_string(m.pki().join("minions").join(&x)).unwrap(),
+        accepted
+    );
+
+    // Outside the window, and for an id virtseed did not make: left pending.
+    let y = format!("{}y", p.prefix);
+    let out = virtseed(&m.dir, &["profile", "short", &y]);
+    assert!(out.status.success());
+    std::thread::sleep(Duration::from_secs(3));
+    let z = format!("{}z", p.prefix);
+    let my = Minion::start(&m, &m.dir.join("own-y"), &conf(&y));
+    let mz = Minion::start(&m, &m.dir.join("own-z"), &conf(&z));
+    wait_for("both pending", Duration::from_secs(60), || {
+        m.pki().join("minions_pre").join(&y).exists()
+            && m.pki().join("minions_pre").join(&z).exists()
+    });
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(
+        !m.pki().join("minions").join(&y).exists(),
+        "accepted outside its window"
+    );
+    assert!(
+        !m.pki().join("minions").join(&z).exists(),
+        "accepted an id virtseed did not make"
+    );
+    assert!(
+        sidecar.log_text().contains("outside its autoaccept_window"),
+        "{}",
+        sidecar.log_text()
+    );
+    drop((my, mz, minion));
+
+    // Destroy removes the key virtseed accepted.
+    let out = virtseed(&m.dir, &["destroy", &x, &y]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert!(!m.pki().join("minions").join(&x).exists());
+    assert_eq!(p.files(), ["base-vda.qcow2"]);
+}

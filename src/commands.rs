@@ -53,7 +53,7 @@ fn load(config_dir: &Path, parallel: Option<usize>) -> Result<(Arc<Cloud>, Lines
     let (master, bus) = if config_dir.join("master").exists() {
         let opts = MasterOpts::load(config_dir)?;
         let settings = Settings::load(config_dir)?;
-        let ctx = MasterCtx::from_opts(&opts, settings.salt_version)?;
+        let ctx = MasterCtx::from_opts(&opts, &settings)?;
         let bus = EventBus::new(&opts.sock_dir, settings.salt_version);
         (Some(ctx), Some((tokio::runtime::Handle::current(), bus)))
     } else {

@@ -115,6 +115,19 @@ pub async fn run(config_dir: &Path) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel(1024);
     tokio::spawn(channel.clone().publications(tx));
     let cloud = cloud_service(config_dir, &master, &settings, &events);
+    if let Some(svc) = &cloud {
+        let progress = Arc::new(crate::cloud::service::BusProgress {
+            events: events.clone(),
+            rt: tokio::runtime::Handle::current(),
+            profile: String::new(),
+            provider: String::new(),
+        });
+        tokio::spawn(crate::cloud::autoaccept::watch(
+            svc.clone(),
+            progress,
+            events.subscribe(),
+        ));
+    }
     let dispatcher = Arc::new(Dispatcher::new(
         channel.clone(),
         settings.salt_version,
@@ -146,7 +159,7 @@ fn cloud_service(
         );
         return None;
     }
-    let ctx = match crate::cloud::MasterCtx::from_opts(master, settings.salt_version) {
+    let ctx = match crate::cloud::MasterCtx::from_opts(master, settings) {
         Ok(c) => c,
         Err(e) => {
             warn!("cloud.* jobs are off: {e}");

@@ -5,11 +5,12 @@
 //! step runs; a failure at any step undoes that list in reverse, so a failed create leaves
 //! nothing behind.
 
+pub mod autoaccept;
 pub mod names;
 pub mod ready;
 pub mod service;
 
-use crate::config::cloud::{CloneStrategy, CloudConfig, Profile, SeedKind};
+use crate::config::cloud::{AcceptMode, CloneStrategy, CloudConfig, Profile, SeedKind};
 use crate::libvirt::dom::Element;
 use crate::libvirt::domain_xml::{self, CloneDisk, CloneSpec, DiskSource, Ownership};
 use crate::libvirt::{Hypervisor, Instance, LibvirtError};
@@ -64,13 +65,16 @@ pub struct MasterCtx {
     pub publish_port: u16,
     /// `salt/key` event `act` for an accept: "accept" before 3008, "accepted" from 3008.
     pub accept_act: &'static str,
+    /// virtseed's own state (`accept: on_first_auth` records the first key seen per id).
+    pub state_dir: std::path::PathBuf,
 }
 
 impl MasterCtx {
     pub fn from_opts(
         m: &crate::config::master::MasterOpts,
-        version: Option<salt_proto::version::SaltVersion>,
+        settings: &crate::config::settings::Settings,
     ) -> Result<Self, CloudError> {
+        let version = settings.salt_version;
         let path = m.pki_dir.join("master.pub");
         let master_pub = std::fs::read_to_string(&path).map_err(|e| {
             CloudError::Config(format!(
@@ -85,6 +89,7 @@ impl MasterCtx {
             ret_port: m.ret_port,
             publish_port: m.publish_port,
             accept_act: version.map_or("accept", |v| v.key_act_accept()),
+            state_dir: settings.pki_dir.clone(),
         })
     }
 }
@@ -162,7 +167,7 @@ pub struct Created {
 /// The cloud service.
 pub struct Cloud {
     pub config: CloudConfig,
-    master: Option<MasterCtx>,
+    pub master: Option<MasterCtx>,
     keys: Arc<crate::pki::KeyPool>,
     max_parallel: usize,
     busy: Arc<Mutex<HashSet<String>>>,
@@ -423,11 +428,15 @@ impl Cloud {
         let mut oem_strings = Vec::new();
         let mut identity_key = None;
         if let Some(mc) = &self.master {
-            let key = self
-                .keys
-                .take(prof.keysize)
-                .map_err(|e| CloudError::Internal(format!("minting a key: {e}")))?;
-            let ident = identity(prof, name, &uuid, mc, &key)?;
+            let key = match prof.accept {
+                AcceptMode::Preseed => Some(
+                    self.keys
+                        .take(prof.keysize)
+                        .map_err(|e| CloudError::Internal(format!("minting a key: {e}")))?,
+                ),
+                AcceptMode::OnFirstAuth => None,
+            };
+            let ident = identity(prof, name, &uuid, mc, key.as_ref())?;
             match prof.seed {
                 SeedKind::CloudInit => {
                     let img = ident
@@ -467,7 +476,7 @@ impl Cloud {
                         .collect();
                 }
             }
-            identity_key = Some(key);
+            identity_key = key;
         }
         checkpoint(Step::Seeded, timings)?;
         let fingerprint = identity_key
@@ -501,6 +510,11 @@ impl Cloud {
                 request: opts.request.clone(),
                 volumes: volumes.clone(),
                 files: vec![],
+                accept: match prof.accept {
+                    AcceptMode::Preseed => "preseed".into(),
+                    AcceptMode::OnFirstAuth => "on_first_auth".into(),
+                },
+                window: prof.autoaccept_window_secs,
             },
             extra_devices,
             oem_strings,
@@ -562,7 +576,7 @@ impl Cloud {
     }
 
     /// Finds which provider URI holds `name` among virtseed's domains.
-    fn locate(&self, name: &str) -> Result<(Arc<Hypervisor>, Instance), CloudError> {
+    pub fn locate(&self, name: &str) -> Result<(Arc<Hypervisor>, Instance), CloudError> {
         let mut found = Vec::new();
         let mut not_ours = None;
         let mut errors = Vec::new();
@@ -608,10 +622,15 @@ impl Cloud {
         progress.step(name, "destroying", json!({"name": name}));
         let deleted = hv.destroy(name)?;
         let mut key_removed = false;
-        if let (Some(mc), false) = (&self.master, inst.ownership.fingerprint.is_empty()) {
-            key_removed =
-                crate::pki::revoke(&mc.pki_dir, &mc.cachedir, name, &inst.ownership.fingerprint)
-                    .map_err(|e| CloudError::Internal(e.to_string()))?;
+        // The key virtseed minted, or (on_first_auth) the first key it saw and accepted.
+        let finger = match (&self.master, inst.ownership.fingerprint.is_empty()) {
+            (Some(mc), true) => autoaccept::first_seen(&mc.state_dir, name).unwrap_or_default(),
+            _ => inst.ownership.fingerprint.clone(),
+        };
+        if let (Some(mc), false) = (&self.master, finger.is_empty()) {
+            key_removed = crate::pki::revoke(&mc.pki_dir, &mc.cachedir, name, &finger)
+                .map_err(|e| CloudError::Internal(e.to_string()))?;
+            autoaccept::forget(&mc.state_dir, name);
             if key_removed {
                 progress.fire(
                     "salt/key",
@@ -672,7 +691,7 @@ fn identity(
     name: &str,
     uuid: &str,
     mc: &MasterCtx,
-    key: &salt_proto::keys::PrivateKey,
+    key: Option<&salt_proto::keys::PrivateKey>,
 ) -> Result<crate::seed::Identity, CloudError> {
     use yaml_serde::Value as Y;
     let mut conf = prof.minion.clone();
@@ -695,8 +714,8 @@ fn identity(
     Ok(crate::seed::Identity {
         id: name.into(),
         instance_id: uuid.into(),
-        private_pem: key.to_pem(),
-        public_pem: key.public_key().pem().to_string(),
+        private_pem: key.map(|k| k.to_pem()),
+        public_pem: key.map(|k| k.public_key().pem().to_string()),
         master_pub: mc.master_pub.clone(),
         minion_conf: conf,
         grains,

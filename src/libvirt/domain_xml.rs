@@ -132,6 +132,10 @@ pub struct Ownership {
     pub volumes: Vec<String>,
     /// The NVRAM file, if copied outside a pool.
     pub files: Vec<String>,
+    /// `preseed` or `on_first_auth` (the image makes its own key).
+    pub accept: String,
+    /// For `on_first_auth`: seconds after `created` during which a first key is accepted.
+    pub window: u64,
 }
 
 impl Ownership {
@@ -144,7 +148,9 @@ impl Ownership {
             .with_child(Element::new(&p("base")).with_text(&self.base))
             .with_child(Element::new(&p("fingerprint")).with_text(&self.fingerprint))
             .with_child(Element::new(&p("created")).with_text(&self.created.to_string()))
-            .with_child(Element::new(&p("request")).with_text(&self.request));
+            .with_child(Element::new(&p("request")).with_text(&self.request))
+            .with_child(Element::new(&p("accept")).with_text(&self.accept))
+            .with_child(Element::new(&p("window")).with_text(&self.window.to_string()));
         for v in &self.volumes {
             el = el.with_child(Element::new(&p("volume")).with_text(v));
         }
@@ -172,6 +178,8 @@ impl Ownership {
                 "fingerprint" => o.fingerprint = t,
                 "created" => o.created = t.parse().unwrap_or(0),
                 "request" => o.request = t,
+                "accept" => o.accept = t,
+                "window" => o.window = t.parse().unwrap_or(0),
                 "volume" => o.volumes.push(t),
                 "file" => o.files.push(t),
                 _ => {}
@@ -433,6 +441,8 @@ mod tests {
                 request: "r1".into(),
                 volumes: vec!["/pool/web1-vda.qcow2".into()],
                 files: vec![],
+                accept: "preseed".into(),
+                window: 0,
             },
             extra_devices: vec![],
             oem_strings: vec![],

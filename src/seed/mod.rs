@@ -15,8 +15,9 @@ pub struct Identity {
     pub id: String,
     /// The instance id cloud-init keys its first boot on (the domain UUID).
     pub instance_id: String,
-    pub private_pem: Zeroizing<String>,
-    pub public_pem: String,
+    /// The minion's keypair; `None` when the image makes its own (`accept: on_first_auth`).
+    pub private_pem: Option<Zeroizing<String>>,
+    pub public_pem: Option<String>,
     pub master_pub: String,
     /// The minion config (`id` and `master*` included).
     pub minion_conf: Mapping,
@@ -40,8 +41,10 @@ impl Identity {
         if !self.grains.is_empty() {
             salt.insert("grains".into(), Value::Mapping(self.grains.clone()));
         }
-        salt.insert("public_key".into(), self.public_pem.clone().into());
-        salt.insert("private_key".into(), self.private_pem.to_string().into());
+        if let (Some(public), Some(private)) = (&self.public_pem, &self.private_pem) {
+            salt.insert("public_key".into(), public.clone().into());
+            salt.insert("private_key".into(), private.to_string().into());
+        }
         let mut wf = Mapping::new();
         wf.insert(
             "path".into(),
@@ -113,13 +116,16 @@ impl Identity {
         let cred = |name: &str, v: &str| {
             Zeroizing::new(format!("io.systemd.credential.binary:{name}={}", b64(v)))
         };
-        Ok(vec![
+        let mut v = vec![
             cred("virtseed.minion_id", &self.id),
             cred("virtseed.minion.conf", &self.minion_conf_text()?),
-            cred("virtseed.minion.pem", &self.private_pem),
-            cred("virtseed.minion.pub", &self.public_pem),
             cred("virtseed.minion_master.pub", &self.master_pub),
-        ])
+        ];
+        if let (Some(public), Some(private)) = (&self.public_pem, &self.private_pem) {
+            v.push(cred("virtseed.minion.pem", private));
+            v.push(cred("virtseed.minion.pub", public));
+        }
+        Ok(v)
     }
 }
 
@@ -136,10 +142,10 @@ mod tests {
         Identity {
             id: "web1".into(),
             instance_id: "aaaa-bbbb".into(),
-            private_pem: Zeroizing::new(
+            private_pem: Some(Zeroizing::new(
                 "-----BEGIN RSA PRIVATE KEY-----\nAAA\n-----END RSA PRIVATE KEY-----\n".into(),
-            ),
-            public_pem: "-----BEGIN PUBLIC KEY-----\nBBB\n-----END PUBLIC KEY-----\n".into(),
+            )),
+            public_pem: Some("-----BEGIN PUBLIC KEY-----\nBBB\n-----END PUBLIC KEY-----\n".into()),
             master_pub: "-----BEGIN PUBLIC KEY-----\nMMM\n-----END PUBLIC KEY-----\n".into(),
             minion_conf: conf,
             grains,
@@ -159,11 +165,11 @@ mod tests {
         assert_eq!(v["salt_minion"]["grains"]["role"].as_str(), Some("web"));
         assert_eq!(
             v["salt_minion"]["private_key"].as_str(),
-            Some(i.private_pem.as_str())
+            i.private_pem.as_deref().map(|s| s.as_str())
         );
         assert_eq!(
             v["salt_minion"]["public_key"].as_str(),
-            Some(i.public_pem.as_str())
+            i.public_pem.as_deref()
         );
         assert_eq!(
             v["write_files"][0]["content"].as_str(),
@@ -213,7 +219,25 @@ mod tests {
             .unwrap();
         let b = pem.split_once('=').unwrap().1;
         let dec = base64::engine::general_purpose::STANDARD.decode(b).unwrap();
-        assert_eq!(String::from_utf8(dec).unwrap(), *i.private_pem);
+        assert_eq!(
+            String::from_utf8(dec).unwrap(),
+            **i.private_pem.as_ref().unwrap()
+        );
         assert!(s[0].starts_with("io.systemd.credential.binary:virtseed.minion_id="));
+    }
+
+    #[test]
+    fn images_that_make_their_own_key_get_no_keys() {
+        let mut i = ident();
+        i.private_pem = None;
+        i.public_pem = None;
+        let v: Value = yaml_serde::from_str(&i.user_data().unwrap()).unwrap();
+        assert!(v["salt_minion"].get("private_key").is_none());
+        assert!(v["salt_minion"].get("public_key").is_none());
+        assert!(!i
+            .smbios_strings()
+            .unwrap()
+            .iter()
+            .any(|s| s.contains("minion.pem")));
     }
 }
