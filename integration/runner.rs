@@ -114,6 +114,40 @@ fn scenario(version: &str) {
     }
     assert!(created["data"]["_stamp"].is_string());
 
+    // salt-cloud's `create`: provider, names, and profile keys as arguments.
+    let c = format!("{}c", p.prefix);
+    let out = m.salt_run(&[
+        "--out",
+        "json",
+        "cloud.create",
+        "kvm",
+        &c,
+        &format!("base_domain={base}"),
+        "cpus=2",
+        "minion={master: 127.0.0.1}",
+        "wait_for_minion=False",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(last_json(&out)[&c]["state"], "running");
+    assert!(harness::pool::virsh_ok(&["dominfo", &c]).contains("CPU(s):         2"));
+    let bd = format!("base_domain={base}");
+    let out = m.salt_run(&[
+        "--out",
+        "json",
+        "cloud.create",
+        "kvm",
+        "c2",
+        &bd,
+        "cpus=many",
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out.stdout).contains("cpus"), "{}", text(&out.stdout));
+
     // With readiness: salt-run waits until the new minion answers a real test.ping.
     let b = format!("{}b", p.prefix);
     let child = Command::new(m.venv.join("bin/salt-run"))
@@ -213,23 +247,29 @@ fn scenario(version: &str) {
         text(&out.stdout)
     );
 
-    // Destroy both: domains, volumes and keys are gone; events for reactors.
+    // Destroy them all: domains, volumes and keys are gone; events for reactors.
     drop(minion);
-    let out = m.salt_run(&["--out", "json", "cloud.destroy", &format!("{a},{b}")]);
+    let out = m.salt_run(&["--out", "json", "cloud.destroy", &format!("{a},{b},{c}")]);
+    let destroyed = text(&out.stdout);
     assert!(
         out.status.success(),
         "{}\n{}",
         text(&out.stdout),
         text(&out.stderr)
     );
-    for n in [&a, &b] {
+    for n in [&a, &b, &c] {
         assert!(!m.pki().join("minions").join(n).exists());
         let tag = format!("salt/cloud/{n}/destroyed");
         wait_for(&tag, Duration::from_secs(10), || {
             events.events().iter().any(|e| e["tag"] == tag.as_str())
         });
     }
-    assert_eq!(p.domains(), vec![base]);
+    assert_eq!(
+        p.domains(),
+        vec![base],
+        "{destroyed}\n{}",
+        sidecar.log_text()
+    );
     assert_eq!(p.files(), ["base-vda.qcow2"]);
 }
 

@@ -116,12 +116,11 @@ pub async fn run(config_dir: &Path) -> anyhow::Result<()> {
     tokio::spawn(channel.clone().publications(tx));
     let cloud = cloud_service(config_dir, &master, &settings, &events);
     if let Some(svc) = &cloud {
-        let progress = Arc::new(crate::cloud::service::BusProgress {
-            events: events.clone(),
-            rt: tokio::runtime::Handle::current(),
-            profile: String::new(),
-            provider: String::new(),
-        });
+        let progress = Arc::new(crate::cloud::service::BusProgress::new(
+            events.clone(),
+            String::new(),
+            String::new(),
+        ));
         tokio::spawn(crate::cloud::autoaccept::watch(
             svc.clone(),
             progress,

@@ -266,6 +266,17 @@ impl Cloud {
             .profile(profile)
             .map_err(CloudError::Config)?
             .clone();
+        self.create_many(prof, names, opts, progress).await
+    }
+
+    /// Clones one VM per name from a resolved profile (a named one, or `cloud.create`'s).
+    pub async fn create_many(
+        self: &Arc<Self>,
+        prof: Profile,
+        names: &[String],
+        opts: CreateOptions,
+        progress: Arc<dyn Progress>,
+    ) -> Result<BTreeMap<String, Result<Created, CloudError>>, CloudError> {
         names::check_all(names).map_err(CloudError::BadName)?;
         let limit = prof.max_parallel.unwrap_or(self.max_parallel);
         let sem = Arc::new(tokio::sync::Semaphore::new(limit));

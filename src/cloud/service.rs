@@ -16,12 +16,52 @@ pub struct Service {
     pub clear: ClearChannel,
 }
 
-/// Progress as events: `salt/cloud/<name>/<step>` with salt-cloud's fields.
+/// Progress as events: `salt/cloud/<name>/<step>` with salt-cloud's fields. Events are
+/// fired in order by one task; [`BusProgress::flush`] waits until all are out (so a job's
+/// return never overtakes its last step events).
 pub struct BusProgress {
-    pub events: EventBus,
-    pub rt: tokio::runtime::Handle,
+    tx: tokio::sync::mpsc::UnboundedSender<Msg>,
     pub profile: String,
     pub provider: String,
+}
+
+enum Msg {
+    Fire(String, Value),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+impl BusProgress {
+    /// Must be called within the runtime.
+    pub fn new(events: EventBus, profile: String, provider: String) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Msg>();
+        tokio::spawn(async move {
+            while let Some(m) = rx.recv().await {
+                match m {
+                    Msg::Fire(tag, data) => {
+                        if let Err(e) = events.fire(&tag, crate::bus::from_json(&data)).await {
+                            tracing::warn!(%tag, "could not fire: {e}");
+                        }
+                    }
+                    Msg::Flush(done) => {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        });
+        Self {
+            tx,
+            profile,
+            provider,
+        }
+    }
+
+    /// Waits until every event so far has been fired.
+    pub async fn flush(&self) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.tx.send(Msg::Flush(done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
 }
 
 impl Progress for BusProgress {
@@ -35,25 +75,18 @@ impl Progress for BusProgress {
             }
         };
         d.insert("name".into(), json!(name));
-        d.insert("profile".into(), json!(self.profile));
-        d.insert("provider".into(), json!(self.provider));
-        d.insert("driver".into(), json!("libvirt"));
+        if !self.profile.is_empty() {
+            d.insert("profile".into(), json!(self.profile));
+            d.insert("provider".into(), json!(self.provider));
+            d.insert("driver".into(), json!("libvirt"));
+        }
         d.entry("event")
             .or_insert_with(|| json!(format!("{step} instance")));
         self.fire(&format!("salt/cloud/{name}/{step}"), Value::Object(d));
     }
 
     fn fire(&self, tag: &str, data: Value) {
-        let bus = self.events.clone();
-        let tag = tag.to_string();
-        let data = crate::bus::from_json(&data);
-        // Called from blocking clone threads and from async code alike: fire on the runtime
-        // without waiting.
-        self.rt.spawn(async move {
-            if let Err(e) = bus.fire(&tag, data).await {
-                tracing::warn!(%tag, "could not fire: {e}");
-            }
-        });
+        let _ = self.tx.send(Msg::Fire(tag.to_string(), data));
     }
 }
 
@@ -80,13 +113,23 @@ impl Service {
             .profile(profile)
             .map_err(CloudError::Config)?
             .clone();
+        self.create(prof, names, request, ov).await
+    }
+
+    /// Clones from a resolved profile, then waits for readiness (see [`Service::profile`]).
+    pub async fn create(
+        self: &Arc<Self>,
+        prof: crate::config::cloud::Profile,
+        names: &[String],
+        request: &str,
+        ov: Overrides,
+    ) -> Result<BTreeMap<String, Value>, CloudError> {
         super::names::check_all(names).map_err(CloudError::BadName)?;
-        let progress = Arc::new(BusProgress {
-            events: self.events.clone(),
-            rt: tokio::runtime::Handle::current(),
-            profile: prof.name.clone(),
-            provider: format!("{}:{}", prof.provider, prof.driver),
-        });
+        let progress = Arc::new(BusProgress::new(
+            self.events.clone(),
+            prof.name.clone(),
+            format!("{}:{}", prof.provider, prof.driver),
+        ));
         let t0 = Instant::now();
         // Listen before anything starts, so no auth or start event is missed.
         let mut rxs: BTreeMap<String, tokio::sync::broadcast::Receiver<_>> = names
@@ -99,8 +142,8 @@ impl Service {
         }
         let created = self
             .cloud
-            .profile(
-                profile,
+            .create_many(
+                prof.clone(),
                 names,
                 CreateOptions {
                     request: request.into(),
@@ -153,6 +196,7 @@ impl Service {
                 out.insert(n, v);
             }
         }
+        progress.flush().await;
         Ok(out)
     }
 

@@ -167,6 +167,8 @@ pub struct CloudConfig {
     /// not in `profiles`.
     pub errors: Vec<ConfigError>,
     pub files: Vec<PathBuf>,
+    /// The main `cloud` file (global defaults).
+    pub main: Mapping,
 }
 
 /// The files salt-cloud reads for `base` (`cloud.providers`, then `.d/*.conf` sorted).
@@ -321,6 +323,7 @@ impl CloudConfig {
             }
         }
 
+        cfg.main = main.clone();
         for name in written.keys() {
             let (file, _) = &written[name];
             let merged = match resolve_extends(name, &written) {
@@ -342,6 +345,22 @@ impl CloudConfig {
             }
         }
         cfg
+    }
+
+    /// A profile made of `provider` and profile keys given directly (salt-cloud's
+    /// `cloud.create provider names key=value...`), checked like a written one.
+    pub fn adhoc(&self, provider: &str, keys: Mapping) -> Result<Profile, String> {
+        let mut m = keys;
+        m.insert("provider".into(), Value::String(provider.to_string()));
+        let file = PathBuf::from("(cloud.create arguments)");
+        match resolve_profile("cloud.create", &file, m, &self.providers, &self.main) {
+            Ok(Resolved::Ours(p)) => Ok(*p),
+            Ok(Resolved::Foreign(f)) => Err(format!(
+                "provider {}:{} is not served by virtseed (it serves driver libvirt)",
+                f.provider, f.driver
+            )),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// The profile `name`, or an error saying why it cannot be used.
@@ -843,6 +862,26 @@ mod tests {
         let cfg = CloudConfig::load(d.path());
         let m = cfg.errors[0].to_string();
         assert!(m.contains("cloud.profiles line"), "{m}");
+    }
+
+    #[test]
+    fn adhoc_profiles_for_cloud_create() {
+        let d = dir_with(&[(
+            "cloud.providers",
+            "kvm:\n  driver: libvirt\n  url: test:///default\n",
+        )]);
+        let cfg = CloudConfig::load(d.path());
+        let mut keys = Mapping::new();
+        keys.insert("base_domain".into(), "test".into());
+        keys.insert("cpus".into(), "2".into());
+        let p = cfg.adhoc("kvm", keys.clone()).unwrap();
+        assert_eq!((p.base_domain.as_str(), p.cpus), ("test", Some(2)));
+        keys.insert("cpus".into(), "lots".into());
+        assert!(cfg.adhoc("kvm", keys).unwrap_err().contains("cpus"));
+        assert!(cfg
+            .adhoc("nope", Mapping::new())
+            .unwrap_err()
+            .contains("nope"));
     }
 
     #[test]

@@ -19,18 +19,18 @@ pub async fn run(p: &Publication, svc: &Arc<Service>) -> Outcome {
     if names.is_empty() {
         return Outcome::error("cloud.destroy: one or more instance names must be given");
     }
-    let progress = BusProgress {
-        events: svc.events.clone(),
-        rt: tokio::runtime::Handle::current(),
-        profile: String::new(),
-        provider: String::new(),
-    };
+    let progress = Arc::new(BusProgress::new(
+        svc.events.clone(),
+        String::new(),
+        String::new(),
+    ));
     let cloud = svc.cloud.clone();
+    let pr = progress.clone();
     let res = tokio::task::spawn_blocking(move || {
         names
             .iter()
             .map(|n| {
-                let v = match cloud.destroy_one(n, &progress) {
+                let v = match cloud.destroy_one(n, &*pr) {
                     Ok(v) => v,
                     Err(e) => json!({"Error": e.to_string()}),
                 };
@@ -39,6 +39,7 @@ pub async fn run(p: &Publication, svc: &Arc<Service>) -> Outcome {
             .collect::<serde_json::Map<_, _>>()
     })
     .await;
+    progress.flush().await;
     match res {
         Ok(map) => {
             let failed = map.values().any(|v| v.get("Error").is_some());

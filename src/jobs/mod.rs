@@ -4,6 +4,7 @@
 //! Every job runs in its own task, so a long clone never delays a `test.ping`.
 
 mod cloud_args;
+mod cloud_create;
 mod cloud_destroy;
 mod cloud_profile;
 mod cloud_query;
@@ -30,6 +31,7 @@ use tracing::{debug, info, warn};
 /// Every function the sidecar answers, for `sys.list_functions`.
 pub const FUNCTIONS: &[&str] = &[
     cloud_profile::NAME,
+    cloud_create::NAME,
     cloud_destroy::NAME,
     cloud_query::LIST_NODES,
     cloud_query::LIST_NODES_FULL,
@@ -211,6 +213,7 @@ impl Dispatcher {
                 )),
                 Some(svc) => match f {
                     cloud_profile::NAME => cloud_profile::run(p, svc).await,
+                    cloud_create::NAME => cloud_create::run(p, svc).await,
                     cloud_destroy::NAME => cloud_destroy::run(p, svc).await,
                     _ => cloud_query::run(p, svc).await,
                 },

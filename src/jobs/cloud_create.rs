@@ -1,0 +1,61 @@
+//! `cloud.create PROVIDER NAMES key=value...`: clone with profile keys given as arguments
+//! (salt-cloud's `cloud.create`), then as `cloud.profile`.
+
+use super::cloud_args as a;
+use super::Outcome;
+use crate::cloud::service::{Overrides, Service};
+use salt_proto::msgpack;
+use salt_proto::publish::Publication;
+use std::sync::Arc;
+
+pub const NAME: &str = "cloud.create";
+
+pub async fn run(p: &Publication, svc: &Arc<Service>) -> Outcome {
+    let provider = a::text(p.args.first().or_else(|| p.kwarg("provider")));
+    let names = a::names(
+        p.args
+            .get(1)
+            .or_else(|| p.kwarg("instances"))
+            .or_else(|| p.kwarg("names")),
+    );
+    let Some(provider) = provider else {
+        return Outcome::error("cloud.create: a provider must be given");
+    };
+    let mut keys = yaml_serde::Mapping::new();
+    for (k, v) in &p.kwargs {
+        if matches!(
+            k.as_str(),
+            "provider" | "instances" | "names" | "wait_for_minion" | "minion_timeout"
+        ) || k.starts_with("__")
+        {
+            continue;
+        }
+        let json: serde_json::Value =
+            serde_json::from_str(&msgpack::to_json(v)).unwrap_or_default();
+        match yaml_serde::to_value(json) {
+            Ok(y) => {
+                keys.insert(yaml_serde::Value::String(k.clone()), y);
+            }
+            Err(e) => return Outcome::error(format!("cloud.create: argument {k}: {e}")),
+        }
+    }
+    let prof = match svc.cloud.config.adhoc(&provider, keys) {
+        Ok(p) => p,
+        Err(e) => return Outcome::error(format!("cloud.create: {e}")),
+    };
+    let ov = Overrides {
+        wait_for_minion: a::boolean(p.kwarg("wait_for_minion")),
+        minion_timeout: a::number(p.kwarg("minion_timeout")),
+    };
+    match svc.create(prof, &names, p.jid.as_str(), ov).await {
+        Ok(map) => {
+            let failed = map.values().any(|v| v.get("Error").is_some());
+            Outcome {
+                ret: a::ret(&serde_json::Value::Object(map.into_iter().collect())),
+                success: !failed,
+                retcode: i64::from(failed),
+            }
+        }
+        Err(e) => Outcome::error(e.to_string()),
+    }
+}
