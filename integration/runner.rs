@@ -228,6 +228,25 @@ fn scenario(version: &str) {
     );
     let out = m.salt_run(&["--out", "json", "cloud.action", "show_instance", &a]);
     assert_eq!(last_json(&out)[&a]["name"], a.as_str());
+    let out = m.salt_run(&["--out", "json", "cloud.action", "stop", &a]);
+    assert_eq!(
+        last_json(&out)[&a]["state"],
+        "shutoff",
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(p.state(&a), "shut off");
+    let out = m.salt_run(&["--out", "json", "cloud.action", "start", &a]);
+    assert_eq!(last_json(&out)[&a]["state"], "running");
+    let out = m.salt_run(&["--out", "json", "cloud.action", "reboot", &a]);
+    assert_eq!(last_json(&out)[&a]["state"], "running");
+    let out = m.salt_run(&["--out", "json", "cloud.action", "stop", &base]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stdout).contains("not made by virtseed"),
+        "{}",
+        text(&out.stdout)
+    );
     let out = m.salt_run(&["--out", "json", "cloud.list_images"]);
     assert!(last_json(&out)["kvm"]["libvirt"].get(&base).is_some());
 
@@ -400,5 +419,97 @@ fn first_auth_acceptance_is_pinned_and_one_shot() {
     let out = virtseed(&m.dir, &["destroy", &x, &y]);
     assert!(out.status.success(), "{}", text(&out.stdout));
     assert!(!m.pki().join("minions").join(&x).exists());
+    assert_eq!(p.files(), ["base-vda.qcow2"]);
+}
+
+/// Two sidecars on one master, each serving the provider that names it (`sidecar:`), on
+/// Salt 3006; and a real reactor on `salt/cloud/<name>/created`.
+#[test]
+fn two_sidecars_route_by_provider_and_reactors_fire_3006() {
+    let m = Master::start("3006.30");
+    std::fs::create_dir_all(m.dir.join("master.d")).unwrap();
+    std::fs::create_dir_all(m.dir.join("reactor")).unwrap();
+    std::fs::write(
+        m.dir.join("master.d/reactor.conf"),
+        format!(
+            "reactor:\n  - 'salt/cloud/*/created':\n    - {}/reactor/created.sls\n",
+            m.dir.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        m.dir.join("reactor/created.sls"),
+        "announce:\n  runner.event.send:\n    - tag: virtseed/test/reacted\n    - data:\n        name: {{ data['name'] }}\n        profile: {{ data['profile'] }}\n",
+    )
+    .unwrap();
+    m.restart();
+
+    let p = Pool::new("two");
+    let vda = p.base_volume("base-vda.qcow2", "qcow2", 64);
+    let base = format!("{}base", p.prefix);
+    p.base_domain(&base, &[("vda", "qcow2", Pool::file_source(&vda))]);
+    std::fs::write(
+        m.dir.join("cloud.providers"),
+        "kvm-a:\n  driver: libvirt\n  url: qemu:///system\n  sidecar: vs-a\nkvm-b:\n  driver: libvirt\n  url: qemu:///system\n  sidecar: vs-b\n",
+    )
+    .unwrap();
+    std::fs::write(
+        m.dir.join("cloud.profiles"),
+        format!("pa:\n  provider: kvm-a\n  base_domain: {base}\n  minion: {{master: 127.0.0.1}}\n  wait_for_minion: false\npb:\n  extends: pa\n  provider: kvm-b\n"),
+    )
+    .unwrap();
+    let sa = Sidecar::start(&m, "vs-a");
+    let sb = Sidecar::start(&m, "vs-b");
+    let out = virtseed(&m.dir, &["install-runner"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let events = EventLog::start(&m);
+
+    let (x, y) = (format!("{}x", p.prefix), format!("{}y", p.prefix));
+    let out = m.salt_run(&["--out", "json", "cloud.profile", "pa", &x]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        sa.log_text()
+    );
+    let out = m.salt_run(&["--out", "json", "cloud.profile", "pb", &y]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        sb.log_text()
+    );
+    assert_eq!(
+        sa.log_text().matches("fun=cloud.profile").count(),
+        2,
+        "{}",
+        sa.log_text()
+    );
+    assert_eq!(
+        sb.log_text().matches("fun=cloud.profile").count(),
+        2,
+        "{}",
+        sb.log_text()
+    );
+    assert_eq!(last_json(&out)[&y]["provider"], "kvm-b:libvirt");
+
+    // The reactor ran on the created event.
+    wait_for("the reactor's event", Duration::from_secs(60), || {
+        events.events().iter().any(|e| {
+            e["tag"] == "virtseed/test/reacted"
+                && e["data"]["name"] == x.as_str()
+                && e["data"]["profile"] == "pa"
+        })
+    });
+
+    // Queries and destroy go to both sidecars; each answers for its own provider.
+    let out = m.salt_run(&["--out", "json", "cloud.list_nodes"]);
+    let ret = last_json(&out);
+    assert_eq!(ret["kvm-a"]["libvirt"][&x]["state"], "running", "{ret}");
+    assert_eq!(ret["kvm-b"]["libvirt"][&y]["state"], "running", "{ret}");
+    assert!(ret["kvm-a"]["libvirt"].get(&y).is_none(), "{ret}");
+    let out = m.salt_run(&["--out", "json", "cloud.destroy", &format!("{x},{y}")]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert_eq!(p.domains(), vec![base]);
     assert_eq!(p.files(), ["base-vda.qcow2"]);
 }

@@ -9,11 +9,14 @@ runs, the clone steps the sidecar fires (``salt/cloud/<name>/...``) are shown as
 All logic lives in the sidecar.
 """
 
+import glob
 import logging
+import os
 import time
 
 import salt.client
 import salt.utils.event
+import salt.utils.yaml
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,77 @@ def __virtual__():
 
 def _sidecar():
     return __opts__.get("virtseed_sidecar", DEFAULT_SIDECAR)
+
+
+def _load_layered(base):
+    """salt-cloud's `base` file and `base.d/*.conf`, merged at the top level."""
+    confdir = os.path.dirname(__opts__["conf_file"])
+    out = {}
+    paths = [os.path.join(confdir, base)] + sorted(glob.glob(os.path.join(confdir, base + ".d", "*.conf")))
+    for path in paths:
+        if os.path.isfile(path):
+            with open(path) as f:
+                data = salt.utils.yaml.safe_load(f) or {}
+            if isinstance(data, dict):
+                out.update(data)
+    return out
+
+
+def _provider_sidecars():
+    """{provider alias: sidecar id} for providers that name one (`sidecar:`)."""
+    out = {}
+    for alias, body in _load_layered("cloud.providers").items():
+        for entry in body if isinstance(body, list) else [body]:
+            if isinstance(entry, dict) and entry.get("sidecar"):
+                out[alias] = str(entry["sidecar"])
+    return out
+
+
+def _sidecar_for_provider(alias):
+    return _provider_sidecars().get(str(alias).split(":")[0], _sidecar())
+
+
+def _sidecar_for_profile(prof):
+    profiles = _load_layered("cloud.profiles")
+    seen = set()
+    while prof in profiles and prof not in seen:
+        seen.add(prof)
+        body = profiles[prof] or {}
+        if body.get("provider"):
+            return _sidecar_for_provider(body["provider"])
+        prof = body.get("extends")
+    return _sidecar()
+
+
+def _all_sidecars():
+    return sorted(set([_sidecar()] + list(_provider_sidecars().values())))
+
+
+def _merge(rets):
+    """Merges the answers of several sidecars: per name, an answer beats an error."""
+    __context__["retcode"] = 0
+    out = {}
+    for ret in rets:
+        if not isinstance(ret, dict):
+            continue
+        for k, v in ret.items():
+            if k == "retcode":
+                continue
+            if k not in out or (isinstance(out[k], dict) and "Error" in out[k] and not (isinstance(v, dict) and "Error" in v)):
+                out[k] = v
+            elif isinstance(out[k], dict) and isinstance(v, dict) and "Error" not in v:
+                out[k] = _merge([out[k], v])
+    if any(isinstance(v, dict) and "Error" in v for v in out.values()):
+        __context__["retcode"] = 1
+        out["retcode"] = 1
+    return out
+
+
+def _call_all(fun, arg=None, kwarg=None, names=()):
+    sidecars = _all_sidecars()
+    if len(sidecars) == 1:
+        return _call(fun, arg, kwarg, names, sidecar=sidecars[0])
+    return _merge([_call(fun, arg, kwarg, names, sidecar=s) for s in sidecars])
 
 
 def _names(instances):
@@ -51,9 +125,9 @@ def _progress(msg):
         log.info("%s", msg)
 
 
-def _call(fun, arg=None, kwarg=None, names=(), timeout=DEFAULT_TIMEOUT):
+def _call(fun, arg=None, kwarg=None, names=(), timeout=DEFAULT_TIMEOUT, sidecar=None):
     """Publishes ``fun`` to the sidecar, shows its clone events, returns its answer."""
-    sidecar = _sidecar()
+    sidecar = sidecar or _sidecar()
     client = salt.client.get_local_client(__opts__["conf_file"])
     event = salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=True)
     try:
@@ -115,7 +189,7 @@ def profile(prof=None, instances=None, opts=None, **kwargs):
     kw = _clean(kwargs)
     if isinstance(opts, dict):
         kw.update(opts)
-    return _call("cloud.profile", [prof, names], kw, names)
+    return _call("cloud.profile", [prof, names], kw, names, sidecar=_sidecar_for_profile(prof))
 
 
 def create(provider, instances, opts=None, **kwargs):
@@ -124,41 +198,41 @@ def create(provider, instances, opts=None, **kwargs):
     kw = _clean(kwargs)
     if isinstance(opts, dict):
         kw.update(opts)
-    return _call("cloud.create", [provider, names], kw, names)
+    return _call("cloud.create", [provider, names], kw, names, sidecar=_sidecar_for_provider(provider))
 
 
 def destroy(instances, opts=None):
     """Destroy VMs virtseed made, with their volumes, seeds and keys."""
     names = _names(instances)
-    return _call("cloud.destroy", [names], {}, names)
+    return _call_all("cloud.destroy", [names], {}, names)
 
 
 def list_nodes(provider="all"):
-    return _call("cloud.list_nodes", [], {"provider": provider})
+    return _call_all("cloud.list_nodes", [], {"provider": provider})
 
 
 def list_nodes_full(provider="all"):
-    return _call("cloud.list_nodes_full", [], {"provider": provider})
+    return _call_all("cloud.list_nodes_full", [], {"provider": provider})
 
 
 def list_nodes_select(provider="all"):
-    return _call("cloud.list_nodes_select", [], {"provider": provider})
+    return _call_all("cloud.list_nodes_select", [], {"provider": provider})
 
 
 def query(query_type="list_nodes"):
-    return _call("cloud.query", [query_type], {})
+    return _call_all("cloud.query", [query_type], {})
 
 
 def full_query(query_type="list_nodes_full"):
-    return _call("cloud.query", [query_type], {})
+    return _call_all("cloud.query", [query_type], {})
 
 
 def select_query(query_type="list_nodes_select"):
-    return _call("cloud.query", [query_type], {})
+    return _call_all("cloud.query", [query_type], {})
 
 
 def list_images(provider="all"):
-    return _call("cloud.list_images", [], {"provider": provider})
+    return _call_all("cloud.list_images", [], {"provider": provider})
 
 
 def action(func=None, cloudmap=None, instances=None, provider=None, instance=None, opts=None, **kwargs):
@@ -172,4 +246,4 @@ def action(func=None, cloudmap=None, instances=None, provider=None, instance=Non
     # `salt-run cloud.action start web1` puts the name where salt-cloud's signature has
     # `cloudmap`.
     names = _names(instances) or _names(instance) or _names(cloudmap)
-    return _call("cloud.action", [func, names], {}, names)
+    return _call_all("cloud.action", [func, names], {}, names)

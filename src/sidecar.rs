@@ -166,7 +166,12 @@ fn cloud_service(
         }
     };
     info!(profiles = cfg.profiles.len(), "serving cloud.* jobs");
-    let cloud = crate::cloud::Cloud::new(cfg, Some(ctx), crate::cloud::DEFAULT_MAX_PARALLEL);
+    let cloud = crate::cloud::Cloud::serving(
+        cfg,
+        Some(ctx),
+        crate::cloud::DEFAULT_MAX_PARALLEL,
+        &settings.id,
+    );
     Some(Arc::new(crate::cloud::service::Service {
         cloud,
         events: events.clone(),

@@ -167,6 +167,8 @@ pub struct Created {
 /// The cloud service.
 pub struct Cloud {
     pub config: CloudConfig,
+    /// The sidecar this service runs in: it serves only providers that name it or none.
+    served_by: Option<String>,
     pub master: Option<MasterCtx>,
     keys: Arc<crate::pki::KeyPool>,
     max_parallel: usize,
@@ -205,12 +207,49 @@ impl Cloud {
     pub fn new(config: CloudConfig, master: Option<MasterCtx>, max_parallel: usize) -> Arc<Self> {
         Arc::new(Self {
             config,
+            served_by: None,
             master,
             keys: crate::pki::KeyPool::start(2048, 4),
             max_parallel: max_parallel.max(1),
             busy: Default::default(),
             hypervisors: Default::default(),
         })
+    }
+
+    /// The same service, serving only providers for sidecar `id` (or naming none).
+    pub fn serving(
+        config: CloudConfig,
+        master: Option<MasterCtx>,
+        max_parallel: usize,
+        id: &str,
+    ) -> Arc<Self> {
+        let mut c = Arc::try_unwrap(Self::new(config, master, max_parallel))
+            .ok()
+            .expect("fresh");
+        c.served_by = Some(id.to_string());
+        Arc::new(c)
+    }
+
+    /// Whether this service serves provider `alias`.
+    pub fn serves(&self, alias: &str) -> bool {
+        let Some(me) = &self.served_by else {
+            return true;
+        };
+        self.config.providers.get(alias).is_some_and(|ps| {
+            ps.iter()
+                .any(|p| p.sidecar.as_deref().is_none_or(|s| s == me))
+        })
+    }
+
+    /// Refuses a profile another sidecar serves.
+    pub fn check_served(&self, prof: &Profile) -> Result<(), CloudError> {
+        match (&self.served_by, &prof.sidecar) {
+            (Some(me), Some(want)) if me != want => Err(CloudError::Config(format!(
+                "profile {:?} is served by sidecar {want:?}, not {me:?}",
+                prof.name
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// A connection to `uri`, opened once and reopened when it died.
@@ -233,7 +272,7 @@ impl Cloud {
             .providers
             .values()
             .flatten()
-            .filter(|p| p.driver == "libvirt")
+            .filter(|p| p.driver == "libvirt" && self.serves(&p.alias))
             .filter_map(|p| p.url.clone())
             .collect();
         v.sort();
@@ -278,6 +317,7 @@ impl Cloud {
         progress: Arc<dyn Progress>,
     ) -> Result<BTreeMap<String, Result<Created, CloudError>>, CloudError> {
         names::check_all(names).map_err(CloudError::BadName)?;
+        self.check_served(&prof)?;
         let limit = prof.max_parallel.unwrap_or(self.max_parallel);
         let sem = Arc::new(tokio::sync::Semaphore::new(limit));
         let mut tasks = Vec::new();
@@ -600,7 +640,8 @@ impl Cloud {
                 }
             };
             match hv.show(name) {
-                Ok(i) => found.push((hv, i)),
+                Ok(i) if self.serves(&i.ownership.provider) => found.push((hv, i)),
+                Ok(_) => {}
                 Err(LibvirtError::NoDomain { .. }) => {}
                 Err(e @ LibvirtError::NotOurs { .. }) => not_ours = Some(e),
                 Err(e) => errors.push(e.to_string()),
@@ -670,6 +711,11 @@ impl Cloud {
                 let r = self
                     .hypervisor(&uri)
                     .and_then(|h| h.list())
+                    .map(|l| {
+                        l.into_iter()
+                            .filter(|i| self.serves(&i.ownership.provider))
+                            .collect()
+                    })
                     .map_err(|e| e.to_string());
                 (uri, r)
             })

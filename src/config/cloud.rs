@@ -107,6 +107,8 @@ pub struct Provider {
     pub alias: String,
     pub driver: String,
     pub url: Option<String>,
+    /// The sidecar (minion id) that serves this provider; `None`: any.
+    pub sidecar: Option<String>,
     pub file: PathBuf,
     pub raw: Mapping,
 }
@@ -288,6 +290,7 @@ impl CloudConfig {
                         alias: alias.clone(),
                         driver,
                         url,
+                        sidecar: m.get("sidecar").and_then(yaml::as_text),
                         file: file.clone(),
                         raw: m.clone(),
                     });
