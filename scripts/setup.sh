@@ -16,10 +16,12 @@ ok() { printf '    %s\n' "$*"; }
 
 salt_only=0
 [ "${1:-}" = "--salt-only" ] && salt_only=1
+functions_only=0
+[ "${1:-}" = "--functions-only" ] && functions_only=1
 
 install_debs() {
     local want=(libvirt-daemon-system libvirt-dev pkg-config dosfstools mtools python3-venv
-                qemu-system-x86 qemu-utils qemu-block-extra)
+                debootstrap qemu-system-x86 qemu-utils qemu-block-extra)
     local missing=()
     for p in "${want[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
@@ -40,7 +42,7 @@ install_debs() {
     qv=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
     apt-get install -y -qq --allow-downgrades --no-install-recommends \
         -o Dpkg::Options::=--force-confold \
-        libvirt-daemon-system libvirt-dev pkg-config dosfstools mtools python3-venv \
+        libvirt-daemon-system libvirt-dev pkg-config dosfstools mtools python3-venv debootstrap \
         "qemu-system-x86=$qv" "qemu-utils=$qv" "qemu-block-extra=$qv" >/dev/null
     ok "installed (qemu $qv)"
 }
@@ -97,6 +99,8 @@ install_salt() {
     "$venv/bin/python" -c "import salt.version; print('    salt', salt.version.__version__)"
 }
 
+# Sourced by other scripts for salt_deps and friends: define, do nothing.
+if [ $functions_only -eq 1 ]; then return 0 2>/dev/null || exit 0; fi
 mkdir -p "$CACHE"
 if [ $salt_only -eq 0 ]; then
     install_debs

@@ -290,6 +290,11 @@ pub fn clone_xml(
                 .with_child(oem),
         );
     }
+    let base_name = base
+        .root
+        .child("name")
+        .map(|n| n.text())
+        .unwrap_or_default();
     let mut macs = Vec::new();
     let devices = root.child_or_insert("devices");
     devices.remove_children(|e| e.name == "disk" && is_removable(e));
@@ -329,6 +334,21 @@ pub fn clone_xml(
                 // A host-side device name from the base would clash.
                 d.remove_children(|e| e.name == "target");
                 macs.push(mac);
+            }
+            "serial" | "console" => {
+                // A console log named after the base would be shared by every clone.
+                if let Some(log) = d.child_mut("log") {
+                    if let Some(f) = log.attr("file") {
+                        if !base_name.is_empty() && f.contains(&base_name) {
+                            log.set_attr("file", &f.replace(&base_name, &spec.name));
+                        } else {
+                            log.remove_attr("file");
+                        }
+                    }
+                    if log.attr("file").is_none() {
+                        d.remove_children(|e| e.name == "log");
+                    }
+                }
             }
             "channel" if d.attr("type").as_deref() == Some("unix") => {
                 // The agent socket path names the domain: let libvirt make a fresh one.
@@ -402,6 +422,7 @@ mod tests {
       <source network='default'/>
       <target dev='vnet3'/>
     </interface>
+    <serial type='pty'><log file='/var/log/libvirt/qemu/base-console.log' append='off'/></serial>
     <channel type='unix'>
       <source mode='bind' path='/var/lib/libvirt/qemu/channel/target/domain-3-base/org.qemu.guest_agent.0'/>
       <target type='virtio' name='org.qemu.guest_agent.0'/>
@@ -546,6 +567,15 @@ mod tests {
             assert!(i.child("target").is_none());
         }
         assert_ne!(macs[0], macs[1]);
+        assert_eq!(
+            devs.child("serial")
+                .unwrap()
+                .child("log")
+                .unwrap()
+                .attr("file")
+                .unwrap(),
+            "/var/log/libvirt/qemu/web1-console.log"
+        );
         let ch = devs.child("channel").unwrap();
         assert_eq!(ch.child("source").unwrap().attr("path"), None);
         // Other metadata kept, ours added and readable back.

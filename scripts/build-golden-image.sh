@@ -1,0 +1,201 @@
+#!/usr/bin/env bash
+# Builds a small Debian 12 guest for virtseed, offline from Debian's packages and PyPI, and
+# defines it as the shut-off base domain `virtseed-golden` in the dir pool `virtseed-golden`:
+#   debootstrap minbase + systemd + the cloud kernel (small initrd, MODULES=list), cloud-init
+#   limited to NoCloud, salt-minion from PyPI in /opt/salt (same no-deps install as the
+#   master), a unit that starts it only once it has a key (it never makes its own), the
+#   SMBIOS credentials unit (guest/), DHCP by systemd-networkd (QEMU user networking: the
+#   master is 10.0.2.2). No loop mounts: mkfs.ext4 -d, then qcow2. Direct kernel boot, TCG.
+# Cached by content hash under /var/lib/virtseed/golden (libvirt's QEMU user must read it):
+# a second run takes seconds.
+#
+#   scripts/build-golden-image.sh          (SALT_VERSION=3007.17 by default)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd); root=$(dirname "$here")
+SALT_VERSION=${SALT_VERSION:-3007.17}
+OUT=${VIRTSEED_GOLDEN_DIR:-/var/lib/virtseed/golden}
+NAME=${VIRTSEED_GOLDEN_NAME:-virtseed-golden}
+step() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+key=$( (cat "$0" "$root/guest/virtseed-credentials.service" "$root/guest/virtseed-credentials.sh"; echo "$SALT_VERSION") | sha256sum | cut -c1-12)
+img=$OUT/$key
+mkdir -p "$OUT"; chmod 755 "$(dirname "$OUT")" "$OUT"
+
+define_domain() {
+    if ! virsh -q -c qemu:///system pool-info "$NAME" >/dev/null 2>&1; then
+        virsh -q -c qemu:///system pool-define-as "$NAME" dir --target "$img" >/dev/null
+    fi
+    if [ "$(virsh -q -c qemu:///system pool-dumpxml "$NAME" | sed -n 's:.*<path>\(.*\)</path>.*:\1:p' | head -1)" != "$img" ]; then
+        virsh -q -c qemu:///system pool-destroy "$NAME" >/dev/null 2>&1 || true
+        virsh -q -c qemu:///system pool-undefine "$NAME" >/dev/null
+        virsh -q -c qemu:///system pool-define-as "$NAME" dir --target "$img" >/dev/null
+    fi
+    virsh -q -c qemu:///system pool-start "$NAME" >/dev/null 2>&1 || true
+    virsh -q -c qemu:///system pool-refresh "$NAME" >/dev/null
+    virsh -q -c qemu:///system destroy "$NAME" >/dev/null 2>&1 || true
+    cat > "$img/domain.xml" <<XML
+<domain type='qemu'>
+  <name>$NAME</name>
+  <description>virtseed golden image $key (Debian 12, salt-minion $SALT_VERSION, cloud-init NoCloud)</description>
+  <memory unit='MiB'>512</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>$img/vmlinuz</kernel>
+    <initrd>$img/initrd.img</initrd>
+    <cmdline>root=/dev/vda rw console=ttyS0 quiet systemd.show_status=0 net.ifnames=0</cmdline>
+  </os>
+  <features><acpi/><tcg><tb-cache unit='MiB'>128</tb-cache></tcg></features>
+  <cpu mode='custom'><model>qemu64</model></cpu>
+  <clock offset='utc'/>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='$img/disk.qcow2'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <interface type='user'><model type='virtio'/></interface>
+    <serial type='pty'><log file='/var/log/libvirt/qemu/$NAME-console.log' append='off'/></serial>
+    <console type='pty'/>
+    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
+    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
+  </devices>
+</domain>
+XML
+    # Redefine from scratch (a new build has a new disk and kernel).
+    virsh -q -c qemu:///system undefine "$NAME" >/dev/null 2>&1 || true
+    virsh -q -c qemu:///system define "$img/domain.xml" >/dev/null
+    echo "base domain $NAME (shut off) over $img/disk.qcow2"
+}
+
+if [ -f "$img/disk.qcow2" ] && [ -f "$img/vmlinuz" ] && [ -f "$img/initrd.img" ]; then
+    step "golden image $key is cached"
+    define_domain
+    exit 0
+fi
+
+work=$(mktemp -d /var/tmp/virtseed-golden.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+rootfs=$work/root
+t0=$(date +%s)
+
+step "debootstrap bookworm (minbase)"
+# The host's environment (pip settings and the like) must not leak into the chroot.
+env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 debootstrap --variant=minbase \
+    --include=systemd-sysv,udev,dbus,init-system-helpers,netbase,iproute2,ca-certificates,python3,python3-cffi-backend,cloud-init \
+    bookworm "$rootfs" http://deb.debian.org/debian >"$work/debootstrap.log" 2>&1 \
+    || { tail -30 "$work/debootstrap.log"; grep -B5 -A20 "rror" "$rootfs/debootstrap/debootstrap.log" | tail -40; exit 1; }
+
+step "kernel with a small initrd"
+mkdir -p "$rootfs/etc/initramfs-tools/conf.d"
+echo "MODULES=list" > "$rootfs/etc/initramfs-tools/conf.d/virtseed.conf"
+printf 'virtio_pci\nvirtio_blk\next4\ncrc32c_generic\n' >> "$rootfs/etc/initramfs-tools/modules"
+cp /etc/resolv.conf "$rootfs/etc/resolv.conf"
+mount --bind /proc "$rootfs/proc" 2>/dev/null || true
+env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive chroot "$rootfs" \
+    apt-get install -y -qq --no-install-recommends -o Dpkg::Options::=--force-confold \
+    linux-image-cloud-amd64 initramfs-tools >"$work/kernel.log" 2>&1 || { umount "$rootfs/proc" 2>/dev/null || true; tail -30 "$work/kernel.log"; exit 1; }
+umount "$rootfs/proc" 2>/dev/null || true
+
+step "salt-minion $SALT_VERSION from PyPI into /opt/salt"
+# Built on this host (also Debian 12, the same Python) at the path it has in the guest.
+source "$here/setup.sh" --functions-only
+rm -rf /opt/salt
+/usr/bin/python3 -m venv /opt/salt   # Debian's Python, as in the guest (not a pyenv shim)
+/opt/salt/bin/pip install -q $(salt_deps "$SALT_VERSION")
+/opt/salt/bin/pip install -q --no-deps --no-build-isolation "salt==$SALT_VERSION"
+mkdir -p "$rootfs/opt"
+cp -a /opt/salt "$rootfs/opt/salt"
+rm -rf /opt/salt
+
+step "configuration: cloud-init NoCloud, salt-minion unit, credentials unit, DHCP"
+R=$rootfs
+echo virtseed-golden > "$R/etc/hostname"
+: > "$R/etc/machine-id"
+rm -f "$R/etc/resolv.conf"
+ln -sf /run/systemd/resolve/stub-resolv.conf "$R/etc/resolv.conf" 2>/dev/null || true
+cat > "$R/etc/fstab" <<'F'
+/dev/vda / ext4 rw,relatime 0 1
+F
+# cloud-init: NoCloud only, no network config of its own (networkd does DHCP), no SSH keys.
+cat > "$R/etc/cloud/cloud.cfg.d/90-virtseed.cfg" <<'F'
+datasource_list: [NoCloud, None]
+network: {config: disabled}
+ssh_genkeytypes: []
+ssh_deletekeys: false
+F
+mkdir -p "$R/etc/systemd/network"
+cat > "$R/etc/systemd/network/20-dhcp.network" <<'F'
+[Match]
+Name=eth* en*
+[Network]
+DHCP=ipv4
+F
+# cloud-init's salt_minion module runs `apt-get install salt-minion`: an empty sources list
+# and a local shim package make that a no-op (salt lives in /opt/salt).
+: > "$R/etc/apt/sources.list"
+mkdir -p "$work/shim/DEBIAN"
+cat > "$work/shim/DEBIAN/control" <<'F'
+Package: salt-minion
+Version: 9999-virtseed
+Architecture: all
+Maintainer: virtseed <root@localhost>
+Description: shim: salt-minion is installed from PyPI in /opt/salt
+F
+dpkg-deb -b "$work/shim" "$R/var/tmp/salt-minion-shim.deb" >/dev/null
+env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin chroot "$R" dpkg -i /var/tmp/salt-minion-shim.deb >/dev/null
+rm -f "$R/var/tmp/salt-minion-shim.deb"
+mkdir -p "$R/etc/salt/pki/minion" "$R/etc/salt/minion.d"
+chmod 700 "$R/etc/salt/pki/minion"
+cat > "$R/etc/salt/minion.d/00-golden.conf" <<'F'
+# Clone-fast defaults (docs/golden-images.md).
+multiprocessing: false
+acceptance_wait_time: 2
+random_reauth_delay: 0
+enable_fqdns_grains: false
+grains_cache: true
+F
+cat > "$R/etc/systemd/system/salt-minion.service" <<'F'
+[Unit]
+Description=Salt minion (virtseed golden image)
+# Never make a key of its own: start only once cloud-init or the credentials unit put one.
+ConditionPathExists=/etc/salt/pki/minion/minion.pem
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+ExecStart=/opt/salt/bin/salt-minion
+# Its errors on the serial console too: a clone that does not come up says why there.
+StandardOutput=journal+console
+StandardError=journal+console
+Restart=on-failure
+RestartSec=2
+
+[Install]
+WantedBy=multi-user.target
+F
+install -m 0644 "$root/guest/virtseed-credentials.service" "$R/etc/systemd/system/"
+install -D -m 0755 "$root/guest/virtseed-credentials.sh" "$R/usr/local/lib/virtseed/virtseed-credentials"
+for u in salt-minion.service virtseed-credentials.service; do
+    ln -sf "/etc/systemd/system/$u" "$R/etc/systemd/system/multi-user.target.wants/$u"
+done
+ln -sf /lib/systemd/system/systemd-networkd.service "$R/etc/systemd/system/multi-user.target.wants/systemd-networkd.service"
+# Not needed in a clone and slow under TCG.
+for u in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer; do
+    ln -sf /dev/null "$R/etc/systemd/system/$u"
+done
+echo 'root:*' | chroot "$R" chpasswd -e 2>/dev/null || true
+env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin chroot "$R" apt-get clean
+rm -rf "$R/var/lib/apt/lists/"* "$R/usr/share/doc/"* "$R/usr/share/man/"* "$R/var/cache/debconf/"*-old
+
+step "disk image (mkfs.ext4 -d, no loop mount) and qcow2"
+mkdir -p "$img.tmp"
+cp "$R"/boot/vmlinuz-* "$img.tmp/vmlinuz"
+cp "$R"/boot/initrd.img-* "$img.tmp/initrd.img"
+mkfs.ext4 -q -L root -d "$R" "$work/disk.raw" 3G
+qemu-img convert -O qcow2 -c "$work/disk.raw" "$img.tmp/disk.qcow2"
+chmod 644 "$img.tmp"/*
+rm -rf "$img"; mv "$img.tmp" "$img"
+chmod 755 "$img"
+echo "    $(du -h "$img/disk.qcow2" | cut -f1) qcow2, initrd $(du -h "$img/initrd.img" | cut -f1), built in $(( $(date +%s) - t0 )) s"
+define_domain
