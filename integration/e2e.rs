@@ -1,0 +1,96 @@
+//! The whole path on real guests (TCG here): the golden image (scripts/build-golden-image.sh,
+//! cached), `salt-run cloud.profile` through the sidecar for both seed channels (cloud-init
+//! and SMBIOS credentials), `salt <name> test.ping` True, and destroy leaving nothing.
+
+mod harness;
+
+use harness::{repo, text, Master, Sidecar};
+use std::process::Command;
+use std::time::Duration;
+
+fn golden() {
+    let out = Command::new(repo().join("scripts/build-golden-image.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "build-golden-image.sh: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+fn last_json(s: &str) -> serde_json::Value {
+    let mut starts: Vec<usize> = s.match_indices("\n{").map(|(i, _)| i + 1).collect();
+    starts.insert(0, 0);
+    starts
+        .into_iter()
+        .rev()
+        .find_map(|i| serde_json::from_str(&s[i..]).ok())
+        .unwrap_or_else(|| panic!("no JSON in {s}"))
+}
+
+#[test]
+fn real_guests_answer_test_ping_for_both_seed_channels() {
+    golden();
+    let m = Master::start("3007.17");
+    std::fs::write(
+        m.dir.join("cloud.providers"),
+        "kvm:\n  driver: libvirt\n  url: qemu:///system\n",
+    )
+    .unwrap();
+    std::fs::write(
+        m.dir.join("cloud.profiles"),
+        "golden:\n  provider: kvm\n  base_domain: virtseed-golden\n  minion:\n    master: 10.0.2.2\n  minion_timeout: 400\ngolden-smbios:\n  extends: golden\n  seed: smbios\n",
+    )
+    .unwrap();
+    let _sidecar = Sidecar::start(&m, "virtseed");
+    let out = Command::new(env!("CARGO_BIN_EXE_virtseed"))
+        .arg("-c")
+        .arg(&m.dir)
+        .arg("install-runner")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let tag = &salt_proto::auth::new_nonce()[..6];
+    let (a, b) = (format!("e2e{tag}c"), format!("e2e{tag}s"));
+    let golden_files = || {
+        let mut v: Vec<String> = std::fs::read_dir("/var/lib/virtseed/golden")
+            .unwrap()
+            .flatten()
+            .filter(|d| d.path().is_dir())
+            .flat_map(|d| std::fs::read_dir(d.path()).unwrap().flatten())
+            .map(|e| e.path().display().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = golden_files();
+
+    for (profile, name) in [("golden", &a), ("golden-smbios", &b)] {
+        let out = m.salt_run(&["--out", "json", "cloud.profile", profile, name]);
+        let stdout = text(&out.stdout);
+        assert!(out.status.success(), "{profile}: {stdout}\n{}", text(&out.stderr));
+        let ret = last_json(&stdout);
+        assert_eq!(ret[name.as_str()]["minion_up"], true, "{ret}");
+        eprintln!("{profile}: timings {}", ret[name.as_str()]["timings_ms"]);
+        let (ok, v) = m.salt_json(name, &["test.ping"], 60);
+        assert!(ok && v[name.as_str()] == true, "{v}");
+        let (_, g) = m.salt_json(name, &["grains.get", "virtseed:profile"], 60);
+        assert_eq!(g[name.as_str()], profile, "{g}");
+        assert!(!m.pki().join("minions_pre").join(name).exists());
+    }
+
+    let out = m.salt_run(&["--out", "json", "cloud.destroy", &format!("{a},{b}")]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    for n in [&a, &b] {
+        assert!(!m.pki().join("minions").join(n).exists());
+        let st = Command::new("virsh")
+            .args(["-c", "qemu:///system", "domstate", n])
+            .output()
+            .unwrap();
+        assert!(!st.status.success(), "{n} still defined");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(golden_files(), before, "destroy left files behind");
+}
