@@ -70,7 +70,11 @@ fn real_guests_answer_test_ping_for_both_seed_channels() {
     for (profile, name) in [("golden", &a), ("golden-smbios", &b)] {
         let out = m.salt_run(&["--out", "json", "cloud.profile", profile, name]);
         let stdout = text(&out.stdout);
-        assert!(out.status.success(), "{profile}: {stdout}\n{}", text(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{profile}: {stdout}\n{}",
+            text(&out.stderr)
+        );
         let ret = last_json(&stdout);
         assert_eq!(ret[name.as_str()]["minion_up"], true, "{ret}");
         eprintln!("{profile}: timings {}", ret[name.as_str()]["timings_ms"]);
