@@ -58,7 +58,7 @@ fn scenario(version: &str) {
     .unwrap();
     std::fs::write(
         m.dir.join("cloud.profiles"),
-        format!("web:\n  provider: kvm\n  base_domain: {base}\n  minion:\n    master: 127.0.0.1\n  minion_timeout: 120\nquick:\n  extends: web\n  wait_for_minion: false\n"),
+        format!("web:\n  provider: kvm\n  base_domain: {base}\n  minion:\n    master: 127.0.0.1\n  minion_timeout: 120\nquick:\n  extends: web\n  wait_for_minion: false\nnobase:\n  extends: web\n  base_domain: {base}-nope\n"),
     )
     .unwrap();
     let sidecar = Sidecar::start(&m, "virtseed");
@@ -148,61 +148,66 @@ fn scenario(version: &str) {
     assert!(!out.status.success());
     assert!(text(&out.stdout).contains("cpus"), "{}", text(&out.stdout));
 
-    // With readiness: salt-run waits until the new minion answers a real test.ping.
+    // With readiness, two names in one call: salt-run returns once both new minions answer a
+    // real test.ping (each guest's part is played by a salt-minion built from its seed).
     let b = format!("{}b", p.prefix);
+    let b2 = format!("{}d", p.prefix);
     let child = Command::new(m.venv.join("bin/salt-run"))
         .arg("-c")
         .arg(&m.dir)
-        .args(["--out", "json", "cloud.profile", "web", &b])
+        .args([
+            "--out",
+            "json",
+            "cloud.profile",
+            "web",
+            &format!("{b},{b2}"),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let seed = p.dir.join(format!("{b}-seed.img"));
-    wait_for("the seed volume", Duration::from_secs(30), || {
-        seed.exists() && m.pki().join("minions").join(&b).exists()
-    });
-    let ud: Y = yaml_serde::from_str(&mread(&seed, "user-data")).unwrap();
-    let sm = &ud["salt_minion"];
-    let mdir = m.dir.join(format!("guest-{b}"));
-    std::fs::create_dir_all(mdir.join("pki")).unwrap();
-    std::fs::write(
-        mdir.join("pki/minion.pem"),
-        sm["private_key"].as_str().unwrap(),
-    )
-    .unwrap();
-    std::fs::write(
-        mdir.join("pki/minion.pub"),
-        sm["public_key"].as_str().unwrap(),
-    )
-    .unwrap();
-    std::fs::write(
-        mdir.join("pki/minion_master.pub"),
-        ud["write_files"][0]["content"].as_str().unwrap(),
-    )
-    .unwrap();
-    let minion = Minion::start(&m, &mdir, &yaml_serde::to_string(&sm["conf"]).unwrap());
+    let guest = |name: &str| -> Minion {
+        let seed = p.dir.join(format!("{name}-seed.img"));
+        wait_for("the seed volume", Duration::from_secs(30), || {
+            seed.exists() && m.pki().join("minions").join(name).exists()
+        });
+        let ud: Y = yaml_serde::from_str(&mread(&seed, "user-data")).unwrap();
+        let sm = &ud["salt_minion"];
+        let mdir = m.dir.join(format!("guest-{name}"));
+        std::fs::create_dir_all(mdir.join("pki")).unwrap();
+        let put = |f: &str, v: &Y| std::fs::write(mdir.join(f), v.as_str().unwrap()).unwrap();
+        put("pki/minion.pem", &sm["private_key"]);
+        put("pki/minion.pub", &sm["public_key"]);
+        put("pki/minion_master.pub", &ud["write_files"][0]["content"]);
+        Minion::start(&m, &mdir, &yaml_serde::to_string(&sm["conf"]).unwrap())
+    };
+    let minions = [guest(&b), guest(&b2)];
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
         "{}\n{}\n{}",
         text(&out.stdout),
         text(&out.stderr),
-        minion.log_text()
+        minions[0].log_text()
     );
     let ret = last_json(&out);
-    assert_eq!(ret[&b]["minion_up"], true, "{ret}");
-    let t = &ret[&b]["timings_ms"];
-    assert!(
-        t["first_ping"].as_u64().unwrap() >= t["started"].as_u64().unwrap(),
-        "{t}"
-    );
-    assert!(
-        t["minion_start"].is_u64() && t["first_auth"].is_u64(),
-        "{t}"
-    );
+    for n in [&b, &b2] {
+        assert_eq!(ret[n.as_str()]["minion_up"], true, "{ret}");
+        let t = &ret[n.as_str()]["timings_ms"];
+        assert!(
+            t["first_ping"].as_u64().unwrap() >= t["started"].as_u64().unwrap(),
+            "{t}"
+        );
+        assert!(
+            t["minion_start"].is_u64() && t["first_auth"].is_u64(),
+            "{t}"
+        );
+    }
     // The seed is gone once the minion is up; the minion keeps answering.
-    wait_for("seed removal", Duration::from_secs(10), || !seed.exists());
+    let seed = p.dir.join(format!("{b}-seed.img"));
+    wait_for("seed removal", Duration::from_secs(10), || {
+        !seed.exists() && !p.dir.join(format!("{b2}-seed.img")).exists()
+    });
     let inactive = harness::pool::virsh_ok(&["dumpxml", "--inactive", &b]);
     assert!(
         !inactive.contains(&format!("<source file='{}'", seed.display())),
@@ -211,6 +216,16 @@ fn scenario(version: &str) {
     );
     let (ok, v) = m.salt_json(&b, &["test.ping"], 30);
     assert!(ok && v[&b] == true, "{v}");
+
+    // A base domain that does not exist: a clear error, nothing made.
+    let out = m.salt_run(&["--out", "json", "cloud.profile", "nobase", "nb1"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stdout).contains("does not exist"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(!m.pki().join("minions/nb1").exists());
 
     // Queries in salt-cloud's shapes.
     let out = m.salt_run(&["--out", "json", "cloud.list_nodes"]);
@@ -267,8 +282,13 @@ fn scenario(version: &str) {
     );
 
     // Destroy them all: domains, volumes and keys are gone; events for reactors.
-    drop(minion);
-    let out = m.salt_run(&["--out", "json", "cloud.destroy", &format!("{a},{b},{c}")]);
+    drop(minions);
+    let out = m.salt_run(&[
+        "--out",
+        "json",
+        "cloud.destroy",
+        &format!("{a},{b},{c},{b2}"),
+    ]);
     let destroyed = text(&out.stdout);
     assert!(
         out.status.success(),
@@ -276,7 +296,7 @@ fn scenario(version: &str) {
         text(&out.stdout),
         text(&out.stderr)
     );
-    for n in [&a, &b, &c] {
+    for n in [&a, &b, &c, &b2] {
         assert!(!m.pki().join("minions").join(n).exists());
         let tag = format!("salt/cloud/{n}/destroyed");
         wait_for(&tag, Duration::from_secs(10), || {
