@@ -391,3 +391,64 @@ fn same_name_in_one_process_is_refused_while_busy() {
     }
     assert!(hv.list().unwrap().is_empty());
 }
+
+/// A UEFI base: its NVRAM (a file in libvirt's nvram dir, not in a pool) is copied for each
+/// clone, and the copy goes with rollback and destroy.
+#[test]
+fn uefi_nvram_is_copied_and_removed() {
+    let p = Pool::new("uefi");
+    let vda = p.base_volume("base-vda.qcow2", "qcow2", 64);
+    let base = format!("{}base", p.prefix);
+    let nvdir = std::path::Path::new("/var/lib/libvirt/qemu/nvram");
+    std::fs::create_dir_all(nvdir).unwrap();
+    let base_nv = nvdir.join(format!("{base}_VARS.fd"));
+    let mut vars = std::fs::read("/usr/share/OVMF/OVMF_VARS_4M.fd").unwrap();
+    let last = vars.len() - 1;
+    vars[last] ^= 0x5a; // this base's own variables, not the template's
+    std::fs::write(&base_nv, &vars).unwrap();
+    let xml = format!(
+        "<domain type='qemu'><name>{base}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
+         <os><type arch='x86_64' machine='q35'>hvm</type>\
+         <loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>\
+         <nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>{}</nvram></os>\
+         <features><acpi/><tcg><tb-cache unit='MiB'>8</tb-cache></tcg></features>\
+         <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{}'/>\
+         <target dev='vda' bus='virtio'/></disk></devices></domain>",
+        base_nv.display(),
+        vda.display()
+    );
+    let f = p.dir.with_extension("uefi.xml");
+    std::fs::write(&f, xml).unwrap();
+    virsh_ok(&["define", f.to_str().unwrap()]);
+    std::fs::remove_file(&f).ok();
+    let cfg = p.config_dir(&format!("p:\n  provider: kvm\n  base_domain: {base}\n"));
+
+    let n = format!("{}u", p.prefix);
+    let clone_nv = nvdir.join(format!("{n}_VARS.fd"));
+    let out = virtseed(&cfg, &["profile", "p", &n, "--fail-after", "defined"]);
+    assert!(!out.status.success());
+    assert!(!clone_nv.exists(), "rollback left the NVRAM copy");
+
+    let out = virtseed(&cfg, &["profile", "p", &n]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(p.state(&n), "running");
+    assert!(p
+        .dumpxml(&n)
+        .contains(&format!("{}</nvram>", clone_nv.display())));
+    // A copy of the base's variables (not a fresh template), taken before the guest ran.
+    let copied = std::fs::read(&clone_nv).unwrap();
+    assert_eq!(copied.len(), vars.len());
+    assert_eq!(copied[last], vars[last]);
+
+    let out = virtseed(&cfg, &["destroy", &n]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert!(!clone_nv.exists(), "destroy left the NVRAM copy");
+    assert!(base_nv.exists());
+    virsh_ok(&["undefine", "--nvram", &base]);
+    assert!(!base_nv.exists());
+}

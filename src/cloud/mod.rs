@@ -122,6 +122,8 @@ pub enum Made {
         id: String,
         finger: String,
     },
+    /// A file on this host (the NVRAM copy of a local hypervisor).
+    File(String),
 }
 
 /// Receives progress of long work (the CLI prints it; the sidecar fires events).
@@ -460,15 +462,36 @@ impl Cloud {
         }
         checkpoint(Step::Disks, timings)?;
 
+        let mut files = Vec::new();
         let nvram = match &base.xml.nvram {
-            Some(p) => {
-                let copied = hv.copy_nvram(p, name)?;
-                if let Some(c) = &copied {
+            Some(p) => match hv.copy_nvram(p, name)? {
+                // In a pool: copied through libvirt.
+                Some(c) => {
                     made.push(Made::Volume(c.clone()));
+                    Some(c)
                 }
-                // Outside a pool: let libvirt make a fresh one from the loader's template.
-                Some(copied.unwrap_or_else(|| nvram_sibling(p, name)))
-            }
+                // A local file beside the base's (libvirt's nvram dir): copied here.
+                None if hv.is_local() && std::path::Path::new(p).is_file() => {
+                    let dest = nvram_sibling(p, name);
+                    let copy = || -> std::io::Result<()> {
+                        let mut src = std::fs::File::open(p)?;
+                        let mut out = std::fs::OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .open(&dest)?;
+                        std::io::copy(&mut src, &mut out)?;
+                        out.sync_all()
+                    };
+                    copy().map_err(|e| {
+                        CloudError::Internal(format!("copying the NVRAM {p} to {dest}: {e}"))
+                    })?;
+                    made.push(Made::File(dest.clone()));
+                    files.push(dest.clone());
+                    Some(dest)
+                }
+                // Elsewhere: libvirt makes a fresh one from the loader's template.
+                None => Some(nvram_sibling(p, name)),
+            },
             None => None,
         };
         checkpoint(Step::Nvram, timings)?;
@@ -560,7 +583,7 @@ impl Cloud {
                 created: now_secs(),
                 request: opts.request.clone(),
                 volumes: volumes.clone(),
-                files: vec![],
+                files,
                 accept: match prof.accept {
                     AcceptMode::Preseed => "preseed".into(),
                     AcceptMode::OnFirstAuth => "on_first_auth".into(),
@@ -800,6 +823,10 @@ pub fn undo(
         let r = match m {
             Made::Domain(name) => hv.undefine(name).map_err(|e| e.to_string()),
             Made::Volume(path) => hv.delete_volume(path).map_err(|e| e.to_string()),
+            Made::File(path) => match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
+                _ => Ok(()),
+            },
             Made::Key { id, finger } => match master {
                 Some(mc) => revoke_key(mc, id, finger, progress),
                 None => Ok(()),

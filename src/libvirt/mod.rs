@@ -147,6 +147,11 @@ impl Hypervisor {
         &self.uri
     }
 
+    /// The hypervisor is on this host (`driver:///...`, no host part).
+    pub fn is_local(&self) -> bool {
+        self.uri.contains(":///")
+    }
+
     pub fn is_alive(&self) -> bool {
         self.conn.is_alive().unwrap_or(false)
     }
@@ -560,6 +565,21 @@ impl Hypervisor {
         for v in &own.volumes {
             self.delete_volume(v)?;
             deleted.push(v.clone());
+        }
+        // Files we copied (a local NVRAM); undefine with the NVRAM flag usually took it.
+        if self.is_local() {
+            for f in &own.files {
+                match std::fs::remove_file(f) {
+                    Ok(()) => deleted.push(f.clone()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(LibvirtError::BaseDisk {
+                            target: "nvram".into(),
+                            msg: format!("cannot remove {f}: {e}"),
+                        })
+                    }
+                }
+            }
         }
         Ok(deleted)
     }
