@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 __virtualname__ = "cloud"
 
 DEFAULT_TIMEOUT = 3600
+# Calls that may be published again if the sidecar never received them.
+IDEMPOTENT = {"cloud.list_nodes", "cloud.list_nodes_full", "cloud.list_nodes_select", "cloud.query", "cloud.list_images", "cloud.action"}
 # The sidecar's minion id; `virtseed install-runner` writes its configured id here.
 DEFAULT_SIDECAR = "virtseed"
 
@@ -138,13 +140,30 @@ def _call(fun, arg=None, kwarg=None, names=(), timeout=DEFAULT_TIMEOUT, sidecar=
         ret_tag = f"salt/job/{jid}/ret/{sidecar}"
         deadline = time.time() + timeout
         last_check = time.time()
+        retries = 0
         while time.time() < deadline:
             ev = event.get_event(wait=1, full=True)
             if ev is None:
-                if time.time() - last_check > 30:
+                if time.time() - last_check > 15:
                     last_check = time.time()
                     if not client.cmd(sidecar, "test.ping", timeout=10):
                         return {"Error": f"the virtseed sidecar {sidecar!r} does not answer", "retcode": 1}
+                    # A publication can be lost (e.g. while the sidecar resubscribes): if the
+                    # sidecar is not running the job and no return was stored, it never got it.
+                    found = client.cmd(sidecar, "saltutil.find_job", [jid], timeout=10)
+                    if sidecar not in found:
+                        continue  # no answer: nothing is known, keep waiting
+                    running = found[sidecar]
+                    cached = client.get_cache_returns(jid) or {}
+                    if cached.get(sidecar):
+                        return cached[sidecar].get("ret")
+                    if not running:
+                        if fun in IDEMPOTENT and retries < 3:
+                            retries += 1
+                            jid = client.cmd_async(sidecar, fun, arg=list(arg or []), kwarg=kwarg or {})
+                            ret_tag = f"salt/job/{jid}/ret/{sidecar}"
+                            continue
+                        return {"Error": f"the virtseed sidecar {sidecar!r} never received {fun} (jid {jid}); nothing was done, try again", "retcode": 1}
                 continue
             tag, data = ev["tag"], ev["data"]
             if tag == ret_tag:
