@@ -172,7 +172,9 @@ pub struct Cloud {
     /// The sidecar this service runs in: it serves only providers that name it or none.
     served_by: Option<String>,
     pub master: Option<MasterCtx>,
-    keys: Arc<crate::pki::KeyPool>,
+    /// Started on first use (or at once in a sidecar): `list`, `destroy` and engine-only use
+    /// never mint keys.
+    keys: std::sync::OnceLock<Arc<crate::pki::KeyPool>>,
     max_parallel: usize,
     busy: Arc<Mutex<HashSet<String>>>,
     hypervisors: Mutex<HashMap<String, Arc<Hypervisor>>>,
@@ -207,29 +209,44 @@ impl Cloud {
     /// The service. Without a master (`None`) clones get no identity: their key is not
     /// minted or accepted and no seed is made (used by engine-only tests).
     pub fn new(config: CloudConfig, master: Option<MasterCtx>, max_parallel: usize) -> Arc<Self> {
-        Arc::new(Self {
-            config,
-            served_by: None,
-            master,
-            keys: crate::pki::KeyPool::start(2048, 4),
-            max_parallel: max_parallel.max(1),
-            busy: Default::default(),
-            hypervisors: Default::default(),
-        })
+        Arc::new(Self::with(config, master, max_parallel, None))
     }
 
-    /// The same service, serving only providers for sidecar `id` (or naming none).
+    /// The same service in a sidecar `id`: it serves only providers that name it (or none),
+    /// and keeps keys minted ahead for the clones to come.
     pub fn serving(
         config: CloudConfig,
         master: Option<MasterCtx>,
         max_parallel: usize,
         id: &str,
     ) -> Arc<Self> {
-        let mut c = Arc::try_unwrap(Self::new(config, master, max_parallel))
-            .ok()
-            .expect("fresh");
-        c.served_by = Some(id.to_string());
+        let c = Self::with(config, master, max_parallel, Some(id.to_string()));
+        if c.master.is_some() {
+            c.key_pool();
+        }
         Arc::new(c)
+    }
+
+    fn with(
+        config: CloudConfig,
+        master: Option<MasterCtx>,
+        max_parallel: usize,
+        served_by: Option<String>,
+    ) -> Self {
+        Self {
+            config,
+            served_by,
+            master,
+            keys: std::sync::OnceLock::new(),
+            max_parallel: max_parallel.max(1),
+            busy: Default::default(),
+            hypervisors: Default::default(),
+        }
+    }
+
+    fn key_pool(&self) -> &crate::pki::KeyPool {
+        self.keys
+            .get_or_init(|| crate::pki::KeyPool::start(2048, 4))
     }
 
     /// Whether this service serves provider `alias`.
@@ -504,7 +521,7 @@ impl Cloud {
         if let Some(mc) = &self.master {
             let key = match prof.accept {
                 AcceptMode::Preseed => Some(
-                    self.keys
+                    self.key_pool()
                         .take(prof.keysize)
                         .map_err(|e| CloudError::Internal(format!("minting a key: {e}")))?,
                 ),
