@@ -95,16 +95,24 @@ pub async fn profile(
         fail_after,
     };
     let results = c.profile(profile, names, opts, Arc::new(lines)).await?;
+    report(
+        results
+            .into_iter()
+            .map(|(n, r)| (n, r.map(|c| serde_json::to_value(c).unwrap_or_default()))),
+    )
+}
+
+/// Prints `{name: result}` (errors as `{Error: ...}`, salt-cloud's shape); fails if any did.
+fn report(
+    results: impl IntoIterator<Item = (String, Result<Value, cloud::CloudError>)>,
+) -> Result<()> {
     let mut out = serde_json::Map::new();
     let mut failed = false;
     for (name, r) in results {
-        let v = match r {
-            Ok(created) => serde_json::to_value(created)?,
-            Err(e) => {
-                failed = true;
-                json!({"Error": e.to_string()})
-            }
-        };
+        let v = r.unwrap_or_else(|e| {
+            failed = true;
+            json!({"Error": e.to_string()})
+        });
         out.insert(name, v);
     }
     print(&Value::Object(out));
@@ -124,23 +132,7 @@ pub async fn destroy(config_dir: &Path, names: &[String]) -> Result<()> {
             .collect::<Vec<_>>()
     })
     .await?;
-    let mut out = serde_json::Map::new();
-    let mut failed = false;
-    for (n, r) in results {
-        let v = match r {
-            Ok(v) => v,
-            Err(e) => {
-                failed = true;
-                json!({"Error": e.to_string()})
-            }
-        };
-        out.insert(n, v);
-    }
-    print(&Value::Object(out));
-    if failed {
-        return Err(Failed.into());
-    }
-    Ok(())
+    report(results)
 }
 
 pub fn list(config_dir: &Path) -> Result<()> {

@@ -50,3 +50,17 @@ pub fn number(v: Option<&Value>) -> Option<u64> {
 pub fn ret(v: &serde_json::Value) -> Value {
     crate::bus::from_json(v)
 }
+
+/// A `{name: {...}}` report as a job outcome: failed when the report or any entry holds an
+/// `Error` (salt-cloud's shape), so `salt-run` exits non-zero.
+pub fn report(v: serde_json::Value) -> super::Outcome {
+    // A report-wide `Error` is a list of messages; a VM may itself be named "Error".
+    let failed = v.get("Error").is_some_and(|e| !e.is_object())
+        || v.as_object()
+            .is_some_and(|m| m.values().any(|x| x.get("Error").is_some()));
+    super::Outcome {
+        ret: ret(&v),
+        success: !failed,
+        retcode: i64::from(failed),
+    }
+}

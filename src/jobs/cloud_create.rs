@@ -48,14 +48,7 @@ pub async fn run(p: &Publication, svc: &Arc<Service>) -> Outcome {
         minion_timeout: a::number(p.kwarg("minion_timeout")),
     };
     match svc.create(prof, &names, p.jid.as_str(), ov).await {
-        Ok(map) => {
-            let failed = map.values().any(|v| v.get("Error").is_some());
-            Outcome {
-                ret: a::ret(&serde_json::Value::Object(map.into_iter().collect())),
-                success: !failed,
-                retcode: i64::from(failed),
-            }
-        }
+        Ok(map) => a::report(serde_json::Value::Object(map.into_iter().collect())),
         Err(e) => Outcome::error(e.to_string()),
     }
 }

@@ -41,14 +41,7 @@ pub async fn run(p: &Publication, svc: &Arc<Service>) -> Outcome {
     .await;
     progress.flush().await;
     match res {
-        Ok(map) => {
-            let failed = map.values().any(|v| v.get("Error").is_some());
-            Outcome {
-                ret: a::ret(&serde_json::Value::Object(map)),
-                success: !failed,
-                retcode: i64::from(failed),
-            }
-        }
+        Ok(map) => a::report(serde_json::Value::Object(map)),
         Err(e) => Outcome::error(format!("cloud.destroy: {e}")),
     }
 }

@@ -104,16 +104,7 @@ pub async fn run(p: &Publication, svc: &Arc<Service>) -> Outcome {
     })
     .await;
     match r {
-        Ok(v) => {
-            let failed = v.get("Error").is_some()
-                || v.as_object()
-                    .is_some_and(|m| m.values().any(|x| x.get("Error").is_some()));
-            Outcome {
-                ret: a::ret(&v),
-                success: !failed,
-                retcode: i64::from(failed),
-            }
-        }
+        Ok(v) => a::report(v),
         Err(e) => Outcome::error(format!("{}: {e}", p.fun)),
     }
 }
