@@ -5,21 +5,10 @@
 mod harness;
 
 use harness::pool::{qemu_img, virsh_ok, Pool};
-use harness::{repo, text};
+use harness::{text, virtseed};
 use serde_json::Value;
-use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
-
-fn virtseed(config: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_virtseed"))
-        .arg("-c")
-        .arg(config)
-        .args(args)
-        .current_dir(repo())
-        .output()
-        .unwrap()
-}
 
 fn json_out(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {

@@ -4,7 +4,7 @@
 
 mod harness;
 
-use harness::{repo, text, Master, Sidecar};
+use harness::{last_json, repo, text, Master, Sidecar};
 use std::process::Command;
 use std::time::Duration;
 
@@ -18,16 +18,6 @@ fn golden() {
         text(&out.stdout),
         text(&out.stderr)
     );
-}
-
-fn last_json(s: &str) -> serde_json::Value {
-    let mut starts: Vec<usize> = s.match_indices("\n{").map(|(i, _)| i + 1).collect();
-    starts.insert(0, 0);
-    starts
-        .into_iter()
-        .rev()
-        .find_map(|i| serde_json::from_str(&s[i..]).ok())
-        .unwrap_or_else(|| panic!("no JSON in {s}"))
 }
 
 #[test]
@@ -75,7 +65,7 @@ fn real_guests_answer_test_ping_for_both_seed_channels() {
             "{profile}: {stdout}\n{}",
             text(&out.stderr)
         );
-        let ret = last_json(&stdout);
+        let ret = last_json(&out);
         assert_eq!(ret[name.as_str()]["minion_up"], true, "{ret}");
         eprintln!("{profile}: timings {}", ret[name.as_str()]["timings_ms"]);
         let (ok, v) = m.salt_json(name, &["test.ping"], 60);

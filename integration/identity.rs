@@ -5,30 +5,11 @@
 mod harness;
 
 use harness::pool::{virsh_ok, Pool};
-use harness::{text, wait_for, EventLog, Master, Minion};
+use harness::{mread, text, virtseed, wait_for, EventLog, Master, Minion};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 use yaml_serde::Value as Y;
-
-fn virtseed(config: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_virtseed"))
-        .arg("-c")
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-/// A file of a vfat image, read with mtools (as cloud-init's NoCloud reads the cidata volume).
-fn mread(img: &Path, file: &str) -> String {
-    let out = Command::new("mtype")
-        .args(["-i", img.to_str().unwrap(), &format!("::{file}")])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "mtype {file}: {}", text(&out.stderr));
-    text(&out.stdout)
-}
 
 fn body_lines(pem: &str) -> Vec<String> {
     pem.lines()

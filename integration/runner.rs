@@ -5,45 +5,10 @@
 mod harness;
 
 use harness::pool::Pool;
-use harness::{text, wait_for, EventLog, Master, Minion, Sidecar};
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use harness::{last_json, mread, text, virtseed, wait_for, EventLog, Master, Minion, Sidecar};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 use yaml_serde::Value as Y;
-
-fn virtseed(config: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_virtseed"))
-        .arg("-c")
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-/// The runner's return: the last JSON document salt-run printed (progress lines come first).
-fn last_json(out: &Output) -> serde_json::Value {
-    let s = text(&out.stdout);
-    let mut starts: Vec<usize> = s.match_indices("\n{").map(|(i, _)| i + 1).collect();
-    starts.insert(0, 0);
-    for i in starts.into_iter().rev() {
-        if let Ok(v) = serde_json::from_str(&s[i..]) {
-            return v;
-        }
-    }
-    panic!(
-        "no JSON in salt-run output:\n{s}\nstderr:\n{}",
-        text(&out.stderr)
-    );
-}
-
-fn mread(img: &Path, file: &str) -> String {
-    let out = Command::new("mtype")
-        .args(["-i", img.to_str().unwrap(), &format!("::{file}")])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "mtype: {}", text(&out.stderr));
-    text(&out.stdout)
-}
 
 fn scenario(version: &str) {
     let m = Master::start(version);

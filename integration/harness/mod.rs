@@ -324,3 +324,40 @@ impl Drop for EventLog {
         let _ = self.child.wait();
     }
 }
+
+/// `virtseed -c CONFIG ARGS...` (the binary under test), run to completion.
+pub fn virtseed(config: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_virtseed"))
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap()
+}
+
+/// A file of a vfat image, read with mtools (as cloud-init's NoCloud reads the cidata volume).
+pub fn mread(img: &Path, file: &str) -> String {
+    let out = Command::new("mtype")
+        .args(["-i", img.to_str().unwrap(), &format!("::{file}")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mtype {file}: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// The runner's return: the last JSON document salt-run printed (progress comes first).
+pub fn last_json(out: &Output) -> serde_json::Value {
+    let s = text(&out.stdout);
+    let mut starts: Vec<usize> = s.match_indices("\n{").map(|(i, _)| i + 1).collect();
+    starts.insert(0, 0);
+    for i in starts.into_iter().rev() {
+        if let Ok(v) = serde_json::from_str(&s[i..]) {
+            return v;
+        }
+    }
+    panic!(
+        "no JSON in salt-run output:\n{s}\nstderr:\n{}",
+        text(&out.stderr)
+    );
+}
