@@ -245,3 +245,83 @@ fn bus_salt_3007() {
 fn bus_salt_3008() {
     scenario("3008.5");
 }
+
+/// Salt's publisher (3006.30, 3008.5) and 3008's request server set ZMTP heartbeats
+/// (`zmq_heartbeat_ivl`, 10 s by default). Here they fire every 200 ms and drop a silent peer
+/// after 800 ms: the sidecar must answer each PING, keep one subscription, and answer every
+/// ping, including after idle pauses longer than the heartbeat timeout.
+fn heartbeats(version: &str) {
+    let master = Master::start_with(
+        version,
+        "zmq_heartbeat_ivl: 200\nzmq_heartbeat_timeout: 800",
+    );
+    let sidecar = Sidecar::start(&master, "vs-heartbeat");
+    let conf = std::fs::read_to_string(master.dir.join("master")).unwrap();
+    let publish_port: u16 = conf
+        .lines()
+        .find_map(|l| l.strip_prefix("publish_port: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // The subscription's TCP connection: it must be the same one at the end (a publisher that
+    // gets no PONG drops the peer, and the crate would reconnect behind our back).
+    let first = tcp_local_ports(sidecar.pid(), publish_port);
+    assert_eq!(first.len(), 1, "one connection to the publisher: {first:?}");
+    for round in 0..4 {
+        std::thread::sleep(Duration::from_millis(1500));
+        let out = master.salt(&["vs-heartbeat", "test.ping", "--out", "json", "-t", "15"]);
+        let text = harness::text(&out.stdout);
+        assert!(
+            text.contains("\"vs-heartbeat\": true"),
+            "round {round}: {text}{}\nsidecar log:\n{}",
+            harness::text(&out.stderr),
+            sidecar.log_text()
+        );
+    }
+    assert_eq!(tcp_local_ports(sidecar.pid(), publish_port), first);
+    let log = sidecar.log_text();
+    assert!(!log.contains("Unknown command"), "sidecar log:\n{log}");
+    assert!(!log.contains("resubscribing"), "sidecar log:\n{log}");
+    assert_eq!(
+        log.matches("subscribed to publications").count(),
+        1,
+        "the subscription was dropped and made again:\n{log}"
+    );
+}
+
+#[test]
+fn heartbeats_salt_3006() {
+    heartbeats("3006.30");
+}
+
+#[test]
+fn heartbeats_salt_3008() {
+    heartbeats("3008.5");
+}
+
+/// Local ports of `pid`'s established TCP connections to 127.0.0.1:`port` (from /proc).
+fn tcp_local_ports(pid: u32, port: u16) -> Vec<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().to_string();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let mut ports: Vec<u16> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let remote = format!("0100007F:{port:04X}");
+            (f.len() > 9 && f[2] == remote && f[3] == "01" && inodes.iter().any(|i| i == f[9]))
+                .then(|| u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok())
+                .flatten()
+        })
+        .collect();
+    ports.sort();
+    ports
+}

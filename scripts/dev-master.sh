@@ -5,6 +5,7 @@
 #   scripts/dev-master.sh start DIR      (SALT_VERSION=3007.17 by default)
 #   scripts/dev-master.sh stop DIR
 #   scripts/dev-master.sh env DIR        prints SALT_VENV, SALT_CONFIG_DIR, ports
+#   MASTER_EXTRA_CONF='key: value' appends options to a new config
 #
 # Then: $SALT_VENV/bin/salt -c DIR '*' test.ping
 set -euo pipefail
@@ -50,6 +51,8 @@ worker_threads: 2
 # Maintenance (AES key rotation after a key is deleted) every second, not every minute.
 loop_interval: 1
 CONF
+    # Extra master options for one test (e.g. fast ZMTP heartbeats), verbatim YAML.
+    [ -z "${MASTER_EXTRA_CONF:-}" ] || printf '%s\n' "$MASTER_EXTRA_CONF" >> "$dir/master"
     echo "$SALT_VERSION" > "$dir/salt-version"
 }
 

@@ -34,6 +34,11 @@ pub struct Master {
 
 impl Master {
     pub fn start(version: &str) -> Master {
+        Self::start_with(version, "")
+    }
+
+    /// A master with extra options appended to its config (YAML).
+    pub fn start_with(version: &str, extra_conf: &str) -> Master {
         let venv = cache().join(format!("salt-{version}"));
         assert!(
             venv.join("bin/salt-master").exists(),
@@ -46,14 +51,19 @@ impl Master {
             version: version.into(),
             venv,
         };
-        m.script("start");
+        m.script_with("start", extra_conf);
         m
     }
 
     fn script(&self, cmd: &str) {
+        self.script_with(cmd, "")
+    }
+
+    fn script_with(&self, cmd: &str, extra_conf: &str) {
         let out = Command::new(repo().join("scripts/dev-master.sh"))
             .args([cmd, self.dir.to_str().unwrap()])
             .env("SALT_VERSION", &self.version)
+            .env("MASTER_EXTRA_CONF", extra_conf)
             .output()
             .unwrap();
         assert!(

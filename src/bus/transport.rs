@@ -7,7 +7,7 @@
 
 use super::BusError;
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
 
@@ -86,10 +86,18 @@ impl ReqTransport for ZmqReq {
 
 /// Several REQ sockets to one endpoint, so concurrent jobs do not queue behind one
 /// another's requests (a REQ socket allows one request in flight).
+///
+/// An idle socket is reused only for [`IDLE_MAX`]: nothing reads an idle REQ socket, so it
+/// cannot answer the ZMTP heartbeat PINGs of a master that sets `zmq_heartbeat_ivl` (3008's
+/// request server does, 10 s by default), and the master drops it after
+/// `zmq_heartbeat_timeout`. A fresh connection over loopback costs about a millisecond.
 pub struct ReqPool {
     endpoint: String,
-    idle: Mutex<Vec<ZmqReq>>,
+    idle: Mutex<Vec<(ZmqReq, Instant)>>,
 }
+
+/// How long an idle REQ socket may wait in the pool.
+pub const IDLE_MAX: Duration = Duration::from_secs(2);
 
 impl ReqPool {
     pub fn new(endpoint: &str) -> Self {
@@ -109,16 +117,17 @@ impl ReqPool {
     }
 
     pub async fn request(&self, payload: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, BusError> {
-        let mut req = self
-            .idle
-            .lock()
-            .await
-            .pop()
-            .unwrap_or_else(|| ZmqReq::new(&self.endpoint));
+        let reused = {
+            let mut idle = self.idle.lock().await;
+            // Newest last: drop the stale ones from the front.
+            idle.retain(|(_, since)| since.elapsed() < IDLE_MAX);
+            idle.pop().map(|(req, _)| req)
+        };
+        let mut req = reused.unwrap_or_else(|| ZmqReq::new(&self.endpoint));
         let r = req.request(payload, timeout).await;
         let mut idle = self.idle.lock().await;
         if idle.len() < 16 {
-            idle.push(req);
+            idle.push((req, Instant::now()));
         }
         r
     }

@@ -81,22 +81,37 @@ impl SocketRecv for ReqSocket {
             return Err(ZmqError::Other("Server disconnected"));
         };
 
-        let result = match peer.recv_queue.next().await {
-            Some(Ok(Message::Message(mut m))) => {
-                if m.len() < 2 {
-                    Err(ZmqError::Other("Invalid message format: too few frames"))
-                } else if !m.pop_front().unwrap().is_empty() {
-                    Err(ZmqError::Other("Invalid message format: missing delimiter"))
-                } else {
-                    Ok(m)
+        let result = loop {
+            break match peer.recv_queue.next().await {
+                // ZMTP heartbeats (3008's ROUTER sends them): answer PING, skip PONG, keep waiting.
+                Some(Ok(Message::Command(c))) => {
+                    if c.is_ping() {
+                        if let Err(e) = peer
+                            .send_queue
+                            .send(Message::Command(ZmqCommand::pong(&c)))
+                            .await
+                        {
+                            break Err(e.into());
+                        }
+                    }
+                    continue;
                 }
-            }
-            Some(Ok(_)) => {
-                // Non-message frames should be ignored by the caller
-                Err(ZmqError::Other("Received non-message frame"))
-            }
-            Some(Err(error)) => Err(error.into()),
-            None => Err(ZmqError::NoMessage),
+                Some(Ok(Message::Message(mut m))) => {
+                    if m.len() < 2 {
+                        Err(ZmqError::Other("Invalid message format: too few frames"))
+                    } else if !m.pop_front().unwrap().is_empty() {
+                        Err(ZmqError::Other("Invalid message format: missing delimiter"))
+                    } else {
+                        Ok(m)
+                    }
+                }
+                Some(Ok(_)) => {
+                    // Non-message frames should be ignored by the caller
+                    Err(ZmqError::Other("Received non-message frame"))
+                }
+                Some(Err(error)) => Err(error.into()),
+                None => Err(ZmqError::NoMessage),
+            };
         };
 
         self.current_request = None;

@@ -118,6 +118,9 @@ impl SocketRecv for SubSocket {
                 Some((_peer_id, Ok(Message::Message(message)))) => {
                     return Ok(message);
                 }
+                Some((peer_id, Ok(Message::Command(c)))) if c.is_ping() => {
+                    self.backend.answer_ping(&peer_id, &c).await;
+                }
                 Some((_peer_id, Ok(_msg))) => {
                     // Ignore non-message frames. SUB sockets are designed to only receive actual messages,
                     // not internal protocol frames like commands or greetings.

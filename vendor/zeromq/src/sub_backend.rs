@@ -1,5 +1,5 @@
 use crate::backend::DisconnectNotifier;
-use crate::codec::{CodecError, FramedIo, Message, ZmqFramedRead, ZmqFramedWrite};
+use crate::codec::{CodecError, FramedIo, Message, ZmqCommand, ZmqFramedRead, ZmqFramedWrite};
 use crate::endpoint::Endpoint;
 use crate::error::ZmqResult;
 use crate::fair_queue::QueueInner;
@@ -274,6 +274,25 @@ impl SocketBackend for SubSocketBackend {
 
     fn monitor(&self) -> &Mutex<Option<mpsc::Sender<SocketEvent>>> {
         &self.socket_monitor
+    }
+}
+
+impl SubSocketBackend {
+    /// Answers a ZMTP heartbeat PING from `peer_id` (libzmq publishers with
+    /// `ZMQ_HEARTBEAT_IVL` set drop a peer that never answers).
+    pub(crate) async fn answer_ping(&self, peer_id: &PeerIdentity, ping: &ZmqCommand) {
+        let Some(send_queue) = self
+            .peers
+            .read_async(peer_id, |_, p| p.send_queue.clone())
+            .await
+        else {
+            return;
+        };
+        let pong = Message::Command(ZmqCommand::pong(ping));
+        let mut queue = send_queue.lock().await;
+        if let Err(e) = queue.as_mut().send(pong).await {
+            log::debug!("Failed to send PONG to peer {:?}: {:?}", peer_id, e);
+        }
     }
 }
 

@@ -180,6 +180,7 @@ pub(crate) async fn ready_exchange(
                     ))
                 }
             }
+            _ => Err(ZmqError::Other("Failed to confirm ready state")),
         },
         Some(Ok(_)) => Err(ZmqError::Other("Failed to confirm ready state")),
         Some(Err(e)) => Err(e.into()),

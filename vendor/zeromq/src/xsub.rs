@@ -114,6 +114,9 @@ impl SocketRecv for XSubSocket {
         loop {
             match self.fair_queue.next().await {
                 Some((_peer_id, Ok(Message::Message(message)))) => return Ok(message),
+                Some((peer_id, Ok(Message::Command(c)))) if c.is_ping() => {
+                    self.backend.answer_ping(&peer_id, &c).await;
+                }
                 Some((_peer_id, Ok(_msg))) => {
                     // Ignore non-message frames (commands, greetings, etc.)
                 }

@@ -11,12 +11,18 @@ use std::fmt::Display;
 #[derive(Debug, Copy, Clone)]
 pub enum ZmqCommandName {
     READY,
+    /// ZMTP 3.1 heartbeat request (libzmq's `ZMQ_HEARTBEAT_IVL`). Must be answered with PONG.
+    PING,
+    /// ZMTP 3.1 heartbeat reply.
+    PONG,
 }
 
 impl ZmqCommandName {
     pub const fn as_str(&self) -> &'static str {
         match self {
             ZmqCommandName::READY => "READY",
+            ZmqCommandName::PING => "PING",
+            ZmqCommandName::PONG => "PONG",
         }
     }
 }
@@ -31,6 +37,8 @@ impl Display for ZmqCommandName {
 pub struct ZmqCommand {
     pub name: ZmqCommandName,
     pub properties: HashMap<String, Bytes>,
+    /// PING/PONG: the ping context (0..=16 octets), echoed back in the PONG.
+    pub context: Bytes,
 }
 
 impl ZmqCommand {
@@ -40,7 +48,21 @@ impl ZmqCommand {
         Self {
             name: ZmqCommandName::READY,
             properties,
+            context: Bytes::new(),
         }
+    }
+
+    /// The PONG that answers `ping` (ZMTP 3.1: it echoes the ping context).
+    pub fn pong(ping: &ZmqCommand) -> Self {
+        Self {
+            name: ZmqCommandName::PONG,
+            properties: HashMap::new(),
+            context: ping.context.clone(),
+        }
+    }
+
+    pub fn is_ping(&self) -> bool {
+        matches!(self.name, ZmqCommandName::PING)
     }
 
     pub fn add_prop(&mut self, name: String, value: Bytes) -> &mut Self {
@@ -70,6 +92,29 @@ impl TryFrom<Bytes> for ZmqCommand {
         // command-name-char = ALPHA according to https://rfc.zeromq.org/spec:23/ZMTP/
         let command = match &buf[..command_len] {
             b"READY" => ZmqCommandName::READY,
+            b"PING" | b"PONG" => {
+                let name = if &buf[..command_len] == b"PING" {
+                    ZmqCommandName::PING
+                } else {
+                    ZmqCommandName::PONG
+                };
+                buf.advance(command_len);
+                // ping = command-size %d4 "PING" ping-ttl ping-context; pong = %d4 "PONG" ping-context
+                if matches!(name, ZmqCommandName::PING) {
+                    if buf.len() < 2 {
+                        return Err(CodecError::Decode("PING without a TTL"));
+                    }
+                    buf.advance(2);
+                }
+                if buf.len() > 16 {
+                    return Err(CodecError::Decode("Ping context longer than 16 octets"));
+                }
+                return Ok(Self {
+                    name,
+                    properties: HashMap::new(),
+                    context: buf,
+                });
+            }
             _ => return Err(CodecError::Command("Unknown command received")),
         };
         buf.advance(command_len);
@@ -102,15 +147,33 @@ impl TryFrom<Bytes> for ZmqCommand {
         Ok(Self {
             name: command,
             properties,
+            context: Bytes::new(),
         })
     }
 }
 
 impl From<ZmqCommand> for BytesMut {
     fn from(command: ZmqCommand) -> Self {
+        let command_name = command.name.as_str();
+        if !matches!(command.name, ZmqCommandName::READY) {
+            // PING (ttl 0) / PONG: the name, then the context; always a short command.
+            let ttl: &[u8] = if matches!(command.name, ZmqCommandName::PING) {
+                &[0, 0]
+            } else {
+                &[]
+            };
+            let len = 1 + command_name.len() + ttl.len() + command.context.len();
+            let mut bytes = BytesMut::with_capacity(len + 2);
+            bytes.put_u8(0x04);
+            bytes.put_u8(len as u8);
+            bytes.put_u8(command_name.len() as u8);
+            bytes.extend_from_slice(command_name.as_bytes());
+            bytes.extend_from_slice(ttl);
+            bytes.extend_from_slice(&command.context);
+            return bytes;
+        }
         let mut message_len = 0;
 
-        let command_name = command.name.as_str();
         message_len += command_name.len() + 1;
         for (prop, val) in command.properties.iter() {
             message_len += prop.len() + 1;
@@ -143,7 +206,29 @@ impl From<ZmqCommand> for BytesMut {
 
 #[cfg(test)]
 mod tests {
-    use super::ZmqCommand;
+    use super::{ZmqCommand, ZmqCommandName};
+    use bytes::BytesMut;
+
+    #[test]
+    fn decodes_ping_and_answers_pong_with_its_context() {
+        // As libzmq 4.3 sends it: "PING", ttl (deciseconds), context.
+        let ping = ZmqCommand::try_from(Bytes::from_static(b"\x04PING\x01\x2cab")).unwrap();
+        assert!(ping.is_ping());
+        assert_eq!(&ping.context[..], b"ab");
+        let wire = BytesMut::from(ZmqCommand::pong(&ping));
+        assert_eq!(&wire[..], b"\x04\x07\x04PONGab");
+        let pong = ZmqCommand::try_from(Bytes::copy_from_slice(&wire[2..])).unwrap();
+        assert!(matches!(pong.name, ZmqCommandName::PONG));
+        assert_eq!(&pong.context[..], b"ab");
+    }
+
+    #[test]
+    fn rejects_bad_pings() {
+        assert_decode_error(b"\x04PING\x01");
+        assert_decode_error(b"\x04PING\x00\x00aaaaaaaaaaaaaaaaa");
+        assert_decode_error(b"\x05HELLO");
+    }
+
     use bytes::Bytes;
     use std::convert::TryFrom;
 
