@@ -141,13 +141,20 @@ def _call(fun, arg=None, kwarg=None, names=(), timeout=DEFAULT_TIMEOUT, sidecar=
         deadline = time.time() + timeout
         last_check = time.time()
         retries = 0
+        # Checks in a row that found the sidecar silent, or without the job and its return:
+        # one is not enough (a sidecar that restarted returns interrupted creates late).
+        silent = missing = 0
         while time.time() < deadline:
             ev = event.get_event(wait=1, full=True)
             if ev is None:
                 if time.time() - last_check > 15:
                     last_check = time.time()
                     if not client.cmd(sidecar, "test.ping", timeout=10):
-                        return {"Error": f"the virtseed sidecar {sidecar!r} does not answer", "retcode": 1}
+                        silent += 1
+                        if silent >= 3:
+                            return {"Error": f"the virtseed sidecar {sidecar!r} does not answer (jid {jid})", "retcode": 1}
+                        continue
+                    silent = 0
                     # A publication can be lost (e.g. while the sidecar resubscribes): if the
                     # sidecar is not running the job and no return was stored, it never got it.
                     found = client.cmd(sidecar, "saltutil.find_job", [jid], timeout=10)
@@ -163,7 +170,11 @@ def _call(fun, arg=None, kwarg=None, names=(), timeout=DEFAULT_TIMEOUT, sidecar=
                             jid = client.cmd_async(sidecar, fun, arg=list(arg or []), kwarg=kwarg or {})
                             ret_tag = f"salt/job/{jid}/ret/{sidecar}"
                             continue
-                        return {"Error": f"the virtseed sidecar {sidecar!r} never received {fun} (jid {jid}); nothing was done, try again", "retcode": 1}
+                        missing += 1
+                        if missing >= 2:
+                            return {"Error": f"the virtseed sidecar {sidecar!r} has no record of {fun} (jid {jid}): it never received it, or it restarted without a journal; see `salt-run cloud.list_nodes`", "retcode": 1}
+                    else:
+                        missing = 0
                 continue
             tag, data = ev["tag"], ev["data"]
             if tag == ret_tag:

@@ -90,11 +90,16 @@ pub async fn profile(
         ),
     };
     let (c, lines) = load(config_dir, parallel)?;
+    let request = uuid::Uuid::new_v4().simple().to_string();
     let opts = CreateOptions {
-        request: uuid::Uuid::new_v4().to_string(),
+        request: request.clone(),
         fail_after,
+        job: None,
     };
     let results = c.profile(profile, names, opts, Arc::new(lines)).await?;
+    for n in names {
+        c.journal_close(&request, n);
+    }
     report(
         results
             .into_iter()

@@ -127,6 +127,9 @@ pub async fn run(config_dir: &Path) -> anyhow::Result<()> {
             events.subscribe(),
         ));
     }
+    if let Some(svc) = &cloud {
+        tokio::spawn(reconcile(svc.clone(), channel.clone()));
+    }
     let dispatcher = Arc::new(Dispatcher::new(
         channel.clone(),
         settings.salt_version,
@@ -137,6 +140,53 @@ pub async fn run(config_dir: &Path) -> anyhow::Result<()> {
     shutdown_signal().await;
     info!("stopping");
     Ok(())
+}
+
+/// How often the create journal is checked for creates a dead process left (a `virtseed
+/// profile` killed meanwhile, or a rollback that failed and is retried).
+const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Finishes the creates an earlier process left unfinished (at start, then periodically),
+/// returns them to the jobs that waited, and says what it did.
+async fn reconcile(svc: Arc<crate::cloud::service::Service>, channel: Arc<Channel>) {
+    let progress = Arc::new(crate::cloud::service::BusProgress::new(
+        svc.events.clone(),
+        String::new(),
+        String::new(),
+    ));
+    loop {
+        let cloud = svc.cloud.clone();
+        let p = progress.clone();
+        let recovered = match tokio::task::spawn_blocking(move || cloud.reconcile(&*p)).await {
+            Ok(r) => r,
+            Err(e) => {
+                error!("reconcile failed: {e}");
+                Vec::new()
+            }
+        };
+        for r in &recovered {
+            let kept = r.entry.done.is_some();
+            if kept {
+                info!(name = %r.entry.name, "reconcile: an interrupted create had finished; kept");
+            } else if r.left_behind.is_empty() {
+                warn!(name = %r.entry.name, step = %r.entry.step, undone = r.entry.intents.len(), "reconcile: an interrupted create was rolled back");
+            } else {
+                error!(name = %r.entry.name, step = %r.entry.step, left = ?r.left_behind, "reconcile: rolling back an interrupted create failed; retrying in {}s", RECONCILE_EVERY.as_secs());
+            }
+            let data = serde_json::json!({
+                "name": r.entry.name,
+                "request": r.entry.request,
+                "step": r.entry.step,
+                "outcome": if kept { "kept" } else if r.left_behind.is_empty() { "rolled_back" } else { "left_behind" },
+                "left_behind": r.left_behind,
+            });
+            use crate::cloud::Progress;
+            progress.fire(&format!("virtseed/reconcile/{}", r.entry.name), data);
+        }
+        crate::jobs::return_recovered(&channel, &recovered).await;
+        progress.flush().await;
+        tokio::time::sleep(RECONCILE_EVERY).await;
+    }
 }
 
 /// The `cloud.*` service: salt-cloud's providers and profiles in `config_dir`, identity from

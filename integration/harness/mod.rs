@@ -149,18 +149,31 @@ pub struct Sidecar {
 impl Sidecar {
     /// Starts `virtseed -c <master dir> run` with its own id and waits until it joined.
     pub fn start(master: &Master, id: &str) -> Sidecar {
+        Self::start_with(master, id, &[], "")
+    }
+
+    /// The same with extra environment, logging to `virtseed-<id><log_suffix>.log`.
+    pub fn start_with(
+        master: &Master,
+        id: &str,
+        env: &[(&str, &str)],
+        log_suffix: &str,
+    ) -> Sidecar {
         let settings = format!(
             "id: {id}\npki_dir: {}\nsalt_version: '{}'\n",
             master.dir.join("pki").join(id).display(),
             master.version
         );
         std::fs::write(master.dir.join("virtseed"), settings).unwrap();
-        let log = master.dir.join(format!("log/virtseed-{id}.log"));
+        let log = master
+            .dir
+            .join(format!("log/virtseed-{id}{log_suffix}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_virtseed"))
             .arg("-c")
             .arg(&master.dir)
             .args(["--log", "info,virtseed=debug", "run"])
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -195,6 +208,12 @@ impl Sidecar {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// kill -9, as a crash would.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 }
 

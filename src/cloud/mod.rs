@@ -6,6 +6,7 @@
 //! nothing behind.
 
 pub mod autoaccept;
+pub mod journal;
 pub mod names;
 pub mod ready;
 pub mod service;
@@ -14,6 +15,7 @@ use crate::config::cloud::{AcceptMode, CloneStrategy, CloudConfig, Profile, Seed
 use crate::libvirt::dom::Element;
 use crate::libvirt::domain_xml::{self, CloneDisk, CloneSpec, DiskSource, Ownership};
 use crate::libvirt::{Hypervisor, Instance, LibvirtError};
+use journal::{Intent, JobRef, Journal};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -146,7 +148,13 @@ pub struct CreateOptions {
     pub request: String,
     /// Testing: fail right after this step, as if the next one had failed.
     pub fail_after: Option<Step>,
+    /// The Salt job this create answers (recorded in the journal for a late return).
+    pub job: Option<JobRef>,
 }
+
+/// Testing the crash recovery: a create stops dead after this step (named as in
+/// [`Step::name`]) and waits to be killed.
+pub const PAUSE_ENV: &str = "VIRTSEED_TEST_PAUSE_AFTER";
 
 /// What a successful create reports, in salt-cloud's spirit.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -178,6 +186,9 @@ pub struct Cloud {
     max_parallel: usize,
     busy: Arc<Mutex<HashSet<String>>>,
     hypervisors: Mutex<HashMap<String, Arc<Hypervisor>>>,
+    /// Creates in flight, for crash recovery (with a master: in its state dir).
+    pub journal: Option<Journal>,
+    pause_after: Option<String>,
 }
 
 /// Holds a name for the duration of a create.
@@ -233,6 +244,7 @@ impl Cloud {
         max_parallel: usize,
         served_by: Option<String>,
     ) -> Self {
+        let journal = master.as_ref().map(|m| Journal::new(&m.state_dir));
         Self {
             config,
             served_by,
@@ -241,6 +253,8 @@ impl Cloud {
             max_parallel: max_parallel.max(1),
             busy: Default::default(),
             hypervisors: Default::default(),
+            journal,
+            pause_after: std::env::var(PAUSE_ENV).ok(),
         }
     }
 
@@ -308,6 +322,101 @@ impl Cloud {
             name: name.into(),
             set: self.busy.clone(),
         })
+    }
+
+    fn journal_step(&self, request: &str, name: &str, step: &str) {
+        if let Some(j) = &self.journal {
+            if let Err(e) = j.update(request, name, |en| en.step = step.into()) {
+                tracing::warn!(name, "create journal: {e}");
+            }
+        }
+    }
+
+    /// Records what the create is about to make; nothing is made unless it is recorded.
+    fn journal_intend(&self, request: &str, name: &str, i: Intent) -> Result<(), CloudError> {
+        match &self.journal {
+            Some(j) => j
+                .update(request, name, |en| en.intents.push(i))
+                .map_err(|e| {
+                    CloudError::Internal(format!(
+                        "cannot write the create journal in {}: {e}",
+                        j.dir().display()
+                    ))
+                }),
+            None => Ok(()),
+        }
+    }
+
+    /// Records the final result of a create whose minion answered (kept by a reconcile).
+    pub fn journal_done(&self, request: &str, name: &str, result: &Value) {
+        if let Some(j) = &self.journal {
+            if let Err(e) = j.update(request, name, |en| {
+                en.step = "done".into();
+                en.done = Some(result.clone());
+            }) {
+                tracing::warn!(name, "create journal: {e}");
+            }
+        }
+    }
+
+    /// The create of `name` in `request` is over: made and answered, or undone.
+    pub fn journal_close(&self, request: &str, name: &str) {
+        if let Some(j) = &self.journal {
+            j.remove(request, name);
+        }
+    }
+
+    /// Finishes the creates a previous virtseed process left in its journal: a name that
+    /// had answered its first ping is kept with its recorded result; anything else is
+    /// undone (what never came to exist is skipped). Blocking.
+    pub fn reconcile(&self, progress: &dyn Progress) -> Vec<Recovered> {
+        let Some(j) = &self.journal else {
+            return Vec::new();
+        };
+        let (entries, errors) = j.interrupted();
+        for e in errors {
+            tracing::error!("create journal: unreadable entry {e}; remove it once checked");
+        }
+        let mut out = Vec::new();
+        for en in entries {
+            if let Some(done) = &en.done {
+                j.remove(&en.request, &en.name);
+                out.push(Recovered {
+                    result: done.clone(),
+                    left_behind: vec![],
+                    entry: en,
+                });
+                continue;
+            }
+            let left = match self.hypervisor(&en.uri) {
+                Ok(hv) => undo_intents(&hv, self.master.as_ref(), &en.intents, progress),
+                Err(e) => vec![format!("{}: {e}", en.uri)],
+            };
+            let undone: Vec<String> = en.intents.iter().map(describe_intent).collect();
+            let result = if left.is_empty() {
+                j.remove(&en.request, &en.name);
+                json!({"Error": format!(
+                    "virtseed stopped while creating {} (after step {}); the create was rolled back: {}",
+                    en.name,
+                    en.step,
+                    if undone.is_empty() { "nothing had been made".to_string() } else { undone.join(", ") }
+                )})
+            } else {
+                let _ = j.update(&en.request, &en.name, |e| e.reported = true);
+                json!({"Error": format!(
+                    "virtseed stopped while creating {} (after step {}); rolling it back failed for: {} (retried while the sidecar runs)",
+                    en.name,
+                    en.step,
+                    left.join("; ")
+                )})
+            };
+            out.push(Recovered {
+                result,
+                left_behind: left,
+                entry: en,
+            });
+        }
+        out
     }
 
     /// Clones one VM per name from `profile`, up to `max_parallel` at once. Names are all
@@ -383,6 +492,26 @@ impl Cloud {
         let mut made: Vec<Made> = Vec::new();
         let t0 = Instant::now();
         let mut timings = BTreeMap::new();
+        if let Some(j) = &self.journal {
+            j.write(&journal::Entry {
+                name: name.into(),
+                request: opts.request.clone(),
+                job: opts.job.clone(),
+                profile: prof.name.clone(),
+                uri: prof.url.clone(),
+                owner: journal::Owner::me(),
+                step: "begun".into(),
+                intents: vec![],
+                done: None,
+                reported: false,
+            })
+            .map_err(|e| {
+                CloudError::Internal(format!(
+                    "cannot write the create journal in {}: {e}",
+                    j.dir().display()
+                ))
+            })?;
+        }
         let result = self.build(prof, name, opts, progress, &mut made, &mut timings, t0);
         match result {
             Ok(c) => Ok(c),
@@ -393,9 +522,18 @@ impl Cloud {
                     Err(e2) => made.iter().map(|m| format!("{m:?}: {e2}")).collect(),
                 };
                 if leftovers.is_empty() {
+                    self.journal_close(&opts.request, name);
                     tracing::warn!(name, error = %e, undone = made.len(), "create failed; rolled back");
                 } else {
-                    tracing::error!(name, error = %e, ?leftovers, "create failed; rollback left these behind");
+                    // Left to the next reconcile (which retries the whole undo): this
+                    // process no longer owns the entry, and its error is returned now.
+                    if let Some(j) = &self.journal {
+                        let _ = j.update(&opts.request, name, |en| {
+                            en.owner = journal::Owner { pid: 0, start: 0 };
+                            en.reported = true;
+                        });
+                    }
+                    tracing::error!(name, error = %e, ?leftovers, "create failed; rollback left these behind (retried at the next reconcile)");
                 }
                 progress.step(name, "failed", json!({"error": e.to_string(), "rolled_back": made.len(), "left_behind": leftovers}));
                 Err(e)
@@ -417,12 +555,20 @@ impl Cloud {
         let checkpoint =
             |step: Step, timings: &mut BTreeMap<String, u64>| -> Result<(), CloudError> {
                 timings.insert(step.name().into(), ms(t0.elapsed()));
+                self.journal_step(&opts.request, name, step.name());
                 progress.step(name, step.name(), json!({"elapsed_ms": ms(t0.elapsed())}));
+                if self.pause_after.as_deref() == Some(step.name()) {
+                    tracing::warn!(name, "paused after step {} ({PAUSE_ENV})", step.name());
+                    loop {
+                        std::thread::park();
+                    }
+                }
                 if opts.fail_after == Some(step) {
                     return Err(CloudError::Injected(step.name()));
                 }
                 Ok(())
             };
+        let intend = |i: Intent| self.journal_intend(&opts.request, name, i);
         if self.master.is_some() && prof.minion.get("master").is_none() {
             return Err(CloudError::Config(format!(
                 "profile {:?} ({}): `minion: {{master: ADDRESS}}` is required: the address the guest reaches this master at (10.0.2.2 under QEMU user networking)",
@@ -459,6 +605,10 @@ impl Cloud {
                     (format!("{name}-{}.{ext}", d.target), d.format.clone())
                 }
             };
+            intend(Intent::Volume {
+                pool: pool.clone(),
+                name: vol_name.clone(),
+            })?;
             let path = match prof.clone_strategy {
                 CloneStrategy::Quick => hv.create_overlay(&pool, &vol_name, d, capacity)?,
                 CloneStrategy::Full => hv.create_copy(&pool, &vol_name, d, capacity)?,
@@ -481,7 +631,7 @@ impl Cloud {
 
         let mut files = Vec::new();
         let nvram = match &base.xml.nvram {
-            Some(p) => match hv.copy_nvram(p, name)? {
+            Some(p) => match self.copy_nvram_volume(&hv, p, name, &intend)? {
                 // In a pool: copied through libvirt.
                 Some(c) => {
                     made.push(Made::Volume(c.clone()));
@@ -490,6 +640,7 @@ impl Cloud {
                 // A local file beside the base's (libvirt's nvram dir): copied here.
                 None if hv.is_local() && std::path::Path::new(p).is_file() => {
                     let dest = nvram_sibling(p, name);
+                    intend(Intent::File { path: dest.clone() })?;
                     let copy = || -> std::io::Result<()> {
                         let mut src = std::fs::File::open(p)?;
                         let mut out = std::fs::OpenOptions::new()
@@ -537,7 +688,12 @@ impl Cloud {
                         .pool
                         .clone()
                         .unwrap_or_else(|| base.disks[0].pool.clone());
-                    let path = hv.upload_volume(&pool, &format!("{name}-seed.img"), "raw", &img)?;
+                    let seed_vol = format!("{name}-seed.img");
+                    intend(Intent::Volume {
+                        pool: pool.clone(),
+                        name: seed_vol.clone(),
+                    })?;
+                    let path = hv.upload_volume(&pool, &seed_vol, "raw", &img)?;
                     made.push(Made::Volume(path.clone()));
                     extra_devices.push(
                         Element::new("disk")
@@ -611,6 +767,10 @@ impl Cloud {
             oem_strings,
         };
         let (xml, macs) = domain_xml::clone_xml(&base.xml, &spec).map_err(LibvirtError::from)?;
+        intend(Intent::Domain {
+            name: name.into(),
+            uuid: uuid.clone(),
+        })?;
         hv.define(&xml, prof.validate_xml)?;
         made.push(Made::Domain(name.into()));
         if prof.onboot {
@@ -621,6 +781,10 @@ impl Cloud {
         // Pre-accept, before the guest can ask: the master already trusts exactly this key.
         if let (Some(mc), Some(key)) = (&self.master, &identity_key) {
             let pem = key.public_key().pem();
+            intend(Intent::Key {
+                id: name.into(),
+                finger: fingerprint.clone(),
+            })?;
             match crate::pki::pre_accept(&mc.pki_dir, name, pem)
                 .map_err(|e| CloudError::Internal(e.to_string()))?
             {
@@ -664,6 +828,23 @@ impl Cloud {
             }),
             timings_ms: timings.clone(),
         })
+    }
+
+    /// The base's NVRAM copied as a volume of its pool (journaled first), if it is one.
+    fn copy_nvram_volume(
+        &self,
+        hv: &Hypervisor,
+        base_nvram: &str,
+        name: &str,
+        intend: &dyn Fn(Intent) -> Result<(), CloudError>,
+    ) -> Result<Option<String>, CloudError> {
+        if let Some(pool) = hv.nvram_pool(base_nvram) {
+            intend(Intent::Volume {
+                pool,
+                name: Hypervisor::nvram_volume_name(name),
+            })?;
+        }
+        Ok(hv.copy_nvram(base_nvram, name)?)
     }
 
     /// Finds which provider URI holds `name` among virtseed's domains.
@@ -851,6 +1032,59 @@ pub fn undo(
         };
         if let Err(e) = r {
             left.push(format!("{m:?}: {e}"));
+        }
+    }
+    left
+}
+
+/// One interrupted create, as a reconcile left it.
+#[derive(Debug, Clone)]
+pub struct Recovered {
+    pub entry: journal::Entry,
+    /// The create's outcome in `cloud.profile`'s shape (`{...}` or `{"Error": ...}`).
+    pub result: Value,
+    /// What could not be undone yet (the entry stays for the next reconcile).
+    pub left_behind: Vec<String>,
+}
+
+fn describe_intent(i: &Intent) -> String {
+    match i {
+        Intent::Volume { pool, name } => format!("volume {name} (pool {pool})"),
+        Intent::File { path } => format!("file {path}"),
+        Intent::Domain { name, .. } => format!("domain {name}"),
+        Intent::Key { id, .. } => format!("accepted key of {id}"),
+    }
+}
+
+/// Undoes journal intents in reverse, skipping what does not exist (or is not ours);
+/// returns what could not be undone.
+fn undo_intents(
+    hv: &Hypervisor,
+    master: Option<&MasterCtx>,
+    intents: &[Intent],
+    progress: &dyn Progress,
+) -> Vec<String> {
+    let mut left = Vec::new();
+    for i in intents.iter().rev() {
+        let r = match i {
+            Intent::Domain { name, uuid } => hv
+                .undefine_uuid(name, uuid)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Intent::Volume { pool, name } => hv
+                .delete_volume_named(pool, name)
+                .map_err(|e| e.to_string()),
+            Intent::File { path } => match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
+                _ => Ok(()),
+            },
+            Intent::Key { id, finger } => match master {
+                Some(mc) => revoke_key(mc, id, finger, progress),
+                None => Ok(()),
+            },
+        };
+        if let Err(e) = r {
+            left.push(format!("{}: {e}", describe_intent(i)));
         }
     }
     left

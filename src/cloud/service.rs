@@ -1,6 +1,7 @@
 //! The cloud service inside the sidecar: the `cloud.*` jobs' shared state, salt-cloud
 //! events on the master's bus, readiness, and removing the seed once the minion is up.
 
+use super::journal::JobRef;
 use super::ready::{self, Ready};
 use super::{Cloud, CloudError, CreateOptions, Progress};
 use crate::bus::clear::ClearChannel;
@@ -104,7 +105,7 @@ impl Service {
         self: &Arc<Self>,
         profile: &str,
         names: &[String],
-        request: &str,
+        job: JobRef,
         ov: Overrides,
     ) -> Result<BTreeMap<String, Value>, CloudError> {
         let prof = self
@@ -113,7 +114,7 @@ impl Service {
             .profile(profile)
             .map_err(CloudError::Config)?
             .clone();
-        self.create(prof, names, request, ov).await
+        self.create(prof, names, job, ov).await
     }
 
     /// Clones from a resolved profile, then waits for readiness (see [`Service::profile`]).
@@ -121,9 +122,10 @@ impl Service {
         self: &Arc<Self>,
         prof: crate::config::cloud::Profile,
         names: &[String],
-        request: &str,
+        job: JobRef,
         ov: Overrides,
     ) -> Result<BTreeMap<String, Value>, CloudError> {
+        let request = job.jid.clone();
         super::names::check_all(names).map_err(CloudError::BadName)?;
         let progress = Arc::new(BusProgress::new(
             self.events.clone(),
@@ -146,8 +148,9 @@ impl Service {
                 prof.clone(),
                 names,
                 CreateOptions {
-                    request: request.into(),
+                    request: request.clone(),
                     fail_after: None,
+                    job: Some(job),
                 },
                 progress.clone(),
             )
@@ -159,6 +162,8 @@ impl Service {
         for (name, r) in created {
             let me = self.clone();
             let progress = progress.clone();
+            let request = request.clone();
+            let keep_on_timeout = prof.keep_on_timeout;
             let mut rx = rxs.remove(&name).expect("a receiver per name");
             tasks.push(tokio::spawn(async move {
                 let c = match r {
@@ -179,13 +184,21 @@ impl Service {
                             v["minion_up"] = json!(true);
                         }
                         Err(e) => {
-                            progress.step(&name, "failed", json!({"error": e}));
                             v["minion_up"] = json!(false);
+                            let e = if keep_on_timeout {
+                                format!("{e}; the VM was kept (keep_on_timeout)")
+                            } else {
+                                me.discard(&name, progress.clone()).await;
+                                format!("{e}; the VM was destroyed (set keep_on_timeout: true in the profile to keep it for debugging)")
+                            };
+                            progress.step(&name, "failed", json!({"error": e}));
                             v["Error"] = json!(e);
+                            me.cloud.journal_close(&request, &name);
                             return (name, v);
                         }
                     }
                 }
+                me.cloud.journal_done(&request, &name, &v);
                 progress.step(&name, "created", json!({"event": "created instance"}));
                 (name, v)
             }));
@@ -197,7 +210,27 @@ impl Service {
             }
         }
         progress.flush().await;
+        for n in names {
+            self.cloud.journal_close(&request, n);
+        }
         Ok(out)
+    }
+
+    /// Destroys a clone whose minion never answered: VM, volumes and key.
+    async fn discard(&self, name: &str, progress: Arc<BusProgress>) {
+        let cloud = self.cloud.clone();
+        let n = name.to_string();
+        match tokio::task::spawn_blocking(move || cloud.destroy_one(&n, &*progress)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(
+                name,
+                "could not destroy the clone whose minion never answered: {e}"
+            ),
+            Err(e) => tracing::error!(
+                name,
+                "could not destroy the clone whose minion never answered: {e}"
+            ),
+        }
     }
 
     /// Detaches and deletes the seed volume once the minion has its identity.

@@ -66,6 +66,7 @@ pub const PROFILE_KEYS: &[&str] = &[
     "force",
     "wait_for_minion",
     "minion_timeout",
+    "keep_on_timeout",
     "pool",
     "max_parallel",
     "sidecar",
@@ -139,6 +140,9 @@ pub struct Profile {
     pub force: bool,
     pub wait_for_minion: bool,
     pub minion_timeout_secs: u64,
+    /// Keep a clone whose minion did not answer within `minion_timeout` (to debug it);
+    /// by default it is destroyed, key and all.
+    pub keep_on_timeout: bool,
     pub pool: Option<String>,
     pub max_parallel: Option<usize>,
     pub sidecar: Option<String>,
@@ -684,6 +688,7 @@ fn resolve_profile(
         force: boolean("force", false)?,
         wait_for_minion: boolean("wait_for_minion", true)?,
         minion_timeout_secs: number("minion_timeout", 1, 86400)?.unwrap_or(300) as u64,
+        keep_on_timeout: boolean("keep_on_timeout", false)?,
         pool,
         max_parallel: number("max_parallel", 1, 1024)?.map(|n| n as usize),
         sidecar,

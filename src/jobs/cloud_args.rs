@@ -1,6 +1,7 @@
 //! Argument helpers shared by the `cloud.*` jobs (salt-cloud's runner forms).
 
 use salt_proto::msgpack;
+use salt_proto::publish::Publication;
 use salt_proto::Value;
 
 /// Instance names: a list, or a comma-separated string.
@@ -62,5 +63,16 @@ pub fn report(v: serde_json::Value) -> super::Outcome {
         ret: ret(&v),
         success: !failed,
         retcode: i64::from(failed),
+    }
+}
+
+/// The job a create answers, for the create journal (a restarted sidecar returns it).
+pub fn job_ref(p: &Publication) -> crate::cloud::journal::JobRef {
+    crate::cloud::journal::JobRef {
+        jid: p.jid.to_string(),
+        fun: p.fun.clone(),
+        fun_args: serde_json::from_str(&salt_proto::msgpack::to_json(&p.raw_arg))
+            .unwrap_or_default(),
+        user: p.user.clone(),
     }
 }

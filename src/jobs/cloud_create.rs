@@ -47,7 +47,7 @@ pub async fn run(p: &Publication, svc: &Arc<Service>) -> Outcome {
         wait_for_minion: a::boolean(p.kwarg("wait_for_minion")),
         minion_timeout: a::number(p.kwarg("minion_timeout")),
     };
-    match svc.create(prof, &names, p.jid.as_str(), ov).await {
+    match svc.create(prof, &names, a::job_ref(p), ov).await {
         Ok(map) => a::report(serde_json::Value::Object(map.into_iter().collect())),
         Err(e) => Outcome::error(e.to_string()),
     }

@@ -222,3 +222,45 @@ impl Dispatcher {
         }
     }
 }
+
+/// Returns creates that a previous sidecar process left unfinished (see
+/// [`crate::cloud::Cloud::reconcile`]) to the jobs that were waiting for them: one return
+/// per job, `{name: result}` for the names it held.
+pub async fn return_recovered(channel: &Channel, recovered: &[crate::cloud::Recovered]) {
+    let mut by_job: std::collections::BTreeMap<
+        String,
+        (
+            &crate::cloud::journal::JobRef,
+            serde_json::Map<String, serde_json::Value>,
+        ),
+    > = Default::default();
+    for r in recovered {
+        let Some(job) = &r.entry.job else { continue };
+        if r.entry.reported {
+            continue;
+        }
+        by_job
+            .entry(job.jid.clone())
+            .or_insert_with(|| (job, Default::default()))
+            .1
+            .insert(r.entry.name.clone(), r.result.clone());
+    }
+    for (jid, (job, ret)) in by_job {
+        let outcome = cloud_args::report(serde_json::Value::Object(ret));
+        let load = Return {
+            id: channel.id(),
+            jid: &jid,
+            fun: &job.fun,
+            fun_args: crate::bus::from_json(&job.fun_args),
+            ret: outcome.ret,
+            retcode: outcome.retcode,
+            success: outcome.success,
+            user: job.user.as_deref(),
+        }
+        .load();
+        match channel.send(load).await {
+            Ok(_) => info!(%jid, fun = %job.fun, "returned an interrupted job"),
+            Err(e) => warn!(%jid, fun = %job.fun, "could not return an interrupted job: {e}"),
+        }
+    }
+}

@@ -434,6 +434,52 @@ impl Hypervisor {
         }
     }
 
+    /// The pool holding the base's NVRAM, if it is a pool volume.
+    pub fn nvram_pool(&self, base_nvram: &str) -> Option<String> {
+        let vol = self.conn.lookup_storage_vol_by_path(base_nvram).ok()?;
+        vol.lookup_storage_pool().ok()?.name().ok()
+    }
+
+    /// The name [`Hypervisor::copy_nvram`] gives the clone's NVRAM volume.
+    pub fn nvram_volume_name(new_name: &str) -> String {
+        format!("{new_name}_VARS.fd")
+    }
+
+    /// Deletes volume `name` of pool `pool_name`; one that is gone (or a pool that is gone)
+    /// is not an error.
+    pub fn delete_volume_named(&self, pool_name: &str, name: &str) -> Result<(), LibvirtError> {
+        let pool = match self.conn.lookup_storage_pool_by_name(pool_name) {
+            Ok(p) => p,
+            Err(e) if raw_code(&e) == sys::VIR_ERR_NO_STORAGE_POOL as i32 => return Ok(()),
+            Err(e) => return Err(self.err(format!("pool {pool_name}"))(e)),
+        };
+        // A pool's view can be stale after libvirtd restarted.
+        let _ = pool.refresh(0);
+        match pool.lookup_storage_vol_by_name(name) {
+            Ok(v) => v
+                .delete(0)
+                .map_err(self.err(format!("delete volume {name} in pool {pool_name}"))),
+            Err(e) if raw_code(&e) == sys::VIR_ERR_NO_STORAGE_VOL as i32 => Ok(()),
+            Err(e) => Err(self
+                .err(format!("look up volume {name} in pool {pool_name}"))(
+                e
+            )),
+        }
+    }
+
+    /// Undefines (stopping it first) the domain `name` only if it has this UUID. Returns
+    /// false if there is no such domain, or one of that name that is not the one we made.
+    pub fn undefine_uuid(&self, name: &str, uuid: &str) -> Result<bool, LibvirtError> {
+        let Some(dom) = self.lookup(name)? else {
+            return Ok(false);
+        };
+        if dom.uuid_string().map_err(self.err("uuid"))? != uuid {
+            return Ok(false);
+        }
+        self.undefine_domain(&dom, name)?;
+        Ok(true)
+    }
+
     /// Copies the base's NVRAM into the pool holding it (if it is a pool volume).
     pub fn copy_nvram(
         &self,
@@ -445,7 +491,7 @@ impl Hypervisor {
         };
         let pool = vol.lookup_storage_pool().map_err(self.err("nvram pool"))?;
         let pool_name = pool.name().map_err(self.err("nvram pool name"))?;
-        let vol_name = format!("{new_name}_VARS.fd");
+        let vol_name = Self::nvram_volume_name(new_name);
         self.refuse_existing_volume(&pool, &pool_name, &vol_name)?;
         let xml = format!(
             "<volume><name>{}</name><target><format type='raw'/></target></volume>",
