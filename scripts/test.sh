@@ -23,7 +23,7 @@ step "cargo test (unit, vectors, integration)"
 # Integration tests start private salt-masters; two at a time fit this 2-core machine.
 cargo test --workspace -- --test-threads 2
 
-FUZZ_SECONDS=${FUZZ_SECONDS:-60}
+FUZZ_SECONDS=${FUZZ_SECONDS:-30}
 if [ "$FUZZ_SECONDS" -gt 0 ]; then
     step "fuzz: ${FUZZ_SECONDS}s per target"
     "$here/fuzz.sh" "$FUZZ_SECONDS"

@@ -310,6 +310,14 @@ pub fn clone_xml(
                     continue;
                 };
                 d.remove_children(|e| e.name == "backingStore");
+                // The disk's type follows its new source (a volume base may get a file clone).
+                d.set_attr(
+                    "type",
+                    match cd.source {
+                        DiskSource::File(_) => "file",
+                        DiskSource::Volume { .. } => "volume",
+                    },
+                );
                 let src = d.child_or_insert("source");
                 match &cd.source {
                     DiskSource::File(path) => {
@@ -318,6 +326,7 @@ pub fn clone_xml(
                         src.set_attr("file", path);
                     }
                     DiskSource::Volume { pool, volume } => {
+                        src.remove_attr("file");
                         src.set_attr("pool", pool);
                         src.set_attr("volume", volume);
                     }
@@ -507,6 +516,24 @@ mod tests {
                 base: "base".into()
             }
         );
+    }
+
+    /// Found by fuzz/domain_xml: the disk's `type` must follow its new source, or the clone
+    /// says `type='volume'` with a `file=` source (and is not a valid base itself).
+    #[test]
+    fn disk_type_follows_the_new_source() {
+        let b = read_base("base", BASE).unwrap();
+        let mut s = spec();
+        s.disks[0].source = DiskSource::Volume {
+            pool: "p".into(),
+            volume: "web1-vda.qcow2".into(),
+        };
+        s.disks[1].source = DiskSource::File("/pool/web1-vdb.qcow2".into());
+        let (xml, _) = clone_xml(&b, &s).unwrap();
+        let again = read_base("web1", &xml).unwrap();
+        assert_eq!(again.disks[0].source, s.disks[0].source);
+        assert_eq!(again.disks[1].source, s.disks[1].source);
+        assert!(!xml.contains("file='/pool/base.qcow2'"), "{xml}");
     }
 
     #[test]
