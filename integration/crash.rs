@@ -6,107 +6,9 @@
 
 mod harness;
 
-use harness::pool::Pool;
-use harness::{last_json, text, virtseed, wait_for, Master, Sidecar};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-struct Site {
-    m: Master,
-    p: Pool,
-}
-
-fn site(version: &str, tag: &str) -> Site {
-    let m = Master::start(version);
-    let p = Pool::new(tag);
-    let vda = p.base_volume("base-vda.qcow2", "qcow2", 64);
-    let base = format!("{}base", p.prefix);
-    p.base_domain(&base, &[("vda", "qcow2", Pool::file_source(&vda))]);
-    std::fs::write(
-        m.dir.join("cloud.providers"),
-        "kvm:\n  driver: libvirt\n  url: qemu:///system\n",
-    )
-    .unwrap();
-    std::fs::write(
-        m.dir.join("cloud.profiles"),
-        format!(
-            "web:\n  provider: kvm\n  base_domain: {base}\n  minion:\n    master: 127.0.0.1\n  minion_timeout: 600\n\
-             brief:\n  extends: web\n  minion_timeout: 3\n\
-             kept:\n  extends: web\n  minion_timeout: 3\n  keep_on_timeout: true\n"
-        ),
-    )
-    .unwrap();
-    let out = virtseed(&m.dir, &["install-runner"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    Site { m, p }
-}
-
-impl Site {
-    fn journal(&self) -> Vec<String> {
-        match std::fs::read_dir(self.m.dir.join("pki/virtseed/journal")) {
-            Ok(rd) => rd
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect(),
-            Err(_) => vec![],
-        }
-    }
-
-    /// Everything a clone `name` could leave: its domain, volumes, key.
-    fn traces(&self, name: &str) -> Vec<String> {
-        let mut t: Vec<String> = self
-            .p
-            .domains()
-            .into_iter()
-            .filter(|d| d == name)
-            .map(|d| format!("domain {d}"))
-            .collect();
-        t.extend(
-            self.p
-                .volumes()
-                .into_iter()
-                .chain(self.p.files())
-                .filter(|v| v.starts_with(name))
-                .map(|v| format!("volume {v}")),
-        );
-        for dir in ["minions", "minions_pre", "minions_denied"] {
-            if self.m.pki().join(dir).join(name).exists() {
-                t.push(format!("key {dir}/{name}"));
-            }
-        }
-        t.sort();
-        t.dedup();
-        t
-    }
-
-    fn salt_run_bg(&self, args: &[&str]) -> std::process::Child {
-        Command::new(self.m.venv.join("bin/salt-run"))
-            .arg("-c")
-            .arg(&self.m.dir)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    }
-}
-
-fn wait_exit(child: std::process::Child, timeout: Duration) -> std::process::Output {
-    let t = Instant::now();
-    let pid = child.id();
-    let killer = std::thread::spawn(move || {
-        while t.elapsed() < timeout {
-            std::thread::sleep(Duration::from_millis(200));
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                return;
-            }
-        }
-        let _ = Command::new("kill").arg(pid.to_string()).status();
-    });
-    let out = child.wait_with_output().unwrap();
-    let _ = killer.join();
-    out
-}
+use harness::site::{site, wait_exit, Site};
+use harness::{last_json, text, wait_for, Sidecar};
+use std::time::Duration;
 
 /// Kills the sidecar at `step` of a create, restarts it, and checks the outcome.
 fn crash_at(s: &Site, step: &str, n: usize) {
@@ -177,6 +79,16 @@ fn crash_at(s: &Site, step: &str, n: usize) {
         "{step}: journal entries left"
     );
     assert!(!sidecar.log_text().contains("PRIVATE KEY"));
+    harness::report_row(
+        &format!("kill -9 at `{step}`"),
+        &format!(
+            "salt-run cloud.profile; sidecar SIGKILLed {}, then restarted (made before the kill: {})",
+            if step == "waiting" { "while waiting for the minion" } else { "right after the step" },
+            if before.is_empty() { "nothing".to_string() } else { before.join(", ") }
+        ),
+        "rolled back at restart; salt-run got `virtseed stopped while creating ... rolled back`, exit 1",
+        "nothing",
+    );
 }
 
 #[test]
@@ -215,6 +127,12 @@ fn a_minion_that_never_answers_is_destroyed_unless_kept() {
     assert!(err.contains("destroyed"), "{}", text(&out.stdout));
     assert!(err.contains("keep_on_timeout"), "{err}");
     assert_eq!(s.traces(&gone), Vec::<String>::new());
+    harness::report_row(
+        "minion never answers",
+        "cloud.profile with minion_timeout: 3 on a guest with no OS",
+        "VM, volumes, seed and key destroyed; salt-run got the timeout error, exit 1",
+        "nothing",
+    );
 
     let kept = format!("{}k", s.p.prefix);
     let out =

@@ -129,15 +129,7 @@ fn report(
 
 pub async fn destroy(config_dir: &Path, names: &[String]) -> Result<()> {
     let (c, lines) = load(config_dir, None)?;
-    let names = names.to_vec();
-    let results = tokio::task::spawn_blocking(move || {
-        names
-            .iter()
-            .map(|n| (n.clone(), c.destroy_one(n, &lines)))
-            .collect::<Vec<_>>()
-    })
-    .await?;
-    report(results)
+    report(c.destroy_many(names, Arc::new(lines)).await)
 }
 
 pub fn list(config_dir: &Path) -> Result<()> {

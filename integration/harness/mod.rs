@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod pool;
+pub mod site;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -389,4 +390,28 @@ pub fn last_json(out: &Output) -> serde_json::Value {
         "no JSON in salt-run output:\n{s}\nstderr:\n{}",
         text(&out.stderr)
     );
+}
+
+/// Appends a row to the reliability table when scripts/chaos.sh asks for one
+/// (`CHAOS_REPORT`): scenario, what was done, outcome, what was left behind.
+pub fn report_row(scenario: &str, done: &str, outcome: &str, left: &str) {
+    let Ok(path) = std::env::var("CHAOS_REPORT") else {
+        return;
+    };
+    use std::io::Write;
+    let clean = |s: &str| s.replace(['\t', '\n'], " ");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(
+            f,
+            "{}\t{}\t{}\t{}",
+            clean(scenario),
+            clean(done),
+            clean(outcome),
+            clean(left)
+        );
+    }
 }

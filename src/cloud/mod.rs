@@ -1,9 +1,10 @@
 //! The cloud service: profile -> clone pipeline with rollback, destroy, list and actions,
 //! shared by the CLI and the sidecar's `cloud.*` jobs.
 //!
-//! Every step that makes something records it in the request's [`Made`] list before the next
-//! step runs; a failure at any step undoes that list in reverse, so a failed create leaves
-//! nothing behind.
+//! Every step that makes something first records its [`journal::Intent`] (in memory and in
+//! the create journal), then makes it; a failure at any step undoes the intents in reverse
+//! (skipping what never came to exist), so a failed create leaves nothing behind. A process
+//! killed mid-create leaves the journal, which [`Cloud::reconcile`] finishes at next start.
 
 pub mod autoaccept;
 pub mod journal;
@@ -112,20 +113,6 @@ pub enum CloudError {
     Injected(&'static str),
     #[error("internal: {0}")]
     Internal(String),
-}
-
-/// Something a create made, in the order made; undone in reverse.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Made {
-    Volume(String),
-    Domain(String),
-    /// The accepted key `minions/<id>` with this fingerprint (removed only if still ours).
-    Key {
-        id: String,
-        finger: String,
-    },
-    /// A file on this host (the NVRAM copy of a local hypervisor).
-    File(String),
 }
 
 /// Receives progress of long work (the CLI prints it; the sidecar fires events).
@@ -489,7 +476,9 @@ impl Cloud {
         progress: &dyn Progress,
     ) -> Result<Created, CloudError> {
         let _lock = self.lock_name(name)?;
-        let mut made: Vec<Made> = Vec::new();
+        // Everything this create is about to make, recorded before it is made (and journaled):
+        // what a rollback undoes, whatever step failed.
+        let intents = std::cell::RefCell::new(Vec::new());
         let t0 = Instant::now();
         let mut timings = BTreeMap::new();
         if let Some(j) = &self.journal {
@@ -512,18 +501,22 @@ impl Cloud {
                 ))
             })?;
         }
-        let result = self.build(prof, name, opts, progress, &mut made, &mut timings, t0);
+        let result = self.build(prof, name, opts, progress, &intents, &mut timings, t0);
         match result {
             Ok(c) => Ok(c),
             Err(e) => {
                 let hv = self.hypervisor(&prof.url);
                 let leftovers = match hv {
-                    Ok(hv) => undo(&hv, self.master.as_ref(), &made, progress),
-                    Err(e2) => made.iter().map(|m| format!("{m:?}: {e2}")).collect(),
+                    Ok(hv) => undo_intents(&hv, self.master.as_ref(), &intents.borrow(), progress),
+                    Err(e2) => intents
+                        .borrow()
+                        .iter()
+                        .map(|i| format!("{}: {e2}", describe_intent(i)))
+                        .collect(),
                 };
                 if leftovers.is_empty() {
                     self.journal_close(&opts.request, name);
-                    tracing::warn!(name, error = %e, undone = made.len(), "create failed; rolled back");
+                    tracing::warn!(name, error = %e, undone = intents.borrow().len(), "create failed; rolled back");
                 } else {
                     // Left to the next reconcile (which retries the whole undo): this
                     // process no longer owns the entry, and its error is returned now.
@@ -535,7 +528,7 @@ impl Cloud {
                     }
                     tracing::error!(name, error = %e, ?leftovers, "create failed; rollback left these behind (retried at the next reconcile)");
                 }
-                progress.step(name, "failed", json!({"error": e.to_string(), "rolled_back": made.len(), "left_behind": leftovers}));
+                progress.step(name, "failed", json!({"error": e.to_string(), "rolled_back": intents.borrow().len(), "left_behind": leftovers}));
                 Err(e)
             }
         }
@@ -548,7 +541,7 @@ impl Cloud {
         name: &str,
         opts: &CreateOptions,
         progress: &dyn Progress,
-        made: &mut Vec<Made>,
+        intents: &std::cell::RefCell<Vec<Intent>>,
         timings: &mut BTreeMap<String, u64>,
         t0: Instant,
     ) -> Result<Created, CloudError> {
@@ -568,7 +561,13 @@ impl Cloud {
                 }
                 Ok(())
             };
-        let intend = |i: Intent| self.journal_intend(&opts.request, name, i);
+        let intend = |i: Intent| -> Result<(), CloudError> {
+            self.journal_intend(&opts.request, name, i.clone())?;
+            intents.borrow_mut().push(i);
+            Ok(())
+        };
+        // Paths of the volumes made, for the ownership record (what destroy deletes).
+        let mut volumes: Vec<String> = Vec::new();
         if self.master.is_some() && prof.minion.get("master").is_none() {
             return Err(CloudError::Config(format!(
                 "profile {:?} ({}): `minion: {{master: ADDRESS}}` is required: the address the guest reaches this master at (10.0.2.2 under QEMU user networking)",
@@ -613,7 +612,7 @@ impl Cloud {
                 CloneStrategy::Quick => hv.create_overlay(&pool, &vol_name, d, capacity)?,
                 CloneStrategy::Full => hv.create_copy(&pool, &vol_name, d, capacity)?,
             };
-            made.push(Made::Volume(path.clone()));
+            volumes.push(path.clone());
             disks.push(CloneDisk {
                 target: d.target.clone(),
                 source: if d.by_volume {
@@ -634,7 +633,7 @@ impl Cloud {
             Some(p) => match self.copy_nvram_volume(&hv, p, name, &intend)? {
                 // In a pool: copied through libvirt.
                 Some(c) => {
-                    made.push(Made::Volume(c.clone()));
+                    volumes.push(c.clone());
                     Some(c)
                 }
                 // A local file beside the base's (libvirt's nvram dir): copied here.
@@ -653,7 +652,6 @@ impl Cloud {
                     copy().map_err(|e| {
                         CloudError::Internal(format!("copying the NVRAM {p} to {dest}: {e}"))
                     })?;
-                    made.push(Made::File(dest.clone()));
                     files.push(dest.clone());
                     Some(dest)
                 }
@@ -694,7 +692,7 @@ impl Cloud {
                         name: seed_vol.clone(),
                     })?;
                     let path = hv.upload_volume(&pool, &seed_vol, "raw", &img)?;
-                    made.push(Made::Volume(path.clone()));
+                    volumes.push(path.clone());
                     extra_devices.push(
                         Element::new("disk")
                             .with_attr("type", "file")
@@ -730,13 +728,6 @@ impl Cloud {
             .as_ref()
             .map(|k| k.public_key().fingerprint())
             .unwrap_or_default();
-        let volumes: Vec<String> = made
-            .iter()
-            .filter_map(|m| match m {
-                Made::Volume(p) => Some(p.clone()),
-                _ => None,
-            })
-            .collect();
         let spec = CloneSpec {
             name: name.into(),
             uuid: uuid.clone(),
@@ -772,7 +763,6 @@ impl Cloud {
             uuid: uuid.clone(),
         })?;
         hv.define(&xml, prof.validate_xml)?;
-        made.push(Made::Domain(name.into()));
         if prof.onboot {
             hv.set_autostart(name, true)?;
         }
@@ -797,10 +787,6 @@ impl Cloud {
                     return Err(CloudError::KeyTaken(name.into()));
                 }
             }
-            made.push(Made::Key {
-                id: name.into(),
-                finger: fingerprint.clone(),
-            });
             progress.fire(
                 "salt/key",
                 json!({"result": true, "act": mc.accept_act, "id": name}),
@@ -885,6 +871,42 @@ impl Cloud {
                 found.iter().map(|(h, _)| h.uri().to_string()).collect::<Vec<_>>().join(", ")
             ))),
         }
+    }
+
+    /// Destroys several VMs side by side (up to `max_parallel`: stopping a domain takes
+    /// libvirt over a second); each name's result is independent.
+    pub async fn destroy_many(
+        self: &Arc<Self>,
+        names: &[String],
+        progress: Arc<dyn Progress>,
+    ) -> BTreeMap<String, Result<Value, CloudError>> {
+        let sem = Arc::new(tokio::sync::Semaphore::new(self.max_parallel));
+        let mut tasks = Vec::new();
+        for name in names {
+            let me = self.clone();
+            let progress = progress.clone();
+            let sem = sem.clone();
+            let n = name.clone();
+            tasks.push((
+                name.clone(),
+                tokio::spawn(async move {
+                    let _permit = sem.acquire_owned().await.expect("semaphore open");
+                    tokio::task::spawn_blocking(move || me.destroy_one(&n, &*progress))
+                        .await
+                        .unwrap_or_else(|e| {
+                            Err(CloudError::Internal(format!("destroy task failed: {e}")))
+                        })
+                }),
+            ));
+        }
+        let mut out = BTreeMap::new();
+        for (name, t) in tasks {
+            let r = t
+                .await
+                .unwrap_or_else(|e| Err(CloudError::Internal(format!("destroy task failed: {e}"))));
+            out.insert(name, r);
+        }
+        out
     }
 
     /// Destroys one VM virtseed made: stop, undefine, delete its volumes.
@@ -1007,34 +1029,6 @@ fn nvram_sibling(base_nvram: &str, name: &str) -> String {
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_else(|| "/var/lib/libvirt/qemu/nvram".into());
     format!("{dir}/{name}_VARS.fd")
-}
-
-/// Undoes `made` in reverse; returns what could not be undone.
-pub fn undo(
-    hv: &Hypervisor,
-    master: Option<&MasterCtx>,
-    made: &[Made],
-    progress: &dyn Progress,
-) -> Vec<String> {
-    let mut left = Vec::new();
-    for m in made.iter().rev() {
-        let r = match m {
-            Made::Domain(name) => hv.undefine(name).map_err(|e| e.to_string()),
-            Made::Volume(path) => hv.delete_volume(path).map_err(|e| e.to_string()),
-            Made::File(path) => match std::fs::remove_file(path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
-                _ => Ok(()),
-            },
-            Made::Key { id, finger } => match master {
-                Some(mc) => revoke_key(mc, id, finger, progress),
-                None => Ok(()),
-            },
-        };
-        if let Err(e) = r {
-            left.push(format!("{m:?}: {e}"));
-        }
-    }
-    left
 }
 
 /// One interrupted create, as a reconcile left it.

@@ -24,24 +24,11 @@ pub async fn run(p: &Publication, svc: &Arc<Service>) -> Outcome {
         String::new(),
         String::new(),
     ));
-    let cloud = svc.cloud.clone();
-    let pr = progress.clone();
-    let res = tokio::task::spawn_blocking(move || {
-        names
-            .iter()
-            .map(|n| {
-                let v = match cloud.destroy_one(n, &*pr) {
-                    Ok(v) => v,
-                    Err(e) => json!({"Error": e.to_string()}),
-                };
-                (n.clone(), v)
-            })
-            .collect::<serde_json::Map<_, _>>()
-    })
-    .await;
+    let res = svc.cloud.destroy_many(&names, progress.clone()).await;
     progress.flush().await;
-    match res {
-        Ok(map) => a::report(serde_json::Value::Object(map)),
-        Err(e) => Outcome::error(format!("cloud.destroy: {e}")),
-    }
+    let map = res
+        .into_iter()
+        .map(|(n, r)| (n, r.unwrap_or_else(|e| json!({"Error": e.to_string()}))))
+        .collect::<serde_json::Map<_, _>>();
+    a::report(serde_json::Value::Object(map))
 }

@@ -1,0 +1,109 @@
+//! A test site: a private master, a dir pool on qemu:///system with a base domain, the
+//! salt-cloud files that use them, and what a clone could leave behind.
+
+use super::pool::Pool;
+use super::{text, virtseed, Master};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A master with a pool, a shut-off base domain, salt-cloud providers and profiles, and
+/// virtseed's runner installed.
+pub struct Site {
+    pub m: Master,
+    pub p: Pool,
+}
+
+pub fn site(version: &str, tag: &str) -> Site {
+    let m = Master::start(version);
+    let p = Pool::new(tag);
+    let vda = p.base_volume("base-vda.qcow2", "qcow2", 64);
+    let base = format!("{}base", p.prefix);
+    p.base_domain(&base, &[("vda", "qcow2", Pool::file_source(&vda))]);
+    std::fs::write(
+        m.dir.join("cloud.providers"),
+        "kvm:\n  driver: libvirt\n  url: qemu:///system\n",
+    )
+    .unwrap();
+    std::fs::write(
+        m.dir.join("cloud.profiles"),
+        format!(
+            "web:\n  provider: kvm\n  base_domain: {base}\n  minion:\n    master: 127.0.0.1\n  minion_timeout: 600\n\
+             brief:\n  extends: web\n  minion_timeout: 3\n\
+             kept:\n  extends: web\n  minion_timeout: 3\n  keep_on_timeout: true\n\
+             quick:\n  extends: web\n  wait_for_minion: false\n"
+        ),
+    )
+    .unwrap();
+    let out = virtseed(&m.dir, &["install-runner"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    Site { m, p }
+}
+
+impl Site {
+    /// Entries of the sidecar `virtseed`'s create journal.
+    pub fn journal(&self) -> Vec<String> {
+        match std::fs::read_dir(self.m.dir.join("pki/virtseed/journal")) {
+            Ok(rd) => rd
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(_) => vec![],
+        }
+    }
+
+    /// Everything a clone `name` could leave: its domain, volumes, key.
+    pub fn traces(&self, name: &str) -> Vec<String> {
+        let mut t: Vec<String> = self
+            .p
+            .domains()
+            .into_iter()
+            .filter(|d| d == name)
+            .map(|d| format!("domain {d}"))
+            .collect();
+        t.extend(
+            self.p
+                .volumes()
+                .into_iter()
+                .chain(self.p.files())
+                .filter(|v| v.starts_with(name))
+                .map(|v| format!("volume {v}")),
+        );
+        for dir in ["minions", "minions_pre", "minions_denied"] {
+            if self.m.pki().join(dir).join(name).exists() {
+                t.push(format!("key {dir}/{name}"));
+            }
+        }
+        t.sort();
+        t.dedup();
+        t
+    }
+
+    pub fn salt_run_bg(&self, args: &[&str]) -> std::process::Child {
+        Command::new(self.m.venv.join("bin/salt-run"))
+            .arg("-c")
+            .arg(&self.m.dir)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
+
+/// Waits for `child` to exit (killed after `timeout`) and returns its output.
+pub fn wait_exit(child: std::process::Child, timeout: Duration) -> std::process::Output {
+    let t = Instant::now();
+    let pid = child.id();
+    let killer = std::thread::spawn(move || {
+        while t.elapsed() < timeout {
+            std::thread::sleep(Duration::from_millis(200));
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                return;
+            }
+        }
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+    });
+    let out = child.wait_with_output().unwrap();
+    let _ = killer.join();
+    out
+}
