@@ -124,11 +124,16 @@ fn libvirtd_restarted_during_a_create() {
     }
     // Failed creates are rolled back now, or by the sidecar's reconcile once libvirtd is
     // back (every 30 s).
-    wait_for(
-        "failed creates to leave nothing (journal empty)",
-        Duration::from_secs(75),
-        || s.journal().is_empty() && failed.iter().all(|n| s.traces(n).is_empty()),
-    );
+    let t = Instant::now();
+    while !(s.journal().is_empty() && failed.iter().all(|n| s.traces(n).is_empty())) {
+        assert!(
+            t.elapsed() < Duration::from_secs(75),
+            "failed creates left {} (salt-run said {ret}); sidecar log:\n{}",
+            left_behind(&s, &failed),
+            sidecar.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     // The sidecar reconnected by itself: a new create works.
     let after = format!("{}after", s.p.prefix);
     let out2 =
@@ -165,7 +170,7 @@ fn master_restarted_during_a_create() {
     let s = site("3007.17", "mst");
     let sidecar = Sidecar::start(&s.m, "virtseed");
     sidecar.wait_log("serving cloud.* jobs", Duration::from_secs(10));
-    let vms = names(&s, "m", 6);
+    let vms = names(&s, "m", 24);
     // Published directly (salt-run itself would lose its master): the return must still
     // reach the job cache of the restarted master.
     let opts = MasterOpts::load(&s.m.dir).unwrap();
@@ -207,6 +212,13 @@ fn master_restarted_during_a_create() {
         assert_eq!(ret[n]["state"], "running", "{n}: {ret}");
     }
     sidecar.wait_log("re-authenticating", Duration::from_secs(30));
+    // The return was sent after the restart (the create outlived the old master).
+    let log = sidecar.log_text();
+    let restarted = log.find("the master restarted").expect("restart noticed");
+    let returned = log
+        .find(&format!("job returned jid={jid}"))
+        .expect("the job's return logged");
+    assert!(returned > restarted, "the create finished before the master stopped:\n{log}");
     // And it answers on the new master.
     let out =
         s.m.salt(&["virtseed", "test.ping", "--out", "json", "-t", "20"]);
@@ -216,8 +228,8 @@ fn master_restarted_during_a_create() {
     assert_eq!(left, "nothing");
     report_row(
         "master restarted during a create",
-        "cloud.profile with 6 names published; the master stopped and started while they were made",
-        "all 6 made; the return reached the restarted master's job cache; the sidecar re-authenticated by itself",
+        "cloud.profile with 24 names published; the master stopped and started while they were made",
+        "all 24 made; the return, sent after the restart, reached the restarted master's job cache; the sidecar re-authenticated by itself",
         &left,
     );
 }

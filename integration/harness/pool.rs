@@ -144,7 +144,13 @@ impl Pool {
     }
 
     pub fn volumes(&self) -> Vec<String> {
-        virsh_ok(&["pool-refresh", &self.name]);
+        // A refresh is refused while the pool has a volume being made: try again shortly.
+        for _ in 0..50 {
+            if virsh(&["pool-refresh", &self.name]).status.success() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         let mut v: Vec<String> = virsh_ok(&["vol-list", &self.name])
             .lines()
             .filter_map(|l| l.split_whitespace().next().map(str::to_string))

@@ -65,7 +65,9 @@ impl Site {
                 .volumes()
                 .into_iter()
                 .chain(self.p.files())
-                .filter(|v| v.starts_with(name))
+                .filter(|v| {
+                    v.starts_with(&format!("{name}-")) || v.starts_with(&format!("{name}_"))
+                })
                 .map(|v| format!("volume {v}")),
         );
         for dir in ["minions", "minions_pre", "minions_denied"] {

@@ -150,6 +150,19 @@ impl Journal {
         let _ = std::fs::remove_file(self.path(request, name));
     }
 
+    /// Removes the entry only while `owner` still owns it (one handed to the reconcile, after
+    /// a rollback that left something behind, stays).
+    pub fn remove_owned(&self, request: &str, name: &str, owner: &Owner) {
+        let path = self.path(request, name);
+        let owned = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Entry>(&b).ok())
+            .is_some_and(|e| &e.owner == owner);
+        if owned {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
     /// Every entry, with the files that could not be read as errors.
     pub fn entries(&self) -> (Vec<Entry>, Vec<String>) {
         let mut out = Vec::new();

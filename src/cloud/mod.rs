@@ -349,7 +349,7 @@ impl Cloud {
     /// The create of `name` in `request` is over: made and answered, or undone.
     pub fn journal_close(&self, request: &str, name: &str) {
         if let Some(j) = &self.journal {
-            j.remove(request, name);
+            j.remove_owned(request, name, &journal::Owner::me());
         }
     }
 
@@ -375,10 +375,8 @@ impl Cloud {
                 });
                 continue;
             }
-            let left = match self.hypervisor(&en.uri) {
-                Ok(hv) => undo_intents(&hv, self.master.as_ref(), &en.intents, progress),
-                Err(e) => vec![format!("{}: {e}", en.uri)],
-            };
+            let hv = self.hypervisor(&en.uri);
+            let left = undo_intents(hv.as_deref(), self.master.as_ref(), &en.intents, progress);
             let undone: Vec<String> = en.intents.iter().map(describe_intent).collect();
             let result = if left.is_empty() {
                 j.remove(&en.request, &en.name);
@@ -506,14 +504,12 @@ impl Cloud {
             Ok(c) => Ok(c),
             Err(e) => {
                 let hv = self.hypervisor(&prof.url);
-                let leftovers = match hv {
-                    Ok(hv) => undo_intents(&hv, self.master.as_ref(), &intents.borrow(), progress),
-                    Err(e2) => intents
-                        .borrow()
-                        .iter()
-                        .map(|i| format!("{}: {e2}", describe_intent(i)))
-                        .collect(),
-                };
+                let leftovers = undo_intents(
+                    hv.as_deref(),
+                    self.master.as_ref(),
+                    &intents.borrow(),
+                    progress,
+                );
                 if leftovers.is_empty() {
                     self.journal_close(&opts.request, name);
                     tracing::warn!(name, error = %e, undone = intents.borrow().len(), "create failed; rolled back");
@@ -1050,10 +1046,10 @@ fn describe_intent(i: &Intent) -> String {
     }
 }
 
-/// Undoes journal intents in reverse, skipping what does not exist (or is not ours);
-/// returns what could not be undone.
+/// Undoes intents in reverse, skipping what does not exist (or is not ours); returns what
+/// could not be undone. Keys and files are undone even when libvirt is unreachable.
 fn undo_intents(
-    hv: &Hypervisor,
+    hv: Result<&Hypervisor, &LibvirtError>,
     master: Option<&MasterCtx>,
     intents: &[Intent],
     progress: &dyn Progress,
@@ -1062,12 +1058,13 @@ fn undo_intents(
     for i in intents.iter().rev() {
         let r = match i {
             Intent::Domain { name, uuid } => hv
-                .undefine_uuid(name, uuid)
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            Intent::Volume { pool, name } => hv
-                .delete_volume_named(pool, name)
-                .map_err(|e| e.to_string()),
+                .map_err(|e| e.to_string())
+                .and_then(|hv| hv.undefine_uuid(name, uuid).map_err(|e| e.to_string()))
+                .map(|_| ()),
+            Intent::Volume { pool, name } => hv.map_err(|e| e.to_string()).and_then(|hv| {
+                hv.delete_volume_named(pool, name)
+                    .map_err(|e| e.to_string())
+            }),
             Intent::File { path } => match std::fs::remove_file(path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
                 _ => Ok(()),
