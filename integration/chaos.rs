@@ -218,7 +218,10 @@ fn master_restarted_during_a_create() {
     let returned = log
         .find(&format!("job returned jid={jid}"))
         .expect("the job's return logged");
-    assert!(returned > restarted, "the create finished before the master stopped:\n{log}");
+    assert!(
+        returned > restarted,
+        "the create finished before the master stopped:\n{log}"
+    );
     // And it answers on the new master.
     let out =
         s.m.salt(&["virtseed", "test.ping", "--out", "json", "-t", "20"]);
