@@ -24,6 +24,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub const DEFAULT_MAX_PARALLEL: usize = 8;
 
+/// How long a create that lost its libvirt connection waits for libvirtd to come back.
+pub const RETRY_WAIT: Duration = Duration::from_secs(30);
+
 /// The steps of a create, in order. Tests (and the crash tests) stop a create after any one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Step {
@@ -465,7 +468,9 @@ impl Cloud {
         Ok(out)
     }
 
-    /// One clone, blocking. On error everything made is undone before returning.
+    /// One clone, blocking. On error everything made is undone before returning. A create
+    /// that failed because libvirtd went away, and was fully undone, is tried once more when
+    /// libvirtd is back (within [`RETRY_WAIT`]).
     pub fn create_one(
         &self,
         prof: &Profile,
@@ -474,6 +479,49 @@ impl Cloud {
         progress: &dyn Progress,
     ) -> Result<Created, CloudError> {
         let _lock = self.lock_name(name)?;
+        let failed = match self.attempt(prof, name, opts, progress) {
+            Ok(c) => return Ok(c),
+            Err(f) => f,
+        };
+        let failed = match failed.error {
+            CloudError::Libvirt(e) if e.is_connection_lost() && failed.left.is_empty() => {
+                tracing::warn!(name, "libvirt connection lost ({e}); trying again");
+                progress.step(name, "retrying", json!({"error": e.to_string()}));
+                match self.attempt(prof, name, opts, progress) {
+                    Ok(c) => return Ok(c),
+                    Err(f) => f,
+                }
+            }
+            error => Failed { error, ..failed },
+        };
+        progress.step(
+            name,
+            "failed",
+            json!({"error": failed.error.to_string(), "rolled_back": failed.undone, "left_behind": failed.left}),
+        );
+        Err(failed.error)
+    }
+
+    /// Waits until `uri` answers again; false after `limit`.
+    fn wait_hypervisor(&self, uri: &str, limit: Duration) -> bool {
+        let t = Instant::now();
+        while t.elapsed() < limit {
+            if self.hypervisor(uri).is_ok_and(|h| h.is_alive()) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        false
+    }
+
+    /// One try at a clone; on error, everything it made is undone (or left to the reconcile).
+    fn attempt(
+        &self,
+        prof: &Profile,
+        name: &str,
+        opts: &CreateOptions,
+        progress: &dyn Progress,
+    ) -> Result<Created, Failed> {
         // Everything this create is about to make, recorded before it is made (and journaled):
         // what a rollback undoes, whatever step failed.
         let intents = std::cell::RefCell::new(Vec::new());
@@ -492,17 +540,23 @@ impl Cloud {
                 done: None,
                 reported: false,
             })
-            .map_err(|e| {
-                CloudError::Internal(format!(
+            .map_err(|e| Failed {
+                error: CloudError::Internal(format!(
                     "cannot write the create journal in {}: {e}",
                     j.dir().display()
-                ))
+                )),
+                undone: 0,
+                left: vec![],
             })?;
         }
         let result = self.build(prof, name, opts, progress, &intents, &mut timings, t0);
         match result {
             Ok(c) => Ok(c),
             Err(e) => {
+                if matches!(&e, CloudError::Libvirt(le) if le.is_connection_lost()) {
+                    // Undo on the libvirtd that comes back, rather than fail to undo now.
+                    self.wait_hypervisor(&prof.url, RETRY_WAIT);
+                }
                 let hv = self.hypervisor(&prof.url);
                 let leftovers = undo_intents(
                     hv.as_deref(),
@@ -524,8 +578,11 @@ impl Cloud {
                     }
                     tracing::error!(name, error = %e, ?leftovers, "create failed; rollback left these behind (retried at the next reconcile)");
                 }
-                progress.step(name, "failed", json!({"error": e.to_string(), "rolled_back": intents.borrow().len(), "left_behind": leftovers}));
-                Err(e)
+                Err(Failed {
+                    error: e,
+                    undone: intents.borrow().len(),
+                    left: leftovers,
+                })
             }
         }
     }
@@ -1025,6 +1082,15 @@ fn nvram_sibling(base_nvram: &str, name: &str) -> String {
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_else(|| "/var/lib/libvirt/qemu/nvram".into());
     format!("{dir}/{name}_VARS.fd")
+}
+
+/// A create that failed, after its rollback.
+struct Failed {
+    error: CloudError,
+    /// How many things were rolled back (or tried).
+    undone: usize,
+    /// What the rollback could not undo (left to the reconcile).
+    left: Vec<String>,
 }
 
 /// One interrupted create, as a reconcile left it.

@@ -48,6 +48,22 @@ pub enum LibvirtError {
 }
 
 impl LibvirtError {
+    /// The connection to libvirtd broke (libvirtd stopped or restarted): the same call may
+    /// succeed once it is back.
+    pub fn is_connection_lost(&self) -> bool {
+        match self {
+            LibvirtError::Call { code, msg, .. } => {
+                let c = *code as u32;
+                c == sys::VIR_ERR_SYSTEM_ERROR
+                    || c == sys::VIR_ERR_RPC
+                    || c == sys::VIR_ERR_NO_CONNECT
+                    || msg.contains("client socket is closed")
+                    || msg.contains("End of file while reading data")
+            }
+            _ => false,
+        }
+    }
+
     /// libvirt's error number, when the error came from libvirt.
     pub fn code(&self) -> Option<i32> {
         match self {
