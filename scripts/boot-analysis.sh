@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Where a clone's time to first ping goes, from inside the guest: makes one clone of the
+# golden image with `salt-run cloud.profile` (SEED=smbios|cloud-init), then asks its own
+# minion for systemd-analyze (total, critical chain of salt-minion.service, blame) and the
+# minion's log, and prints virtseed's timings. Everything is removed on exit.
+#
+#   SEED=smbios scripts/boot-analysis.sh
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd); root=$(dirname "$here")
+export SALT_VERSION=${SALT_VERSION:-3007.17}
+SEED=${SEED:-smbios}
+CACHE=${VIRTSEED_CACHE:-$HOME/.cache/virtseed}
+venv=$CACHE/salt-$SALT_VERSION
+(cd "$root" && cargo build --release --quiet)
+vs="$root/target/release/virtseed"
+"$here/build-golden-image.sh" >/dev/null
+d=$(mktemp -d /tmp/virtseed-boot.XXXXXX); chmod 755 "$d"
+name=boot$$
+cleanup() {
+    "$vs" -c "$d" destroy "$name" >/dev/null 2>&1 || true
+    [ -n "${vs_pid:-}" ] && kill "$vs_pid" 2>/dev/null || true
+    "$here/dev-master.sh" stop "$d" >/dev/null 2>&1 || true
+    rm -rf "$d"
+}
+trap cleanup EXIT
+"$here/dev-master.sh" start "$d" >/dev/null
+cat > "$d/cloud.providers" <<CONF
+kvm:
+  driver: libvirt
+  url: qemu:///system
+CONF
+cat > "$d/cloud.profiles" <<CONF
+p:
+  provider: kvm
+  base_domain: virtseed-golden
+  seed: $SEED
+  minion: {master: 10.0.2.2}
+  minion_timeout: 400
+CONF
+printf "id: virtseed\npki_dir: %s/pki/virtseed\nsalt_version: '%s'\n" "$d" "$SALT_VERSION" > "$d/virtseed"
+"$vs" -c "$d" run 2>"$d/virtseed.log" & vs_pid=$!
+for _ in $(seq 100); do [ -f "$d/pki/virtseed/minion_master.pub" ] && break; sleep 0.1; done
+"$vs" -c "$d" install-runner >/dev/null
+salt() { "$venv/bin/salt" -c "$d" "$@"; }
+echo "== salt-run cloud.profile p $name (seed: $SEED)"
+"$venv/bin/salt-run" -c "$d" --out json cloud.profile p "$name" > "$d/ret.json"
+python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))[sys.argv[2]]; print("timings_ms:", json.dumps(r.get("timings_ms"), sort_keys=True)); print("error:", r.get("Error"))' "$d/ret.json" "$name"
+run() { echo; echo "== $*"; salt -t 120 --out txt "$name" cmd.run "$*" | sed "s/^$name: //"; }
+run systemd-analyze
+run systemd-analyze critical-chain salt-minion.service
+run "systemd-analyze blame | head -25"
+run "journalctl -b -o short-monotonic -u salt-minion -u virtseed-credentials -u cloud-init-local -u cloud-init -u cloud-config -u cloud-final -u systemd-networkd-wait-online --no-pager | head -60"
