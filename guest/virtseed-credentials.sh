@@ -18,5 +18,7 @@ install -m 0644 "$c/virtseed.minion_master.pub" "$root/etc/salt/pki/minion/minio
 install -m 0400 "$c/virtseed.minion.pem" "$root/etc/salt/pki/minion/minion.pem.tmp"
 mv "$root/etc/salt/pki/minion/minion.pem.tmp" "$root/etc/salt/pki/minion/minion.pem"
 if [ -z "$root" ]; then
-    hostnamectl set-hostname "$(cat "$c/virtseed.minion_id")" 2>/dev/null || cat "$c/virtseed.minion_id" > /etc/hostname
+    # Not hostnamectl: this runs before D-Bus, and hostnamectl would wait for it (~5 s here).
+    cat "$c/virtseed.minion_id" > /etc/hostname
+    cat "$c/virtseed.minion_id" > /proc/sys/kernel/hostname
 fi

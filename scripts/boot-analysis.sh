@@ -5,6 +5,7 @@
 # minion's log, and prints virtseed's timings. Everything is removed on exit.
 #
 #   SEED=smbios scripts/boot-analysis.sh
+#   MINION_CONF='log_level_logfile: debug' EXTRA='head -50 /var/log/salt/minion' scripts/boot-analysis.sh
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd); root=$(dirname "$here")
 export SALT_VERSION=${SALT_VERSION:-3007.17}
@@ -34,7 +35,8 @@ p:
   provider: kvm
   base_domain: virtseed-golden
   seed: $SEED
-  minion: {master: 10.0.2.2}
+  cpus: ${CPUS:-1}
+  minion: {master: 10.0.2.2${MINION_CONF:+, $MINION_CONF}}
   minion_timeout: 400
 CONF
 printf "id: virtseed\npki_dir: %s/pki/virtseed\nsalt_version: '%s'\n" "$d" "$SALT_VERSION" > "$d/virtseed"
@@ -44,9 +46,21 @@ for _ in $(seq 100); do [ -f "$d/pki/virtseed/minion_master.pub" ] && break; sle
 salt() { "$venv/bin/salt" -c "$d" "$@"; }
 echo "== salt-run cloud.profile p $name (seed: $SEED)"
 "$venv/bin/salt-run" -c "$d" --out json cloud.profile p "$name" > "$d/ret.json"
-python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))[sys.argv[2]]; print("timings_ms:", json.dumps(r.get("timings_ms"), sort_keys=True)); print("error:", r.get("Error"))' "$d/ret.json" "$name"
-run() { echo; echo "== $*"; salt -t 120 --out txt "$name" cmd.run "$*" | sed "s/^$name: //"; }
-run systemd-analyze
+python3 - "$d/ret.json" "$name" <<'PY'
+import json, sys
+text = open(sys.argv[1]).read()
+# salt-run prints progress before the return: the return is the last top-level JSON object.
+start = max(i for i, l in enumerate(text.splitlines()) if l.startswith("{"))
+r = json.loads("\n".join(text.splitlines()[start:]))[sys.argv[2]]
+print("timings_ms:", json.dumps(r.get("timings_ms"), sort_keys=True))
+print("error:", r.get("Error"))
+PY
+run() { echo; echo "== $*"; salt -t 120 --out txt "$name" cmd.run "$*" 2>&1 | sed "s/^$name: //" || true; }
+run "systemctl list-jobs; systemd-analyze"
 run systemd-analyze critical-chain salt-minion.service
 run "systemd-analyze blame | head -25"
-run "journalctl -b -o short-monotonic -u salt-minion -u virtseed-credentials -u cloud-init-local -u cloud-init -u cloud-config -u cloud-final -u systemd-networkd-wait-online --no-pager | head -60"
+run "journalctl -b -o short-monotonic -u salt-minion -u virtseed-credentials -u systemd-networkd-wait-online --no-pager | tail -30"
+run "grep -h -E 'Started|Finished|Starting' /dev/null; journalctl -b -o short-monotonic --no-pager | grep -E 'Starting|Started|Finished|Reached target' | tail -40"
+run "tail -25 /run/cloud-init/ds-identify.log; cat /proc/cmdline"
+# More commands to run in the guest, one per line (e.g. EXTRA='time /opt/salt/bin/python -c "import salt.minion"').
+while IFS= read -r c; do [ -n "$c" ] && run "$c"; done <<< "${EXTRA:-}"
