@@ -21,7 +21,32 @@ key=$( (cat "$0" "$root/guest/virtseed-credentials.service" "$root/guest/virtsee
 img=$OUT/$key
 mkdir -p "$OUT"; chmod 755 "$(dirname "$OUT")" "$OUT"
 
+# KVM only when a probe boot proves it works. On some machines /dev/kvm exists but a Debian
+# kernel hangs under it (nested PVM, see the guest notes). The probe boots the image's kernel
+# under KVM for up to 15 s and waits for its first console line. The result is kept beside
+# the image; VIRTSEED_ACCEL=kvm|qemu overrides it.
+accel() {
+    if [ -n "${VIRTSEED_ACCEL:-}" ]; then echo "$VIRTSEED_ACCEL"; return; fi
+    if [ -f "$img/accel" ]; then cat "$img/accel"; return; fi
+    local a=qemu log
+    if [ -r /dev/kvm ]; then
+        # No root: the kernel panics at once and QEMU exits (-no-reboot); a hang times out.
+        log=$(mktemp)
+        timeout 15 qemu-system-x86_64 -accel kvm -cpu qemu64 -m 256 -nodefaults -nographic \
+            -no-reboot -serial stdio -kernel "$img/vmlinuz" \
+            -append "console=ttyS0 panic=-1 root=/dev/null" >"$log" 2>&1 </dev/null || true
+        grep -q "Linux version" "$log" && a=kvm
+        rm -f "$log"
+    fi
+    echo "$a" > "$img/accel"
+    echo "$a"
+}
+
 define_domain() {
+    local type; type=$(accel)
+    local tcg="<tcg><tb-cache unit='MiB'>128</tb-cache></tcg>"
+    [ "$type" = kvm ] && tcg=""
+    echo "accelerator: $type (probe boot under KVM $([ "$type" = kvm ] && echo worked || echo failed or was skipped))"
     if ! virsh -q -c qemu:///system pool-info "$NAME" >/dev/null 2>&1; then
         virsh -q -c qemu:///system pool-define-as "$NAME" dir --target "$img" >/dev/null
     fi
@@ -34,7 +59,7 @@ define_domain() {
     virsh -q -c qemu:///system pool-refresh "$NAME" >/dev/null
     virsh -q -c qemu:///system destroy "$NAME" >/dev/null 2>&1 || true
     cat > "$img/domain.xml" <<XML
-<domain type='qemu'>
+<domain type='$type'>
   <name>$NAME</name>
   <description>virtseed golden image $key (Debian 12, salt-minion $SALT_VERSION, cloud-init NoCloud)</description>
   <memory unit='MiB'>512</memory>
@@ -45,7 +70,7 @@ define_domain() {
     <initrd>$img/initrd.img</initrd>
     <cmdline>root=/dev/vda rw console=ttyS0 quiet systemd.show_status=0 net.ifnames=0</cmdline>
   </os>
-  <features><acpi/><tcg><tb-cache unit='MiB'>128</tb-cache></tcg></features>
+  <features><acpi/>$tcg</features>
   <cpu mode='custom'><model>qemu64</model></cpu>
   <clock offset='utc'/>
   <devices>
