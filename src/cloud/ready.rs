@@ -15,6 +15,10 @@ pub struct Ready {
     pub first_ping_ms: u64,
 }
 
+/// How long the first readiness ping is given, and the most any later one is.
+const PING_WAIT_FIRST: Duration = Duration::from_secs(10);
+const PING_WAIT_MAX: Duration = Duration::from_secs(60);
+
 /// Waits for `id` to authenticate, start and answer test.ping, until `deadline`.
 pub async fn wait_minion(
     clear: &ClearChannel,
@@ -56,7 +60,10 @@ pub async fn wait_minion(
             }
         }
     }
-    // One real ping (repeated every 10 s if it goes unanswered).
+    // One real ping, asked again if it goes unanswered, waiting longer each time: a minion
+    // starved of CPU (several clones on few cores) still answers, and every unanswered
+    // ping is one more job it has to run (Salt 3007's job workers linger ~30 s each).
+    let mut wait = PING_WAIT_FIRST;
     loop {
         if Instant::now() >= deadline {
             return Err(format!("{id} started but did not answer test.ping in time"));
@@ -66,7 +73,15 @@ pub async fn wait_minion(
             .await
             .map_err(|e| format!("publishing test.ping to {id}: {e}"))?;
         let ret_tag = format!("salt/job/{}/ret/{id}", p.jid);
-        let until = (Instant::now() + Duration::from_secs(10)).min(deadline);
+        let until = (Instant::now() + wait).min(deadline);
+        if wait > PING_WAIT_FIRST {
+            tracing::info!(
+                id,
+                "no answer to test.ping yet; asking again (waiting {}s)",
+                wait.as_secs()
+            );
+        }
+        wait = (wait * 2).min(PING_WAIT_MAX);
         loop {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
