@@ -435,37 +435,11 @@ impl Cloud {
         names::check_all(names).map_err(CloudError::BadName)?;
         self.check_served(&prof)?;
         let limit = prof.max_parallel.unwrap_or(self.max_parallel);
-        let sem = Arc::new(tokio::sync::Semaphore::new(limit));
-        let mut tasks = Vec::new();
-        for name in names {
-            let me = self.clone();
-            let prof = prof.clone();
-            let name = name.clone();
-            let opts = opts.clone();
-            let progress = progress.clone();
-            let sem = sem.clone();
-            tasks.push((
-                name.clone(),
-                tokio::spawn(async move {
-                    let _permit = sem.acquire_owned().await.expect("semaphore open");
-                    tokio::task::spawn_blocking(move || {
-                        me.create_one(&prof, &name, &opts, &*progress)
-                    })
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(CloudError::Internal(format!("clone task failed: {e}")))
-                    })
-                }),
-            ));
-        }
-        let mut out = BTreeMap::new();
-        for (name, t) in tasks {
-            let r = t
-                .await
-                .unwrap_or_else(|e| Err(CloudError::Internal(format!("clone task failed: {e}"))));
-            out.insert(name, r);
-        }
-        Ok(out)
+        let me = self.clone();
+        Ok(per_name(names, limit, "clone", move |name| {
+            me.create_one(&prof, name, &opts, &*progress)
+        })
+        .await)
     }
 
     /// One clone, blocking. On error everything made is undone before returning. A create
@@ -933,33 +907,11 @@ impl Cloud {
         names: &[String],
         progress: Arc<dyn Progress>,
     ) -> BTreeMap<String, Result<Value, CloudError>> {
-        let sem = Arc::new(tokio::sync::Semaphore::new(self.max_parallel));
-        let mut tasks = Vec::new();
-        for name in names {
-            let me = self.clone();
-            let progress = progress.clone();
-            let sem = sem.clone();
-            let n = name.clone();
-            tasks.push((
-                name.clone(),
-                tokio::spawn(async move {
-                    let _permit = sem.acquire_owned().await.expect("semaphore open");
-                    tokio::task::spawn_blocking(move || me.destroy_one(&n, &*progress))
-                        .await
-                        .unwrap_or_else(|e| {
-                            Err(CloudError::Internal(format!("destroy task failed: {e}")))
-                        })
-                }),
-            ));
-        }
-        let mut out = BTreeMap::new();
-        for (name, t) in tasks {
-            let r = t
-                .await
-                .unwrap_or_else(|e| Err(CloudError::Internal(format!("destroy task failed: {e}"))));
-            out.insert(name, r);
-        }
-        out
+        let me = self.clone();
+        per_name(names, self.max_parallel, "destroy", move |name| {
+            me.destroy_one(name, &*progress)
+        })
+        .await
     }
 
     /// Destroys one VM virtseed made: stop, undefine, delete its volumes.
@@ -1082,6 +1034,38 @@ fn nvram_sibling(base_nvram: &str, name: &str) -> String {
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_else(|| "/var/lib/libvirt/qemu/nvram".into());
     format!("{dir}/{name}_VARS.fd")
+}
+
+/// Runs blocking `f` for every name, at most `limit` at once; each name's result apart.
+async fn per_name<T: Send + 'static>(
+    names: &[String],
+    limit: usize,
+    what: &'static str,
+    f: impl Fn(&str) -> Result<T, CloudError> + Send + Sync + 'static,
+) -> BTreeMap<String, Result<T, CloudError>> {
+    let failed = move |e: tokio::task::JoinError| {
+        Err(CloudError::Internal(format!("{what} task failed: {e}")))
+    };
+    let f = Arc::new(f);
+    let sem = Arc::new(tokio::sync::Semaphore::new(limit.max(1)));
+    let mut tasks = Vec::new();
+    for name in names {
+        let (f, sem, n) = (f.clone(), sem.clone(), name.clone());
+        tasks.push((
+            name.clone(),
+            tokio::spawn(async move {
+                let _permit = sem.acquire_owned().await.expect("semaphore open");
+                tokio::task::spawn_blocking(move || f(&n))
+                    .await
+                    .unwrap_or_else(failed)
+            }),
+        ));
+    }
+    let mut out = BTreeMap::new();
+    for (name, t) in tasks {
+        out.insert(name, t.await.unwrap_or_else(failed));
+    }
+    out
 }
 
 /// A create that failed, after its rollback.
