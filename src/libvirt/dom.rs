@@ -71,6 +71,7 @@ pub fn parse(text: &str) -> Result<Element, XmlError> {
                 }
             }
             Event::Text(t) => {
+                check_chars(&t)?;
                 if let Some(parent) = stack.last_mut() {
                     push_text(parent, &t.into_inner());
                 } else if !t.into_inner().trim().is_empty() {
@@ -85,6 +86,7 @@ pub fn parse(text: &str) -> Result<Element, XmlError> {
                 }
             }
             Event::CData(c) => {
+                check_chars(&c)?;
                 if let Some(parent) = stack.last_mut() {
                     parent
                         .children
@@ -92,6 +94,7 @@ pub fn parse(text: &str) -> Result<Element, XmlError> {
                 }
             }
             Event::Comment(c) => {
+                check_chars(&c)?;
                 if let Some(parent) = stack.last_mut() {
                     parent
                         .children
@@ -116,15 +119,51 @@ fn push_text(parent: &mut Element, raw: &str) {
     }
 }
 
+/// An XML name (letters, digits, `_ : - .`, not starting with a digit, `-` or `.`).
+/// quick-xml accepts `<>` and other names that cannot be written back.
+fn check_name(name: &str, what: &str) -> Result<(), XmlError> {
+    let ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_alphabetic() || c == '_' || c == ':')
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '_' | ':' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(XmlError(format!("invalid {what} name {name:?}")))
+    }
+}
+
+/// XML 1.0 forbids control characters other than tab, newline and carriage return.
+fn check_chars(s: &str) -> Result<(), XmlError> {
+    match s
+        .chars()
+        .find(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    {
+        Some(c) => Err(XmlError(format!(
+            "control character U+{:04X} is not allowed in XML",
+            c as u32
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn start_element(s: &quick_xml::events::BytesStart<'_>) -> Result<Element, XmlError> {
+    let name = s.name().as_ref().to_string();
+    check_name(&name, "element")?;
     let mut attrs = Vec::new();
     for a in s.attributes() {
         let a = a.map_err(|e| XmlError(e.to_string()))?;
         unescape(&a.value).map_err(|e| XmlError(e.to_string()))?;
-        attrs.push((a.key.as_ref().to_string(), a.value.into_owned()));
+        let key = a.key.as_ref().to_string();
+        check_name(&key, "attribute")?;
+        check_chars(&a.value)?;
+        attrs.push((key, a.value.into_owned()));
     }
     Ok(Element {
-        name: s.name().as_ref().to_string(),
+        name,
         attrs,
         children: Vec::new(),
     })
@@ -310,6 +349,23 @@ impl Element {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzz/domain_xml: `<></>` and control characters were accepted, and the
+    /// rewritten XML did not parse again.
+    #[test]
+    fn refuses_what_it_could_not_write_back() {
+        for bad in [
+            "<domain><></></domain>",
+            "<domain><name>a\u{0}b</name></domain>",
+            "<domain><log file='x\u{7}'/></domain>",
+            "<domain><log \u{7}file='x'/></domain>",
+            "<domain><1x/></domain>",
+        ] {
+            assert!(parse(bad).is_err(), "accepted {bad:?}");
+        }
+        let ok = parse("<domain><name>tab\tand\nnewline</name><ns:x a-b.c='1'/></domain>").unwrap();
+        assert_eq!(parse(&ok.to_xml()).unwrap(), ok);
+    }
 
     #[test]
     fn round_trip_keeps_text_comments_and_escapes() {
