@@ -1,6 +1,13 @@
 #!/usr/bin/env bash
-# Bounded fuzz runs: every salt-proto decoder (proto/fuzz), and virtseed's config loader and
-# domain-XML rewriter (fuzz/). scripts/fuzz.sh [SECONDS per target]
+# Fuzzing: every salt-proto decoder (proto/fuzz), and virtseed's config loader and domain-XML
+# rewriter (fuzz/).
+#
+#   scripts/fuzz.sh [SECONDS]     explore for SECONDS per target (default 60), growing the
+#                                 corpus in fuzz/corpus/ (crashes land in fuzz/artifacts/)
+#   FUZZ_RUNS=N scripts/fuzz.sh   a reproducible run, as scripts/test.sh does: N inputs per
+#                                 target from the committed seeds with a fixed random seed,
+#                                 so a pass here is a pass on any machine
+#
 # cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain accept them.
 set -euo pipefail
 secs=${1:-60}
@@ -12,15 +19,23 @@ for crate in "$root/proto" "$root"; do
     targets=$(cargo fuzz list)
     cargo fuzz build -O $targets >/dev/null 2>&1 || cargo fuzz build -O
     for t in $targets; do
-        mkdir -p "fuzz/corpus/$t"
+        if [ -n "${FUZZ_RUNS:-}" ]; then
+            corpus=$(mktemp -d)
+            limits=(-seed=1 -runs="$FUZZ_RUNS")
+        else
+            corpus=fuzz/corpus/$t
+            mkdir -p "$corpus"
+            limits=(-max_total_time="$secs")
+        fi
         # Committed seeds (valid inputs the fuzzer mutates from), if any.
-        [ -d "fuzz/seeds/$t" ] && cp -n "fuzz/seeds/$t"/* "fuzz/corpus/$t/" 2>/dev/null || true
+        [ -d "fuzz/seeds/$t" ] && cp -n "fuzz/seeds/$t"/* "$corpus/" 2>/dev/null || true
         printf '    %-14s ' "$t"
-        if ! out=$(cargo fuzz run -O "$t" "fuzz/corpus/$t" -- -max_total_time="$secs" -max_len=65536 -rss_limit_mb=2048 2>&1); then
+        if ! out=$(cargo fuzz run -O "$t" "$corpus" -- "${limits[@]}" -max_len=65536 -rss_limit_mb=2048 2>&1); then
             echo "FAILED"
             echo "$out" | tail -40
             exit 1
         fi
         echo "$out" | grep -E '^Done [0-9]+ runs' | tail -1
+        [ -n "${FUZZ_RUNS:-}" ] && rm -rf "$corpus"
     done
 done

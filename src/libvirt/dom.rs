@@ -81,7 +81,7 @@ pub fn parse(text: &str) -> Result<Element, XmlError> {
             Event::GeneralRef(r) => {
                 if let Some(parent) = stack.last_mut() {
                     let raw = format!("&{};", r.into_inner());
-                    unescape(&raw).map_err(|e| err(&e))?;
+                    check_chars(&unescape(&raw).map_err(|e| err(&e))?)?;
                     push_text(parent, &raw);
                 }
             }
@@ -156,10 +156,10 @@ fn start_element(s: &quick_xml::events::BytesStart<'_>) -> Result<Element, XmlEr
     let mut attrs = Vec::new();
     for a in s.attributes() {
         let a = a.map_err(|e| XmlError(e.to_string()))?;
-        unescape(&a.value).map_err(|e| XmlError(e.to_string()))?;
+        // Checked as written back: unescaped (`&#11;` is a control character too).
+        check_chars(&unescape(&a.value).map_err(|e| XmlError(e.to_string()))?)?;
         let key = a.key.as_ref().to_string();
         check_name(&key, "attribute")?;
-        check_chars(&a.value)?;
         attrs.push((key, a.value.into_owned()));
     }
     Ok(Element {
@@ -360,6 +360,9 @@ mod tests {
             "<domain><log file='x\u{7}'/></domain>",
             "<domain><log \u{7}file='x'/></domain>",
             "<domain><1x/></domain>",
+            "<domain><name>a&#11;b</name></domain>",
+            "<domain><log file='x&#0B;'/></domain>",
+            "<domain><log file='x&#x0B;'/></domain>",
         ] {
             assert!(parse(bad).is_err(), "accepted {bad:?}");
         }
