@@ -88,7 +88,10 @@ where
 {
     let wildcard: &Path = "*".as_ref();
     if path == wildcard {
-        todo!("Need to implement support for wildcard paths!");
+        // virtseed patch: an error, not a panic (upstream had `todo!()` here).
+        return Err(crate::error::ZmqError::Other(
+            "binding an ipc socket to a wildcard path is not supported",
+        ));
     }
 
     #[cfg(all(feature = "tokio-runtime", target_family = "unix"))]
