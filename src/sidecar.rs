@@ -165,19 +165,22 @@ async fn reconcile(svc: Arc<crate::cloud::service::Service>, channel: Arc<Channe
             }
         };
         for r in &recovered {
-            let kept = r.entry.done.is_some();
-            if kept {
-                info!(name = %r.entry.name, "reconcile: an interrupted create had finished; kept");
-            } else if r.left_behind.is_empty() {
-                warn!(name = %r.entry.name, step = %r.entry.step, undone = r.entry.intents.len(), "reconcile: an interrupted create was rolled back");
-            } else {
-                error!(name = %r.entry.name, step = %r.entry.step, left = ?r.left_behind, "reconcile: rolling back an interrupted create failed; retrying in {}s", RECONCILE_EVERY.as_secs());
+            match r.outcome() {
+                "kept" => {
+                    info!(name = %r.entry.name, "reconcile: an interrupted create had finished; kept")
+                }
+                "rolled_back" => {
+                    warn!(name = %r.entry.name, step = %r.entry.step, undone = r.entry.intents.len(), "reconcile: an interrupted create was rolled back")
+                }
+                _ => {
+                    error!(name = %r.entry.name, step = %r.entry.step, left = ?r.left_behind, "reconcile: rolling back an interrupted create failed; retrying in {}s", RECONCILE_EVERY.as_secs())
+                }
             }
             let data = serde_json::json!({
                 "name": r.entry.name,
                 "request": r.entry.request,
                 "step": r.entry.step,
-                "outcome": if kept { "kept" } else if r.left_behind.is_empty() { "rolled_back" } else { "left_behind" },
+                "outcome": r.outcome(),
                 "left_behind": r.left_behind,
             });
             use crate::cloud::Progress;

@@ -1068,6 +1068,19 @@ async fn per_name<T: Send + 'static>(
     out
 }
 
+impl Recovered {
+    /// `kept` (its minion had answered), `rolled_back`, or `left_behind` (retried later).
+    pub fn outcome(&self) -> &'static str {
+        if self.entry.done.is_some() {
+            "kept"
+        } else if self.left_behind.is_empty() {
+            "rolled_back"
+        } else {
+            "left_behind"
+        }
+    }
+}
+
 /// A create that failed, after its rollback.
 struct Failed {
     error: CloudError,

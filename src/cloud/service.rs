@@ -220,16 +220,15 @@ impl Service {
     async fn discard(&self, name: &str, progress: Arc<BusProgress>) {
         let cloud = self.cloud.clone();
         let n = name.to_string();
-        match tokio::task::spawn_blocking(move || cloud.destroy_one(&n, &*progress)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!(
+        let r = tokio::task::spawn_blocking(move || cloud.destroy_one(&n, &*progress))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        if let Err(e) = r {
+            tracing::error!(
                 name,
                 "could not destroy the clone whose minion never answered: {e}"
-            ),
-            Err(e) => tracing::error!(
-                name,
-                "could not destroy the clone whose minion never answered: {e}"
-            ),
+            );
         }
     }
 
