@@ -265,14 +265,7 @@ fn heartbeats(version: &str) {
         "zmq_heartbeat_ivl: 200\nzmq_heartbeat_timeout: 800",
     );
     let sidecar = Sidecar::start(&master, "vs-heartbeat");
-    let conf = std::fs::read_to_string(master.dir.join("master")).unwrap();
-    let publish_port: u16 = conf
-        .lines()
-        .find_map(|l| l.strip_prefix("publish_port: "))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let publish_port = master.port("publish_port");
     // The subscription's TCP connection: it must be the same one at the end (a publisher that
     // gets no PONG drops the peer, and the crate would reconnect behind our back).
     let first = tcp_local_ports(sidecar.pid(), publish_port);

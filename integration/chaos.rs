@@ -6,7 +6,7 @@
 mod harness;
 
 use harness::site::{site, wait_exit, Site};
-use harness::{last_json, report_row, text, wait_for, Master, Sidecar};
+use harness::{last_json, report_row, rss_mib, text, wait_for, Master, Sidecar};
 use salt_proto::msgpack;
 use std::collections::HashSet;
 use std::process::Command;
@@ -21,20 +21,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// (VmRSS, VmHWM) of `pid` in MiB.
-fn rss_mib(pid: u32) -> (f64, f64) {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |k: &str| -> f64 {
-        s.lines()
-            .find_map(|l| l.strip_prefix(k))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    (field("VmRSS:"), field("VmHWM:"))
 }
 
 fn names(s: &Site, tag: &str, n: usize) -> Vec<String> {

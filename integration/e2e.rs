@@ -4,6 +4,7 @@
 
 mod harness;
 
+use harness::site::write_cloud;
 use harness::{last_json, repo, text, Master, Sidecar};
 use std::process::Command;
 use std::time::Duration;
@@ -24,16 +25,10 @@ fn golden() {
 fn real_guests_answer_test_ping_for_both_seed_channels() {
     golden();
     let m = Master::start("3007.17");
-    std::fs::write(
-        m.dir.join("cloud.providers"),
-        "kvm:\n  driver: libvirt\n  url: qemu:///system\n",
-    )
-    .unwrap();
-    std::fs::write(
-        m.dir.join("cloud.profiles"),
+    write_cloud(
+        &m,
         "golden:\n  provider: kvm\n  base_domain: virtseed-golden\n  minion:\n    master: 10.0.2.2\n  minion_timeout: 400\ngolden-smbios:\n  extends: golden\n  seed: smbios\n",
-    )
-    .unwrap();
+    );
     let _sidecar = Sidecar::start(&m, "virtseed");
     let out = Command::new(env!("CARGO_BIN_EXE_virtseed"))
         .arg("-c")

@@ -5,7 +5,7 @@
 
 mod harness;
 
-use harness::{report_row, text, Master, Sidecar};
+use harness::{report_row, rss_mib, text, Master, Sidecar};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -49,27 +49,6 @@ while True:
     n += 1
 "#;
 
-fn port_of(m: &Master, key: &str) -> u16 {
-    std::fs::read_to_string(m.dir.join("master"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}: ")))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
 fn mode(p: &std::path::Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
 }
@@ -86,16 +65,11 @@ fn a_master_that_answers_nonsense() {
     assert_eq!(mode(&m.dir.join("cache/.root_key")) & 0o077, 0);
 
     // The real master goes away; a hostile one takes its ports and sockets.
-    let out = std::process::Command::new(harness::repo().join("scripts/dev-master.sh"))
-        .args(["stop", m.dir.to_str().unwrap()])
-        .env("SALT_VERSION", &m.version)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    m.stop();
     let _ = std::fs::remove_file(m.dir.join("sock/master_event_pub.ipc"));
     let mut hostile: Child = m
         .python(HOSTILE)
-        .arg(port_of(&m, "ret_port").to_string())
+        .arg(m.port("ret_port").to_string())
         .arg(m.dir.join("sock"))
         .stdout(Stdio::piped())
         .spawn()
@@ -154,7 +128,7 @@ fn a_master_that_answers_nonsense() {
     eprintln!("sign-in failures seen:\n  {}", reasons.join("\n  "));
     // Every failure names what was wrong (no bare "error").
     assert!(reasons.iter().all(|r| r.len() > 12), "{reasons:?}");
-    let peak = rss_mib(child.id());
+    let (_, peak) = rss_mib(child.id());
     assert!(peak < 200.0, "memory peaked at {peak:.0} MiB");
 
     // The real master comes back on the same ports: the sidecar joins it by itself.

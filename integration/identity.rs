@@ -5,6 +5,7 @@
 mod harness;
 
 use harness::pool::{virsh_ok, Pool};
+use harness::site::master_with_base;
 use harness::{mread, text, virtseed, wait_for, EventLog, Master, Minion};
 use std::path::Path;
 use std::process::Command;
@@ -41,23 +42,11 @@ fn grep_tree(dir: &Path, needles: &[String]) -> Vec<String> {
 }
 
 fn setup(version: &str, tag: &str) -> (Master, Pool, String) {
-    let m = Master::start(version);
-    let p = Pool::new(tag);
-    let vda = p.base_volume("base-vda.qcow2", "qcow2", 64);
-    let base = format!("{}base", p.prefix);
-    p.base_domain(&base, &[("vda", "qcow2", Pool::file_source(&vda))]);
-    std::fs::write(
-        m.dir.join("cloud.providers"),
-        "kvm:\n  driver: libvirt\n  url: qemu:///system\n",
-    )
-    .unwrap();
-    std::fs::write(
-        m.dir.join("cloud.profiles"),
+    let (m, p, base) = master_with_base(version, tag, |base| {
         format!(
             "web:\n  provider: kvm\n  base_domain: {base}\n  minion:\n    master: 127.0.0.1\n    log_level: info\n  grains:\n    role: web\nweb-smbios:\n  extends: web\n  seed: smbios\n"
-        ),
-    )
-    .unwrap();
+        )
+    });
     std::fs::write(
         m.dir.join("virtseed"),
         format!("salt_version: '{version}'\n"),

@@ -5,27 +5,16 @@
 mod harness;
 
 use harness::pool::Pool;
+use harness::site::master_with_base;
 use harness::{last_json, mread, text, virtseed, wait_for, EventLog, Master, Minion, Sidecar};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use yaml_serde::Value as Y;
 
 fn scenario(version: &str) {
-    let m = Master::start(version);
-    let p = Pool::new(&format!("run{}", &version[..4]));
-    let vda = p.base_volume("base-vda.qcow2", "qcow2", 64);
-    let base = format!("{}base", p.prefix);
-    p.base_domain(&base, &[("vda", "qcow2", Pool::file_source(&vda))]);
-    std::fs::write(
-        m.dir.join("cloud.providers"),
-        "kvm:\n  driver: libvirt\n  url: qemu:///system\n",
-    )
-    .unwrap();
-    std::fs::write(
-        m.dir.join("cloud.profiles"),
-        format!("web:\n  provider: kvm\n  base_domain: {base}\n  minion:\n    master: 127.0.0.1\n  minion_timeout: 120\nquick:\n  extends: web\n  wait_for_minion: false\nnobase:\n  extends: web\n  base_domain: {base}-nope\n"),
-    )
-    .unwrap();
+    let (m, p, base) = master_with_base(version, &format!("run{}", &version[..4]), |base| {
+        format!("web:\n  provider: kvm\n  base_domain: {base}\n  minion:\n    master: 127.0.0.1\n  minion_timeout: 120\nquick:\n  extends: web\n  wait_for_minion: false\nnobase:\n  extends: web\n  base_domain: {base}-nope\n")
+    });
     let sidecar = Sidecar::start(&m, "virtseed");
     sidecar.wait_log("serving cloud.* jobs", Duration::from_secs(10));
     let out = virtseed(&m.dir, &["install-runner"]);

@@ -75,6 +75,22 @@ impl Master {
         );
     }
 
+    /// A port from the master's config (`ret_port`, `publish_port`).
+    pub fn port(&self, key: &str) -> u16 {
+        std::fs::read_to_string(self.dir.join("master"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}: ")))
+            .unwrap_or_else(|| panic!("no {key} in the master's config"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    pub fn stop(&self) {
+        self.script("stop");
+    }
+
     pub fn restart(&self) {
         self.script("stop");
         self.script("start");
@@ -414,4 +430,18 @@ pub fn report_row(scenario: &str, done: &str, outcome: &str, left: &str) {
             clean(left)
         );
     }
+}
+
+/// (VmRSS, VmHWM) of `pid` in MiB: resident now, and the peak.
+pub fn rss_mib(pid: u32) -> (f64, f64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |k: &str| -> f64 {
+        s.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (field("VmRSS:"), field("VmHWM:"))
 }

@@ -13,27 +13,42 @@ pub struct Site {
     pub p: Pool,
 }
 
-pub fn site(version: &str, tag: &str) -> Site {
-    let m = Master::start(version);
-    let p = Pool::new(tag);
-    let vda = p.base_volume("base-vda.qcow2", "qcow2", 64);
-    let base = format!("{}base", p.prefix);
-    p.base_domain(&base, &[("vda", "qcow2", Pool::file_source(&vda))]);
+/// Writes salt-cloud's files into the master's config dir: a `kvm` provider on
+/// qemu:///system and the given profiles.
+pub fn write_cloud(m: &Master, profiles: &str) {
     std::fs::write(
         m.dir.join("cloud.providers"),
         "kvm:\n  driver: libvirt\n  url: qemu:///system\n",
     )
     .unwrap();
-    std::fs::write(
-        m.dir.join("cloud.profiles"),
+    std::fs::write(m.dir.join("cloud.profiles"), profiles).unwrap();
+}
+
+/// A master, a pool with a shut-off base domain over a 64 MiB qcow2 disk, and salt-cloud's
+/// files with the profiles `profiles(base name)` writes. Returns the base's name too.
+pub fn master_with_base(
+    version: &str,
+    tag: &str,
+    profiles: impl FnOnce(&str) -> String,
+) -> (Master, Pool, String) {
+    let m = Master::start(version);
+    let p = Pool::new(tag);
+    let vda = p.base_volume("base-vda.qcow2", "qcow2", 64);
+    let base = format!("{}base", p.prefix);
+    p.base_domain(&base, &[("vda", "qcow2", Pool::file_source(&vda))]);
+    write_cloud(&m, &profiles(&base));
+    (m, p, base)
+}
+
+pub fn site(version: &str, tag: &str) -> Site {
+    let (m, p, _) = master_with_base(version, tag, |base| {
         format!(
             "web:\n  provider: kvm\n  base_domain: {base}\n  minion:\n    master: 127.0.0.1\n  minion_timeout: 600\n\
              brief:\n  extends: web\n  minion_timeout: 3\n\
              kept:\n  extends: web\n  minion_timeout: 3\n  keep_on_timeout: true\n\
              quick:\n  extends: web\n  wait_for_minion: false\n"
-        ),
-    )
-    .unwrap();
+        )
+    });
     let out = virtseed(&m.dir, &["install-runner"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     Site { m, p }
