@@ -1,24 +1,77 @@
 #!/bin/sh
-# Copies virtseed's credentials ($CREDENTIALS_DIRECTORY, from SMBIOS) into /etc/salt.
-# The private key lands 0400 and is the minion's own from its first start: the minion never
-# makes a key of its own, and the master already accepted this one.
+# Installs the minion identity virtseed gave this clone into /etc/salt, early in boot and
+# before salt-minion starts. The same five files come by either seed channel:
+#  - seed: smbios      systemd credentials from SMBIOS type 11 ($CREDENTIALS_DIRECTORY);
+#  - seed: cloud-init  files beside user-data on the NoCloud volume (the virtio disk with
+#                      serial `virtseed-seed`, or any volume labelled cidata). Read here at
+#                      once, rather than ~20 s later by cloud-init's salt_minion module. The
+#                      volume's meta-data and user-data are copied to cloud-init's seed
+#                      directory, so cloud-init, which runs later, no longer needs the volume
+#                      (virtseed detaches it after the first ping).
+# The private key lands 0400. When virtseed sent no key (the operator chose
+# `accept: on_first_auth`), the minion makes its own and virtseed accepts that first key.
+#
+# VIRTSEED_ROOT installs into a scratch root; VIRTSEED_SEED names a directory to read instead
+# of the NoCloud volume (both for tests).
 set -eu
+root=${VIRTSEED_ROOT:-}
+umask 077
+src=
+channel=
+mnt=
+cleanup() { if [ -n "$mnt" ]; then umount "$mnt" 2>/dev/null || true; rmdir "$mnt" 2>/dev/null || true; fi; }
+trap cleanup EXIT
+
 c=${CREDENTIALS_DIRECTORY:-}
-if [ -z "$c" ] || [ ! -s "$c/virtseed.minion_id" ]; then
-    echo "no virtseed credentials (not seed: smbios): nothing to do"
+if [ -n "$c" ] && [ -s "$c/virtseed.minion_id" ]; then
+    src=$c; channel=smbios
+elif [ -n "${VIRTSEED_SEED:-}" ]; then
+    src=$VIRTSEED_SEED; channel=cloud-init
+else
+    dev=
+    for s in /sys/block/vd*/serial; do
+        [ -r "$s" ] && [ "$(cat "$s")" = virtseed-seed ] && dev=/dev/${s#/sys/block/} && dev=${dev%/serial}
+    done
+    [ -n "$dev" ] || dev=$(blkid -t LABEL=cidata -o device 2>/dev/null | head -n1) || true
+    if [ -n "$dev" ]; then
+        mnt=$(mktemp -d /run/virtseed-seed.XXXXXX)
+        if mount -t vfat -o ro,nosuid,nodev,noexec "$dev" "$mnt"; then
+            src=$mnt; channel=cloud-init
+        else
+            rmdir "$mnt"; mnt=
+            echo "virtseed: cannot mount the seed volume $dev; leaving the identity to cloud-init"
+        fi
+    fi
+fi
+if [ -z "$src" ] || [ ! -s "$src/virtseed.minion_id" ]; then
+    echo "virtseed: no identity from virtseed on this boot: nothing to do"
     exit 0
 fi
-root=${VIRTSEED_ROOT:-}   # tests install into a scratch root
-umask 077
+
 mkdir -p "$root/etc/salt/pki/minion" "$root/etc/salt/minion.d"
-install -m 0644 "$c/virtseed.minion.conf" "$root/etc/salt/minion.d/virtseed.conf"
-install -m 0644 "$c/virtseed.minion_id" "$root/etc/salt/minion_id"
-install -m 0644 "$c/virtseed.minion.pub" "$root/etc/salt/pki/minion/minion.pub"
-install -m 0644 "$c/virtseed.minion_master.pub" "$root/etc/salt/pki/minion/minion_master.pub"
-install -m 0400 "$c/virtseed.minion.pem" "$root/etc/salt/pki/minion/minion.pem.tmp"
-mv "$root/etc/salt/pki/minion/minion.pem.tmp" "$root/etc/salt/pki/minion/minion.pem"
+install -m 0644 "$src/virtseed.minion.conf" "$root/etc/salt/minion.d/virtseed.conf"
+install -m 0644 "$src/virtseed.minion_master.pub" "$root/etc/salt/pki/minion/minion_master.pub"
+if [ -s "$src/virtseed.minion.pem" ]; then
+    install -m 0644 "$src/virtseed.minion.pub" "$root/etc/salt/pki/minion/minion.pub"
+    install -m 0400 "$src/virtseed.minion.pem" "$root/etc/salt/pki/minion/minion.pem.tmp"
+    mv "$root/etc/salt/pki/minion/minion.pem.tmp" "$root/etc/salt/pki/minion/minion.pem"
+    keys="its key"
+else
+    keys="no key (the minion makes its own)"
+fi
+if [ "$channel" = cloud-init ]; then
+    seed=$root/var/lib/cloud/seed/nocloud
+    mkdir -p "$seed"
+    for f in meta-data user-data vendor-data network-config; do
+        if [ -f "$src/$f" ]; then install -m 0600 "$src/$f" "$seed/$f"; fi
+    done
+fi
+# Last: salt-minion.service starts only once minion_id exists.
+install -m 0644 "$src/virtseed.minion_id" "$root/etc/salt/minion_id.tmp"
+mv "$root/etc/salt/minion_id.tmp" "$root/etc/salt/minion_id"
 if [ -z "$root" ]; then
     # Not hostnamectl: this runs before D-Bus, and hostnamectl would wait for it (~5 s here).
-    cat "$c/virtseed.minion_id" > /etc/hostname
-    cat "$c/virtseed.minion_id" > /proc/sys/kernel/hostname
+    cat "$src/virtseed.minion_id" > /etc/hostname
+    cat "$src/virtseed.minion_id" > /proc/sys/kernel/hostname
 fi
+echo "virtseed: installed the identity of $(cat "$src/virtseed.minion_id") ($channel, $keys)"

@@ -70,10 +70,13 @@ impl Identity {
     }
 
     /// The NoCloud seed: a 1 MiB FAT12 image labelled `cidata` with a random volume serial,
-    /// holding `meta-data` and `user-data`.
+    /// holding `meta-data` and `user-data` (for any cloud-init image), and beside them the
+    /// identity as the five `virtseed.*` files of [`Identity::files`] (for images with
+    /// `guest/virtseed-credentials`, which install them without waiting for cloud-init).
     pub fn nocloud_image(&self) -> Result<Zeroizing<Vec<u8>>, SeedError> {
         let user = self.user_data()?;
         let meta = self.meta_data()?;
+        let files = self.files()?;
         let e = |e: std::io::Error| SeedError(e.to_string());
         let mut img = Zeroizing::new(vec![0u8; 1024 * 1024]);
         {
@@ -89,14 +92,42 @@ impl Identity {
             let fs = fatfs::FileSystem::new(&mut cur, fatfs::FsOptions::new()).map_err(e)?;
             {
                 let root = fs.root_dir();
-                let mut f = root.create_file("meta-data").map_err(e)?;
-                f.write_all(meta.as_bytes()).map_err(e)?;
-                let mut f = root.create_file("user-data").map_err(e)?;
-                f.write_all(user.as_bytes()).map_err(e)?;
+                let all = [("meta-data", meta.as_str()), ("user-data", user.as_str())];
+                for (name, body) in all
+                    .into_iter()
+                    .chain(files.iter().map(|(n, b)| (*n, b.as_str())))
+                {
+                    root.create_file(name)
+                        .map_err(e)?
+                        .write_all(body.as_bytes())
+                        .map_err(e)?;
+                }
             }
             fs.unmount().map_err(e)?;
         }
         Ok(img)
+    }
+
+    /// The identity as files, named as the guest unit reads them (systemd credential names
+    /// for `seed: smbios`, file names on the NoCloud volume): id, minion config, the master's
+    /// key, and the minion's keypair unless the image makes its own.
+    pub fn files(&self) -> Result<Vec<(&'static str, Zeroizing<String>)>, SeedError> {
+        let mut v = vec![
+            ("virtseed.minion_id", Zeroizing::new(self.id.clone())),
+            (
+                "virtseed.minion.conf",
+                Zeroizing::new(self.minion_conf_text()?),
+            ),
+            (
+                "virtseed.minion_master.pub",
+                Zeroizing::new(self.master_pub.clone()),
+            ),
+        ];
+        if let (Some(public), Some(private)) = (&self.public_pem, &self.private_pem) {
+            v.push(("virtseed.minion.pem", private.clone()));
+            v.push(("virtseed.minion.pub", Zeroizing::new(public.clone())));
+        }
+        Ok(v)
     }
 
     /// The minion config as a drop-in file (`/etc/salt/minion.d/virtseed.conf`), with grains.
@@ -113,19 +144,13 @@ impl Identity {
     /// `guest/virtseed-credentials` before salt-minion starts.
     pub fn smbios_strings(&self) -> Result<Vec<Zeroizing<String>>, SeedError> {
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
-        let cred = |name: &str, v: &str| {
-            Zeroizing::new(format!("io.systemd.credential.binary:{name}={}", b64(v)))
-        };
-        let mut v = vec![
-            cred("virtseed.minion_id", &self.id),
-            cred("virtseed.minion.conf", &self.minion_conf_text()?),
-            cred("virtseed.minion_master.pub", &self.master_pub),
-        ];
-        if let (Some(public), Some(private)) = (&self.public_pem, &self.private_pem) {
-            v.push(cred("virtseed.minion.pem", private));
-            v.push(cred("virtseed.minion.pub", public));
-        }
-        Ok(v)
+        Ok(self
+            .files()?
+            .iter()
+            .map(|(name, v)| {
+                Zeroizing::new(format!("io.systemd.credential.binary:{name}={}", b64(v)))
+            })
+            .collect())
     }
 }
 
@@ -180,7 +205,7 @@ mod tests {
     }
 
     #[test]
-    fn nocloud_image_is_a_cidata_vfat_with_both_files() {
+    fn nocloud_image_is_a_cidata_vfat_with_cloud_init_and_identity_files() {
         let i = ident();
         let img = i.nocloud_image().unwrap();
         let img2 = i.nocloud_image().unwrap();
@@ -194,11 +219,33 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         names.sort();
-        assert_eq!(names, ["meta-data", "user-data"]);
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut fs.root_dir().open_file("user-data").unwrap(), &mut s)
-            .unwrap();
-        assert_eq!(s, *i.user_data().unwrap());
+        assert_eq!(
+            names,
+            [
+                "meta-data",
+                "user-data",
+                "virtseed.minion.conf",
+                "virtseed.minion.pem",
+                "virtseed.minion.pub",
+                "virtseed.minion_id",
+                "virtseed.minion_master.pub"
+            ]
+        );
+        let read = |name: &str| {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut fs.root_dir().open_file(name).unwrap(), &mut s)
+                .unwrap();
+            s
+        };
+        assert_eq!(read("user-data"), *i.user_data().unwrap());
+        for (name, body) in i.files().unwrap() {
+            assert_eq!(read(name), *body, "{name}");
+        }
+        assert_eq!(read("virtseed.minion_id"), i.id);
+        assert_eq!(
+            read("virtseed.minion.pem"),
+            **i.private_pem.as_ref().unwrap()
+        );
         drop(fs);
         let fs2 =
             fatfs::FileSystem::new(Cursor::new(img2.to_vec()), fatfs::FsOptions::new()).unwrap();
