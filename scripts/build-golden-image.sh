@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Builds a small Debian 12 guest for virtseed, offline from Debian's packages and PyPI, and
 # defines it as the shut-off base domain `virtseed-golden` in the dir pool `virtseed-golden`:
-#   debootstrap minbase + systemd + the cloud kernel (small initrd, MODULES=list), cloud-init
-#   limited to NoCloud, salt-minion from PyPI in /opt/salt (same no-deps install as the
-#   master), a unit that starts it only once it has a key (it never makes its own), the
-#   SMBIOS credentials unit (guest/), DHCP by systemd-networkd (QEMU user networking: the
-#   master is 10.0.2.2). No loop mounts: mkfs.ext4 -d, then qcow2. Direct kernel boot, TCG.
+#   debootstrap minbase + systemd + the cloud kernel with a busybox initramfs
+#   (guest/initramfs-init), cloud-init limited to NoCloud, salt-minion from PyPI in /opt/salt
+#   (same no-deps install as the master), started early in boot and only once virtseed gave
+#   it an identity, the unit that installs that identity from SMBIOS credentials or the
+#   NoCloud volume (guest/virtseed-credentials.*), DHCP by systemd-networkd (QEMU user
+#   networking: the master is 10.0.2.2). No loop mounts: mkfs.ext4 -d, then qcow2. Direct
+#   kernel boot; TCG unless a probe boot shows KVM works.
 # Cached by content hash under /var/lib/virtseed/golden (libvirt's QEMU user must read it):
 # a second run takes seconds.
 #
@@ -17,7 +19,7 @@ OUT=${VIRTSEED_GOLDEN_DIR:-/var/lib/virtseed/golden}
 NAME=${VIRTSEED_GOLDEN_NAME:-virtseed-golden}
 step() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
-key=$( (cat "$0" "$root/guest/virtseed-credentials.service" "$root/guest/virtseed-credentials.sh"; echo "$SALT_VERSION") | sha256sum | cut -c1-12)
+key=$( (cat "$0" "$root"/guest/*; echo "$SALT_VERSION") | sha256sum | cut -c1-12)
 img=$OUT/$key
 mkdir -p "$OUT"; chmod 755 "$(dirname "$OUT")" "$OUT"
 
@@ -100,7 +102,7 @@ if [ -f "$img/disk.qcow2" ] && [ -f "$img/vmlinuz" ] && [ -f "$img/initrd.img" ]
 fi
 
 work=$(mktemp -d /var/tmp/virtseed-golden.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+trap '[ -n "${VIRTSEED_KEEP_WORK:-}" ] || rm -rf "$work"' EXIT
 rootfs=$work/root
 t0=$(date +%s)
 
@@ -119,8 +121,29 @@ cp /etc/resolv.conf "$rootfs/etc/resolv.conf"
 mount --bind /proc "$rootfs/proc" 2>/dev/null || true
 env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive chroot "$rootfs" \
     apt-get install -y -qq --no-install-recommends -o Dpkg::Options::=--force-confold \
-    linux-image-cloud-amd64 initramfs-tools >"$work/kernel.log" 2>&1 || { umount "$rootfs/proc" 2>/dev/null || true; tail -30 "$work/kernel.log"; exit 1; }
+    linux-image-cloud-amd64 initramfs-tools busybox-static >"$work/kernel.log" 2>&1 || { umount "$rootfs/proc" 2>/dev/null || true; tail -30 "$work/kernel.log"; exit 1; }
 umount "$rootfs/proc" 2>/dev/null || true
+
+step "initramfs: busybox, the virtio modules, guest/initramfs-init"
+# The clone boots with this one (Debian's, also in /boot, stays for other boot paths).
+kver=$(ls "$rootfs/lib/modules" | head -1)
+ird=$work/initramfs
+mkdir -p "$ird"/bin "$ird"/dev "$ird"/proc "$ird"/sys "$ird"/root
+cp "$rootfs/bin/busybox" "$ird/bin/busybox"
+install -m 0755 "$root/guest/initramfs-init" "$ird/init"
+# ext4 is built into Debian's cloud kernel; virtio_pci and virtio_blk are modules.
+for mod in virtio_pci virtio_blk; do
+    env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin chroot "$rootfs" modprobe -S "$kver" --show-depends "$mod"
+done | awk '$1 == "insmod" { print $2 }' | awk '!seen[$0]++' | while read -r m; do
+    rel=${m#/}
+    mkdir -p "$ird/$(dirname "$rel")"
+    cp "$rootfs/$rel" "$ird/$rel"
+    echo "$rel" >> "$ird/modules"
+done
+grep -q virtio_blk "$ird/modules" || { echo "no virtio_blk module for $kver" >&2; exit 1; }
+cp -r "$ird" "$rootfs/tmp/initramfs"
+env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin chroot "$rootfs" sh -c 'cd /tmp/initramfs && find . | cpio -o -H newc --quiet' > "$work/initrd.img"
+rm -rf "$rootfs/tmp/initramfs"
 
 step "salt-minion $SALT_VERSION from PyPI into /opt/salt"
 # Built on this host (also Debian 12, the same Python) at the path it has in the guest.
@@ -149,10 +172,11 @@ F
 cat > "$R/etc/cloud/cloud.cfg.d/90-virtseed.cfg" <<'F'
 datasource_list: [NoCloud, ConfigDrive]
 network: {config: disabled}
-# Only the modules a clone needs: salt_minion early in cloud-config (each module costs time
-# under TCG, and the minion starts only once salt_minion has written its key).
+# Only the modules a clone needs (each costs time under TCG). No salt_minion: the
+# virtseed-credentials unit installs the identity from the same volume at the start of boot,
+# and salt_minion would restart the minion that is already starting.
 cloud_init_modules: [seed_random, bootcmd, write_files, set_hostname, update_hostname, update_etc_hosts, users_groups]
-cloud_config_modules: [salt_minion, runcmd]
+cloud_config_modules: [runcmd]
 # cloud-final.service is masked (below): its Python start-up alone competes ~8 s with the
 # starting minion on the one vCPU, for modules a clone does not use.
 cloud_final_modules: []
@@ -201,11 +225,18 @@ F
 cat > "$R/etc/systemd/system/salt-minion.service" <<'F'
 [Unit]
 Description=Salt minion (virtseed golden image)
-# Never make a key of its own: start only once cloud-init or the credentials unit put one.
-ConditionPathExists=/etc/salt/pki/minion/minion.pem
-# Neither network-online.target (cloud-init's init stage orders itself before it) nor
-# network.target: the minion's imports take longer than DHCP, and it retries the master
-# every second until it answers.
+# Starts as soon as virtseed-credentials installed an identity, early in boot: not after
+# basic.target (~7 s of other units under TCG), nor the network (the minion's imports take
+# longer than DHCP, and it retries the master every second until it answers).
+DefaultDependencies=no
+Wants=virtseed-credentials.service
+After=systemd-remount-fs.service virtseed-credentials.service
+Conflicts=shutdown.target
+Before=shutdown.target
+# Only with an identity from virtseed: a base booted on its own, or a clone without a seed,
+# never starts a minion, so never makes a key. With a key from virtseed the minion uses it;
+# without one (accept: on_first_auth) it makes its own and virtseed accepts that first key.
+ConditionPathExists=/etc/salt/minion_id
 
 [Service]
 ExecStart=/opt/salt/bin/salt-minion
@@ -214,10 +245,27 @@ StandardOutput=journal+console
 StandardError=journal+console
 Restart=on-failure
 RestartSec=2
+# First in line for the one vCPU while the system boots (cgroup v2 weight; default 100).
+# StartupCPUWeight ends with the boot, so jobs the minion runs later get no extra share.
+StartupCPUWeight=1000
 
 [Install]
 WantedBy=multi-user.target
 F
+# What the minion needs from the rest of the boot gets the same share: udev (it loads
+# virtio_net, and networkd configures eth0 only once udev has seen it) and networkd (DHCP).
+for u in systemd-udevd systemd-udev-trigger systemd-networkd; do
+    mkdir -p "$R/etc/systemd/system/$u.service.d"
+    printf '[Service]\nStartupCPUWeight=1000\n' > "$R/etc/systemd/system/$u.service.d/virtseed.conf"
+done
+# And the services as a whole against PID 1 itself (init.scope, weight 100), which otherwise
+# takes up to half the vCPU while it starts the other units.
+mkdir -p "$R/etc/systemd/system/system.slice.d"
+printf '[Slice]\nStartupCPUWeight=1000\n' > "$R/etc/systemd/system/system.slice.d/virtseed.conf"
+mkdir -p "$R/etc/systemd/system/cloud-init.service.d"
+# virtseed-credentials copies the NoCloud seed for cloud-init; once cloud-init's network stage
+# has read it (the last to), it goes: cloud-init keeps its own copy in /var/lib/cloud/instance.
+printf '[Service]\nExecStartPost=-/bin/rm -rf /var/lib/cloud/seed/nocloud\n' > "$R/etc/systemd/system/cloud-init.service.d/virtseed.conf"
 install -m 0644 "$root/guest/virtseed-credentials.service" "$R/etc/systemd/system/"
 install -D -m 0755 "$root/guest/virtseed-credentials.sh" "$R/usr/local/lib/virtseed/virtseed-credentials"
 for u in salt-minion.service virtseed-credentials.service; do
@@ -242,7 +290,7 @@ rm -rf "$R/var/lib/apt/lists/"* "$R/usr/share/doc/"* "$R/usr/share/man/"* "$R/va
 step "disk image (mkfs.ext4 -d, no loop mount) and qcow2"
 mkdir -p "$img.tmp"
 cp "$R"/boot/vmlinuz-* "$img.tmp/vmlinuz"
-cp "$R"/boot/initrd.img-* "$img.tmp/initrd.img"
+cp "$work/initrd.img" "$img.tmp/initrd.img"
 mkfs.ext4 -q -L root -d "$R" "$work/disk.raw" 3G
 qemu-img convert -O qcow2 -c "$work/disk.raw" "$img.tmp/disk.qcow2"
 chmod 644 "$img.tmp"/*
