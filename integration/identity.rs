@@ -44,7 +44,7 @@ fn grep_tree(dir: &Path, needles: &[String]) -> Vec<String> {
 fn setup(version: &str, tag: &str) -> (Master, Pool, String) {
     let (m, p, base) = master_with_base(version, tag, |base| {
         format!(
-            "web:\n  provider: kvm\n  base_domain: {base}\n  minion:\n    master: 127.0.0.1\n    log_level: info\n  grains:\n    role: web\nweb-smbios:\n  extends: web\n  seed: smbios\n"
+            "web:\n  provider: kvm\n  base_domain: {base}\n  minion:\n    master: 127.0.0.1\n    log_level: info\n  grains:\n    role: web\nweb-smbios:\n  extends: web\n  seed: smbios\nweb-own:\n  extends: web\n  accept: on_first_auth\nweb-manual:\n  extends: web\n  accept: manual\n"
         )
     });
     std::fs::write(
@@ -330,4 +330,211 @@ fn smbios_seed_and_refusals() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(!m.pki().join("minions").join(&name).exists());
     assert_eq!(p.files(), ["base-vda.qcow2"]);
+}
+
+/// Runs guest/virtseed-credentials.sh (the golden image's unit) into a scratch root, with the
+/// identity from `creds` (systemd credentials) or `seed` (the NoCloud volume's files).
+fn guest_unit(root: &Path, creds: Option<&Path>, seed: Option<&Path>) -> String {
+    let mut c = Command::new("sh");
+    c.arg(harness::repo().join("guest/virtseed-credentials.sh"))
+        .env("VIRTSEED_ROOT", root)
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env_remove("VIRTSEED_SEED");
+    if let Some(d) = creds {
+        c.env("CREDENTIALS_DIRECTORY", d);
+    }
+    if let Some(d) = seed {
+        c.env("VIRTSEED_SEED", d);
+    }
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn guest_unit_installs_the_identity_from_either_seed_channel() {
+    let (m, p, _base) = setup("3007.17", "gu");
+    let scratch = m.dir.join("guest-unit");
+    let master_pub = std::fs::read_to_string(m.pki().join("master.pub")).unwrap();
+
+    // seed: cloud-init, read from the volume's files (as the unit reads them in the guest).
+    let name = format!("{}c", p.prefix);
+    let out = virtseed(&m.dir, &["profile", "web", &name]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let img = p.dir.join(format!("{name}-seed.img"));
+    let vol = scratch.join("volume");
+    std::fs::create_dir_all(&vol).unwrap();
+    for f in [
+        "meta-data",
+        "user-data",
+        "virtseed.minion_id",
+        "virtseed.minion.conf",
+        "virtseed.minion.pem",
+        "virtseed.minion.pub",
+        "virtseed.minion_master.pub",
+    ] {
+        std::fs::write(vol.join(f), mread(&img, f)).unwrap();
+    }
+    let root = scratch.join("root-cloud-init");
+    let said = guest_unit(&root, None, Some(&vol));
+    assert!(
+        said.contains(&format!("identity of {name} (cloud-init, its key)")),
+        "{said}"
+    );
+    let ud: Y = yaml_serde::from_str(&mread(&img, "user-data")).unwrap();
+    let pki = root.join("etc/salt/pki/minion");
+    // Exactly the key the master accepted, and the private key cloud-init would have written.
+    let accepted = std::fs::read_to_string(m.pki().join("minions").join(&name)).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(pki.join("minion.pub")).unwrap(),
+        accepted
+    );
+    assert_eq!(
+        std::fs::read_to_string(pki.join("minion.pem")).unwrap(),
+        ud["salt_minion"]["private_key"].as_str().unwrap()
+    );
+    assert_eq!(mode(&pki.join("minion.pem")), 0o400);
+    assert_eq!(
+        std::fs::read_to_string(pki.join("minion_master.pub")).unwrap(),
+        master_pub
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/salt/minion_id")).unwrap(),
+        name
+    );
+    let conf: Y = yaml_serde::from_str(
+        &std::fs::read_to_string(root.join("etc/salt/minion.d/virtseed.conf")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(conf["id"].as_str(), Some(name.as_str()));
+    assert_eq!(conf["grains"]["role"].as_str(), Some("web"));
+    // cloud-init gets its own copy of the seed, root-only, so it no longer needs the volume.
+    let nocloud = root.join("var/lib/cloud/seed/nocloud");
+    for f in ["meta-data", "user-data"] {
+        assert_eq!(
+            std::fs::read_to_string(nocloud.join(f)).unwrap(),
+            mread(&img, f),
+            "{f}"
+        );
+        assert_eq!(mode(&nocloud.join(f)), 0o600, "{f}");
+    }
+
+    // seed: smbios, from the credentials systemd imports (decoded from the domain's OEM strings).
+    let sname = format!("{}s", p.prefix);
+    let out = virtseed(&m.dir, &["profile", "web-smbios", &sname]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let xml = virsh_ok(&["dumpxml", "--security-info", &sname]);
+    let creds = scratch.join("credentials");
+    std::fs::create_dir_all(&creds).unwrap();
+    for (i, _) in xml.match_indices("<entry>io.systemd.credential.binary:") {
+        use base64::Engine;
+        let e = &xml[i + 7..i + 7 + xml[i + 7..].find('<').unwrap()];
+        let (k, v) = e["io.systemd.credential.binary:".len()..]
+            .split_once('=')
+            .unwrap();
+        let v = base64::engine::general_purpose::STANDARD.decode(v).unwrap();
+        std::fs::write(creds.join(k), v).unwrap();
+    }
+    let sroot = scratch.join("root-smbios");
+    let said = guest_unit(&sroot, Some(&creds), None);
+    assert!(said.contains("(smbios, its key)"), "{said}");
+    let accepted = std::fs::read_to_string(m.pki().join("minions").join(&sname)).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(sroot.join("etc/salt/pki/minion/minion.pub")).unwrap(),
+        accepted
+    );
+    assert_eq!(
+        std::fs::read_to_string(sroot.join("etc/salt/minion_id")).unwrap(),
+        sname
+    );
+    assert!(
+        !sroot.join("var/lib/cloud").exists(),
+        "smbios leaves cloud-init alone"
+    );
+
+    // accept: on_first_auth sends no key: the unit installs the id (so the minion starts) and
+    // no key (so it makes its own).
+    let oname = format!("{}o", p.prefix);
+    let out = virtseed(&m.dir, &["profile", "web-own", &oname]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let oimg = p.dir.join(format!("{oname}-seed.img"));
+    let ovol = scratch.join("volume-own");
+    std::fs::create_dir_all(&ovol).unwrap();
+    for f in [
+        "meta-data",
+        "user-data",
+        "virtseed.minion_id",
+        "virtseed.minion.conf",
+        "virtseed.minion_master.pub",
+    ] {
+        std::fs::write(ovol.join(f), mread(&oimg, f)).unwrap();
+    }
+    let oroot = scratch.join("root-own");
+    let said = guest_unit(&oroot, None, Some(&ovol));
+    assert!(said.contains("no key (the minion makes its own)"), "{said}");
+    assert!(oroot.join("etc/salt/minion_id").exists());
+    assert!(!oroot.join("etc/salt/pki/minion/minion.pem").exists());
+    assert!(!oroot.join("etc/salt/pki/minion/minion.pub").exists());
+
+    // No identity from virtseed: nothing is installed, so the image's minion never starts.
+    let empty = scratch.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let nroot = scratch.join("root-none");
+    let said = guest_unit(&nroot, Some(&empty), Some(&empty));
+    assert!(said.contains("nothing to do"), "{said}");
+    assert!(!nroot.join("etc").exists());
+
+    for n in [&name, &sname, &oname] {
+        let out = virtseed(&m.dir, &["destroy", n]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+}
+
+/// `accept: manual`: virtseed accepts nothing (the key waits for salt-key or a reactor), and
+/// destroy removes whatever key the VM made for its id, accepted or still pending.
+#[test]
+fn manual_accept_leaves_the_key_to_the_operator_and_destroy_removes_it() {
+    let (m, p, base) = setup("3007.17", "man");
+    let a = format!("{}a", p.prefix);
+    let b = format!("{}b", p.prefix);
+    let out = virtseed(&m.dir, &["profile", "web-manual", &a, &b]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ret: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for n in [&a, &b] {
+        assert!(
+            !m.pki().join("minions").join(n).exists(),
+            "nothing accepted for {n}"
+        );
+        let img = p.dir.join(format!("{n}-seed.img"));
+        let ud = mread(&img, "user-data");
+        assert!(
+            !ud.contains("private_key") && !ud.contains("PRIVATE KEY"),
+            "no key sent"
+        );
+        assert_eq!(ret[n.as_str()]["fingerprint"].as_str().unwrap_or(""), "");
+    }
+    // As if the VMs had made their keys: a's accepted by a reactor, b's still pending.
+    let ka = salt_proto::keys::PrivateKey::generate(2048).unwrap();
+    let kb = salt_proto::keys::PrivateKey::generate(2048).unwrap();
+    std::fs::create_dir_all(m.pki().join("minions_pre")).unwrap();
+    std::fs::write(m.pki().join("minions").join(&a), ka.public_key().pem()).unwrap();
+    std::fs::write(m.pki().join("minions_pre").join(&b), kb.public_key().pem()).unwrap();
+    // Someone else's key stays.
+    let other = format!("{}z", p.prefix);
+    std::fs::write(m.pki().join("minions").join(&other), kb.public_key().pem()).unwrap();
+    let out = virtseed(&m.dir, &["destroy", &a, &b]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ret: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for n in [&a, &b] {
+        assert_eq!(ret[n.as_str()]["key_removed"], true, "{ret}");
+    }
+    assert!(!m.pki().join("minions").join(&a).exists());
+    assert!(!m.pki().join("minions_pre").join(&b).exists());
+    assert!(m.pki().join("minions").join(&other).exists());
+    assert_eq!(p.domains(), [base], "only the base is left");
 }

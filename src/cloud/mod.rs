@@ -701,7 +701,7 @@ impl Cloud {
                         .take(prof.keysize)
                         .map_err(|e| CloudError::Internal(format!("minting a key: {e}")))?,
                 ),
-                AcceptMode::OnFirstAuth => None,
+                AcceptMode::OnFirstAuth | AcceptMode::Manual => None,
             };
             let ident = identity(prof, name, &uuid, mc, key.as_ref())?;
             match prof.seed {
@@ -778,6 +778,7 @@ impl Cloud {
                 accept: match prof.accept {
                     AcceptMode::Preseed => "preseed".into(),
                     AcceptMode::OnFirstAuth => "on_first_auth".into(),
+                    AcceptMode::Manual => "manual".into(),
                 },
                 window: prof.autoaccept_window_secs,
             },
@@ -922,15 +923,24 @@ impl Cloud {
         progress.step(name, "destroying", json!({"name": name}));
         let deleted = hv.destroy(name)?;
         let mut key_removed = false;
-        // The key virtseed minted, or (on_first_auth) the first key it saw and accepted.
+        // The key virtseed minted, or (on_first_auth) the first key it saw and accepted, or
+        // (manual) whatever key the VM made for its id, accepted or not, as salt-cloud does.
         let finger = match (&self.master, inst.ownership.fingerprint.is_empty()) {
             (Some(mc), true) => autoaccept::first_seen(&mc.state_dir, name).unwrap_or_default(),
             _ => inst.ownership.fingerprint.clone(),
         };
-        if let (Some(mc), false) = (&self.master, finger.is_empty()) {
-            key_removed = crate::pki::revoke(&mc.pki_dir, &mc.cachedir, name, &finger)
-                .map_err(|e| CloudError::Internal(e.to_string()))?;
-            autoaccept::forget(&mc.state_dir, name);
+        if let Some(mc) = &self.master {
+            let revoked = if inst.ownership.accept == "manual" {
+                crate::pki::revoke_any(&mc.pki_dir, &mc.cachedir, name).map(Some)
+            } else if !finger.is_empty() {
+                crate::pki::revoke(&mc.pki_dir, &mc.cachedir, name, &finger).map(Some)
+            } else {
+                Ok(None)
+            };
+            if let Some(removed) = revoked.map_err(|e| CloudError::Internal(e.to_string()))? {
+                key_removed = removed;
+                autoaccept::forget(&mc.state_dir, name);
+            }
             if key_removed {
                 progress.fire(
                     "salt/key",

@@ -94,6 +94,9 @@ pub enum AcceptMode {
     Preseed,
     /// The image makes its own key: accept the first one seen for the id, once, in a window.
     OnFirstAuth,
+    /// The image makes its own key and virtseed accepts nothing: the key waits in
+    /// `minions_pre` for `salt-key -a` or a reactor (salt-cloud's flow without a deploy).
+    Manual,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -627,10 +630,11 @@ fn resolve_profile(
     let accept = match text("accept")?.as_deref() {
         None | Some("preseed") => AcceptMode::Preseed,
         Some("on_first_auth") => AcceptMode::OnFirstAuth,
+        Some("manual") => AcceptMode::Manual,
         Some(o) => {
             return Err(err(
                 "accept",
-                format!("must be preseed or on_first_auth, not {o:?}"),
+                format!("must be preseed, on_first_auth or manual, not {o:?}"),
             ))
         }
     };

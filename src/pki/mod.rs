@@ -155,6 +155,25 @@ pub fn revoke(
     Ok(removed)
 }
 
+/// Every key of `id` the master holds, accepted, pending or rejected, whatever it is (for
+/// `accept: manual`, where the VM made its own key and virtseed never knew it), and the
+/// master's cache of it. Returns whether a key was removed.
+pub fn revoke_any(master_pki: &Path, cachedir: &Path, id: &str) -> Result<bool, PkiError> {
+    let mut removed = false;
+    for dir in ["minions", "minions_pre", "minions_rejected"] {
+        let path = master_pki.join(dir).join(id);
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed = true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(PkiError::Io { path, source: e }),
+        }
+    }
+    if removed {
+        purge_minion_cache(cachedir, id)?;
+    }
+    Ok(removed)
+}
+
 /// The master's cached data for `id`: `minions/<id>/` (3006, 3007) and the `grains` and
 /// `pillar` banks' `<id>.p` and `<id>:<pillarenv>.p` (3008's localfs cache).
 pub fn purge_minion_cache(cachedir: &Path, id: &str) -> Result<(), PkiError> {
@@ -327,6 +346,37 @@ mod tests {
             assert!(cache.join(f).exists(), "{f} is another minion's");
         }
         assert!(!revoke(&d, &cache, "gone", "x").unwrap());
+        std::fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn revoke_any_removes_every_key_of_the_id_and_only_its() {
+        let d = tempdir();
+        let cache = d.join("cache");
+        std::fs::create_dir_all(cache.join("minions/a")).unwrap();
+        for dir in ["minions_pre", "minions_rejected", "minions_denied"] {
+            std::fs::create_dir_all(d.join(dir)).unwrap();
+        }
+        for f in [
+            "minions/a",
+            "minions_pre/a",
+            "minions_rejected/a",
+            "minions_denied/a",
+            "minions/ab",
+            "minions_pre/b",
+        ] {
+            std::fs::write(d.join(f), b"key").unwrap();
+        }
+        assert!(revoke_any(&d, &cache, "a").unwrap());
+        for f in ["minions/a", "minions_pre/a", "minions_rejected/a"] {
+            assert!(!d.join(f).exists(), "{f}");
+        }
+        assert!(!cache.join("minions/a").exists());
+        // Another id's keys, and the record of a key Salt denied for this id, stay.
+        for f in ["minions/ab", "minions_pre/b", "minions_denied/a"] {
+            assert!(d.join(f).exists(), "{f}");
+        }
+        assert!(!revoke_any(&d, &cache, "a").unwrap());
         std::fs::remove_dir_all(&d).ok();
     }
 
