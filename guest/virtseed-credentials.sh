@@ -69,9 +69,10 @@ fi
 # Last: salt-minion.service starts only once minion_id exists.
 install -m 0644 "$src/virtseed.minion_id" "$root/etc/salt/minion_id.tmp"
 mv "$root/etc/salt/minion_id.tmp" "$root/etc/salt/minion_id"
+IFS= read -r id < "$src/virtseed.minion_id" || true   # builtins: every exec costs under TCG
 if [ -z "$root" ]; then
     # Not hostnamectl: this runs before D-Bus, and hostnamectl would wait for it (~5 s here).
-    cat "$src/virtseed.minion_id" > /etc/hostname
-    cat "$src/virtseed.minion_id" > /proc/sys/kernel/hostname
+    echo "$id" > /etc/hostname
+    echo "$id" > /proc/sys/kernel/hostname
 fi
-echo "virtseed: installed the identity of $(cat "$src/virtseed.minion_id") ($channel, $keys)"
+echo "virtseed: installed the identity of $id ($channel, $keys)"

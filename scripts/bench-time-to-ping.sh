@@ -2,12 +2,17 @@
 # Time to ping on real guests: from `salt-run cloud.profile` to the new minion's first
 # successful test.ping, per seed channel, median of N runs (default 3), with the breakdown the
 # sidecar records (domain started, first auth, minion start event, first ping).
+# Three flows on the same golden image:
+#   smbios      virtseed, `seed: smbios`, key minted and pre-accepted;
+#   cloud-init  virtseed, `seed: cloud-init`, key minted and pre-accepted;
+#   classic     the flow without virtseed's keys (`seed: smbios`, `accept: manual`): the
+#               minion makes its own key, which waits pending until the reactor from Salt's
+#               documentation (salt/auth with act: pend -> wheel.key.accept) accepts it.
 #
 #   scripts/bench-time-to-ping.sh [N]                  (SALT_VERSION=3007.17)
+#   SEEDS="smbios classic" scripts/bench-time-to-ping.sh 3       some flows only
 #   CLONES="5 10" SEEDS=smbios scripts/bench-time-to-ping.sh 1   several names in one call
 #   CPUS=2 scripts/bench-time-to-ping.sh 3                       clones with 2 vCPUs
-#
-# Not measured here: the classic pending-then-reactor flow.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd); root=$(dirname "$here")
 N=${1:-3}
@@ -25,9 +30,22 @@ cleanup() {
     rm -rf "$d"
 }
 trap cleanup EXIT
-"$here/dev-master.sh" start "$d" >/dev/null
+# The key auto-accept reactor from Salt's reactor documentation, for this bench's names.
+mkdir -p "$d/reactor"
+cat > "$d/reactor/auth-pending.sls" <<'SLS'
+{# A minion is sending a new key: accept it. #}
+{% if 'act' in data and data['act'] == 'pend' and data['id'].startswith('ttp') %}
+minion_add:
+  wheel.key.accept:
+    - args:
+      - match: {{ data['id'] }}
+{% endif %}
+SLS
+MASTER_EXTRA_CONF="reactor:
+  - 'salt/auth':
+    - $d/reactor/auth-pending.sls" "$here/dev-master.sh" start "$d" >/dev/null
 printf "kvm:\n  driver: libvirt\n  url: qemu:///system\n" > "$d/cloud.providers"
-printf "cloud-init:\n  provider: kvm\n  base_domain: virtseed-golden\n  cpus: ${CPUS:-1}\n  minion: {master: 10.0.2.2}\n  minion_timeout: 400\nsmbios:\n  extends: cloud-init\n  seed: smbios\n" > "$d/cloud.profiles"
+printf "cloud-init:\n  provider: kvm\n  base_domain: virtseed-golden\n  cpus: ${CPUS:-1}\n  minion: {master: 10.0.2.2}\n  minion_timeout: 400\nsmbios:\n  extends: cloud-init\n  seed: smbios\nclassic:\n  extends: smbios\n  accept: manual\n" > "$d/cloud.profiles"
 printf "id: virtseed\npki_dir: %s/pki/virtseed\nsalt_version: '%s'\n" "$d" "$SALT_VERSION" > "$d/virtseed"
 "$vs" -c "$d" --log warn run 2>"$d/log/virtseed.log" & vs_pid=$!
 sleep 2
@@ -36,7 +54,7 @@ tag=$(basename "$d" | cut -d. -f2 | tr 'A-Z' 'a-z')
 # CLONES: names per salt-run call, e.g. CLONES="1 5 10" (default 1). SEEDS: default both.
 for n in ${CLONES:-1}; do
 for i in $(seq "$N"); do
-    for seed in ${SEEDS:-smbios cloud-init}; do
+    for seed in ${SEEDS:-smbios cloud-init classic}; do
         names=$(for k in $(seq "$n"); do printf "ttp%s%s%s%sx%s," "$tag" "$n" "$i" "${seed%%-*}" "$k"; done)
         names=${names%,}
         t0=$(date +%s.%N)
@@ -73,7 +91,7 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 print("\n| seed | clones per call | runs ok | domain started | first auth | minion start | first ping (median) | last first ping | salt-run wall |")
 print("|---|---|---|---|---|---|---|---|---|")
 for n in sorted({r["clones"] for r in rows}):
-    for seed in ["smbios", "cloud-init"]:
+    for seed in ["smbios", "cloud-init", "classic"]:
         rs = [r for r in rows if r["seed"] == seed and r["clones"] == n]
         if not rs:
             continue
