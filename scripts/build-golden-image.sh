@@ -131,8 +131,9 @@ ird=$work/initramfs
 mkdir -p "$ird"/bin "$ird"/dev "$ird"/proc "$ird"/sys "$ird"/root
 cp "$rootfs/bin/busybox" "$ird/bin/busybox"
 install -m 0755 "$root/guest/initramfs-init" "$ird/init"
-# ext4 is built into Debian's cloud kernel; virtio_pci and virtio_blk are modules.
-for mod in virtio_pci virtio_blk; do
+install -m 0755 "$root/guest/initramfs-udhcpc.sh" "$ird/udhcpc.sh"
+# ext4 is built into Debian's cloud kernel; virtio_pci, virtio_blk and virtio_net are modules.
+for mod in virtio_pci virtio_blk virtio_net; do
     env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin chroot "$rootfs" modprobe -S "$kver" --show-depends "$mod"
 done | awk '$1 == "insmod" { print $2 }' | awk '!seen[$0]++' | while read -r m; do
     rel=${m#/}
@@ -192,6 +193,9 @@ cat > "$R/etc/systemd/network/20-dhcp.network" <<'F'
 Name=eth* en*
 [Network]
 DHCP=ipv4
+# The initramfs already leased eth0's address (guest/initramfs-init): keep it, do not drop
+# and re-add it under the starting minion's connection.
+KeepConfiguration=dhcp
 F
 # cloud-init's salt_minion module runs `apt-get install salt-minion`: an empty sources list
 # and a local shim package make that a no-op (salt lives in /opt/salt).
@@ -255,12 +259,6 @@ StartupCPUWeight=1000
 [Install]
 WantedBy=multi-user.target
 F
-# What the minion needs from the rest of the boot gets the same share: udev (it loads
-# virtio_net, and networkd configures eth0 only once udev has seen it) and networkd (DHCP).
-for u in systemd-udevd systemd-udev-trigger systemd-networkd; do
-    mkdir -p "$R/etc/systemd/system/$u.service.d"
-    printf '[Service]\nStartupCPUWeight=1000\n' > "$R/etc/systemd/system/$u.service.d/virtseed.conf"
-done
 # And the services as a whole against PID 1 itself (init.scope, weight 100), which otherwise
 # takes up to half the vCPU while it starts the other units.
 mkdir -p "$R/etc/systemd/system/system.slice.d"
@@ -289,6 +287,16 @@ for u in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.
          systemd-logind.service getty@.service serial-getty@.service systemd-user-sessions.service \
          systemd-update-utmp.service systemd-update-utmp-runlevel.service; do
     ln -sf /dev/null "$R/etc/systemd/system/$u"
+done
+# systemd's generators run one after another before any unit starts, each ~0.1 s under TCG:
+# keep fstab's and cloud-init's, drop those for disk encryption, dm-verity/integrity, GPT
+# auto-mounts, hibernation, boot counting, SysV scripts, gettys and debug switches.
+mkdir -p "$R/etc/systemd/system-generators"
+for g in systemd-cryptsetup-generator systemd-veritysetup-generator systemd-integritysetup-generator \
+         systemd-gpt-auto-generator systemd-hibernate-resume-generator systemd-bless-boot-generator \
+         systemd-system-update-generator systemd-sysv-generator systemd-getty-generator \
+         systemd-debug-generator systemd-run-generator; do
+    ln -sf /dev/null "$R/etc/systemd/system-generators/$g"
 done
 echo 'root:*' | chroot "$R" chpasswd -e 2>/dev/null || true
 env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin chroot "$R" apt-get clean
