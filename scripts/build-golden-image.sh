@@ -181,9 +181,9 @@ network: {config: disabled}
 # and salt_minion would restart the minion that is already starting.
 cloud_init_modules: [seed_random, bootcmd, write_files, set_hostname, update_hostname, update_etc_hosts, users_groups]
 cloud_config_modules: [runcmd]
-# cloud-final.service is masked (below): its Python start-up alone competes ~8 s with the
-# starting minion on the one vCPU, for modules a clone does not use.
-cloud_final_modules: []
+# cloud-final runs user-data's scripts and runcmd, and ends cloud-init (`cloud-init status`
+# says done). It starts after the minion and gets the vCPU after it (StartupCPUWeight).
+cloud_final_modules: [scripts-per-once, scripts-per-boot, scripts-per-instance, scripts-user, final-message]
 ssh_genkeytypes: []
 ssh_deletekeys: false
 F
@@ -283,7 +283,6 @@ for u in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.
          modprobe@efi_pstore.service modprobe@configfs.service systemd-binfmt.service \
          proc-sys-fs-binfmt_misc.automount sys-kernel-debug.mount sys-kernel-tracing.mount \
          sys-fs-fuse-connections.mount sys-kernel-config.mount dev-hugepages.mount \
-         cloud-final.service \
          systemd-logind.service getty@.service serial-getty@.service systemd-user-sessions.service \
          systemd-update-utmp.service systemd-update-utmp-runlevel.service; do
     ln -sf /dev/null "$R/etc/systemd/system/$u"
