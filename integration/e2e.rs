@@ -1,6 +1,8 @@
 //! The whole path on real guests (TCG here): the golden image (scripts/build-golden-image.sh,
 //! cached), `salt-run cloud.profile` through the sidecar for both seed channels (cloud-init
-//! and SMBIOS credentials), `salt <name> test.ping` True, and destroy leaving nothing.
+//! and SMBIOS credentials), `salt <name> test.ping` True, the guest unit having installed the
+//! identity from that channel, cloud-init run to the end on the cloud-init clone, and destroy
+//! leaving nothing.
 
 mod harness;
 
@@ -52,7 +54,10 @@ fn real_guests_answer_test_ping_for_both_seed_channels() {
     };
     let before = golden_files();
 
-    for (profile, name) in [("golden", &a), ("golden-smbios", &b)] {
+    for (profile, name, channel) in [
+        ("golden", &a, "cloud-init"),
+        ("golden-smbios", &b, "smbios"),
+    ] {
         let out = m.salt_run(&["--out", "json", "cloud.profile", profile, name]);
         let stdout = text(&out.stdout);
         assert!(
@@ -68,7 +73,38 @@ fn real_guests_answer_test_ping_for_both_seed_channels() {
         let (_, g) = m.salt_json(name, &["grains.get", "virtseed:profile"], 60);
         assert_eq!(g[name.as_str()], profile, "{g}");
         assert!(!m.pki().join("minions_pre").join(name).exists());
+        // The guest unit installed the identity, from this channel, with virtseed's key.
+        let (_, j) = m.salt_json(
+            name,
+            &["cmd.run", "journalctl -b -o cat -u virtseed-credentials"],
+            60,
+        );
+        let said = j[name.as_str()].as_str().unwrap_or_default().to_string();
+        assert!(
+            said.contains(&format!("identity of {name} ({channel}, its key)")),
+            "{said}"
+        );
     }
+    // The cloud-init clone's cloud-init still runs to the end, from the unit's copy of the seed
+    // (the volume is detached after the first ping), and the copy is gone afterwards.
+    let (_, st) = m.salt_json(
+        &a,
+        &[
+            "cmd.run",
+            "cloud-init status --wait --long; ls -A /var/lib/cloud/seed/",
+        ],
+        240,
+    );
+    let st = st[a.as_str()].as_str().unwrap_or_default().to_string();
+    assert!(
+        st.contains("status: done") && st.contains("seed=/var/lib/cloud/seed/nocloud"),
+        "{st}"
+    );
+    assert_ne!(
+        st.lines().last(),
+        Some("nocloud"),
+        "the seed copy is left: {st}"
+    );
 
     let out = m.salt_run(&["--out", "json", "cloud.destroy", &format!("{a},{b}")]);
     assert!(out.status.success(), "{}", text(&out.stdout));
