@@ -840,7 +840,7 @@ mod tests {
             ("cloud.providers", "kvm:\n  driver: libvirt\n  url: test:///default\nnourl:\n  driver: libvirt\n"),
             (
                 "cloud.profiles.d/x.conf",
-                "a:\n  provider: kvm\n  base_domain: test\n  cpus: many\nb:\n  provider: nope\n  base_domain: t\nc:\n  provider: kvm\nd:\n  extends: d\ne:\n  provider: kvm\n  base_domain: t\n  clone_strategy: linked\nf:\n  provider: kvm\n  base_domain: t\n  memory: lots\ng:\n  provider: kvm\n  base_domain: t\n  onboot: maybe\n",
+                "a:\n  provider: kvm\n  base_domain: test\n  cpus: many\nb:\n  provider: nope\n  base_domain: t\nc:\n  provider: kvm\nd:\n  extends: d\ne:\n  provider: kvm\n  base_domain: t\n  clone_strategy: linked\nf:\n  provider: kvm\n  base_domain: t\n  memory: lots\ng:\n  provider: kvm\n  base_domain: t\n  onboot: maybe\nh:\n  provider: kvm\n  base_domain: t\n  accept: always\n",
             ),
         ]);
         let cfg = CloudConfig::load(d.path());
@@ -863,9 +863,27 @@ mod tests {
         assert!(find("`e.clone_strategy`").contains("quick or full"));
         assert!(find("`f.memory`").contains("MiB"));
         assert!(find("`g.onboot`").contains("true or false"));
+        assert!(find("`h.accept`").contains("preseed, on_first_auth or manual"));
         assert!(cfg.profiles.is_empty());
         assert!(cfg.profile("a").unwrap_err().contains("cpus"));
         assert!(cfg.profile("zzz").unwrap_err().contains("no profile"));
+    }
+
+    #[test]
+    fn accept_modes() {
+        let d = dir_with(&[
+            ("cloud.providers", "kvm:\n  driver: libvirt\n  url: test:///default\n"),
+            (
+                "cloud.profiles",
+                "a:\n  provider: kvm\n  base_domain: t\nb:\n  extends: a\n  accept: on_first_auth\nc:\n  extends: a\n  accept: manual\n",
+            ),
+        ]);
+        let cfg = CloudConfig::load(d.path());
+        assert!(cfg.errors.is_empty(), "{:?}", cfg.errors);
+        let mode = |p: &str| cfg.profile(p).unwrap().accept;
+        assert_eq!(mode("a"), AcceptMode::Preseed);
+        assert_eq!(mode("b"), AcceptMode::OnFirstAuth);
+        assert_eq!(mode("c"), AcceptMode::Manual);
     }
 
     #[test]
