@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Time to ping on real guests: from `salt-run cloud.profile` to the new minion's first
 # successful test.ping, per seed channel, median of N runs (default 3), with the breakdown the
-# sidecar records (domain started, first auth, minion start event, first ping).
+# sidecar records from the master's bus (domain started, first auth, minion start event, first
+# ping) and the clone's serial console (the initramfs's line: kernel done, root mounted, eth0
+# leased; the identity unit's line: seed applied).
 # Three flows on the same golden image:
 #   smbios      virtseed, `seed: smbios`, key minted and pre-accepted;
 #   cloud-init  virtseed, `seed: cloud-init`, key minted and pre-accepted;
@@ -51,6 +53,25 @@ printf "id: virtseed\npki_dir: %s/pki/virtseed\nsalt_version: '%s'\n" "$d" "$SAL
 sleep 2
 "$vs" -c "$d" install-runner >/dev/null
 tag=$(basename "$d" | cut -d. -f2 | tr 'A-Z' 'a-z')
+# Follows each clone's serial console log and stamps virtseed's lines (seconds since T0).
+cat > "$d/console-watch.py" <<'PY'
+import json, os, sys, time
+t0 = float(sys.argv[1]); names = sys.argv[2:]; pos = {n: 0 for n in names}
+while True:
+    for n in names:
+        p = f"/var/log/libvirt/qemu/{n}-console.log"
+        try:
+            with open(p, "rb") as f:
+                f.seek(pos[n]); data = f.read()
+        except OSError:
+            continue
+        end = data.rfind(b"\n") + 1
+        pos[n] += end
+        for line in data[:end].decode(errors="replace").splitlines():
+            if "virtseed" in line:
+                print(json.dumps({"name": n, "t": time.time() - t0, "line": line.strip()}), flush=True)
+    time.sleep(0.02)
+PY
 # CLONES: names per salt-run call, e.g. CLONES="1 5 10" (default 1). SEEDS: default both.
 for n in ${CLONES:-1}; do
 for i in $(seq "$N"); do
@@ -58,13 +79,19 @@ for i in $(seq "$N"); do
         names=$(for k in $(seq "$n"); do printf "ttp%s%s%s%sx%s," "$tag" "$n" "$i" "${seed%%-*}" "$k"; done)
         names=${names%,}
         t0=$(date +%s.%N)
+        python3 "$d/console-watch.py" "$t0" ${names//,/ } > "$d/console.jsonl" & watch_pid=$!
         "$venv/bin/salt-run" -c "$d" --out json cloud.profile "$seed" "$names" > "$d/run.json" 2>/dev/null || true
         t1=$(date +%s.%N)
+        kill "$watch_pid" 2>/dev/null || true
         for name in ${names//,/ }; do
             ping=$("$venv/bin/salt" -c "$d" -t 30 --out json "$name" test.ping 2>/dev/null | tr -d ' \n')
-            "$venv/bin/python" - "$d/run.json" "$name" "$seed" "$n" "$t0" "$t1" "$ping" >> "$d/results" <<'PY'
+            "$venv/bin/python" - "$d/run.json" "$name" "$seed" "$n" "$t0" "$t1" "$ping" "$d/console.jsonl" >> "$d/results" <<'PY'
 import json, sys
-path, name, seed, n, t0, t1, ping = sys.argv[1:8]
+path, name, seed, n, t0, t1, ping, console = sys.argv[1:9]
+seen = [json.loads(l) for l in open(console) if l.strip()]
+def at(marker):
+    ts = [c["t"] for c in seen if c["name"] == name and marker in c["line"]]
+    return round(min(ts) * 1000) if ts else None
 text = open(path).read()
 doc = None
 for i in [0] + [k + 1 for k in range(len(text)) if text.startswith("\n{", k)]:
@@ -75,6 +102,7 @@ for i in [0] + [k + 1 for k in range(len(text)) if text.startswith("\n{", k)]:
 v = (doc or {}).get(name, {})
 t = v.get("timings_ms", {})
 print(json.dumps({"seed": seed, "clones": int(n), "wall": float(t1) - float(t0), "started": t.get("started"),
+                  "initramfs": at("virtseed initramfs:"), "seed_applied": at("virtseed: installed the identity"),
                   "first_auth": t.get("first_auth"), "minion_start": t.get("minion_start"),
                   "first_ping": t.get("first_ping"),
                   "ok": v.get("minion_up") is True and "true" in ping}))
@@ -88,8 +116,8 @@ done
 "$venv/bin/python" - "$d/results" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-print("\n| seed | clones per call | runs ok | domain started | first auth | minion start | first ping (median) | last first ping | salt-run wall |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("\n| seed | clones per call | runs ok | domain started | root mounted, eth0 leased (console) | seed applied (console) | first auth | minion start | first ping (median) | last first ping | salt-run wall |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for n in sorted({r["clones"] for r in rows}):
     for seed in ["smbios", "cloud-init", "classic"]:
         rs = [r for r in rows if r["seed"] == seed and r["clones"] == n]
@@ -99,5 +127,6 @@ for n in sorted({r["clones"] for r in rows}):
             xs = [r[k] / scale for r in rs if r.get(k) is not None]
             return f"{f(xs):.1f} s" if xs else "n/a"
         print(f"| {seed} | {n} | {sum(r['ok'] for r in rs)}/{len(rs)} | {med('started')} | "
+              f"{med('initramfs')} | {med('seed_applied')} | "
               f"{med('first_auth')} | {med('minion_start')} | {med('first_ping')} | {med('first_ping', f=max)} | {med('wall', 1.0)} |")
 PY
