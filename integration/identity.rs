@@ -351,6 +351,26 @@ fn guest_unit(root: &Path, creds: Option<&Path>, seed: Option<&Path>) -> String 
     text(&out.stdout)
 }
 
+/// Makes `name` with `profile` and copies every file of its NoCloud volume into `dir`, as the
+/// guest unit finds them (mtools, no mount).
+fn profile_and_volume(m: &Master, p: &Pool, profile: &str, name: &str, dir: &Path) {
+    let out = virtseed(&m.dir, &["profile", profile, name]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    std::fs::create_dir_all(dir).unwrap();
+    let img = p.dir.join(format!("{name}-seed.img"));
+    let out = Command::new("mcopy")
+        .args([
+            "-n",
+            "-i",
+            img.to_str().unwrap(),
+            "::*",
+            dir.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mcopy: {}", text(&out.stderr));
+}
+
 fn mode(p: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
@@ -364,22 +384,9 @@ fn guest_unit_installs_the_identity_from_either_seed_channel() {
 
     // seed: cloud-init, read from the volume's files (as the unit reads them in the guest).
     let name = format!("{}c", p.prefix);
-    let out = virtseed(&m.dir, &["profile", "web", &name]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let img = p.dir.join(format!("{name}-seed.img"));
     let vol = scratch.join("volume");
-    std::fs::create_dir_all(&vol).unwrap();
-    for f in [
-        "meta-data",
-        "user-data",
-        "virtseed.minion_id",
-        "virtseed.minion.conf",
-        "virtseed.minion.pem",
-        "virtseed.minion.pub",
-        "virtseed.minion_master.pub",
-    ] {
-        std::fs::write(vol.join(f), mread(&img, f)).unwrap();
-    }
+    profile_and_volume(&m, &p, "web", &name, &vol);
+    let img = p.dir.join(format!("{name}-seed.img"));
     let root = scratch.join("root-cloud-init");
     let said = guest_unit(&root, None, Some(&vol));
     assert!(
@@ -460,19 +467,10 @@ fn guest_unit_installs_the_identity_from_either_seed_channel() {
     // accept: on_first_auth sends no key: the unit installs the id (so the minion starts) and
     // no key (so it makes its own).
     let oname = format!("{}o", p.prefix);
-    let out = virtseed(&m.dir, &["profile", "web-own", &oname]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let oimg = p.dir.join(format!("{oname}-seed.img"));
     let ovol = scratch.join("volume-own");
-    std::fs::create_dir_all(&ovol).unwrap();
-    for f in [
-        "meta-data",
-        "user-data",
-        "virtseed.minion_id",
-        "virtseed.minion.conf",
-        "virtseed.minion_master.pub",
-    ] {
-        std::fs::write(ovol.join(f), mread(&oimg, f)).unwrap();
+    profile_and_volume(&m, &p, "web-own", &oname, &ovol);
+    for f in ["virtseed.minion.pem", "virtseed.minion.pub"] {
+        assert!(!ovol.join(f).exists(), "{f} on an on_first_auth volume");
     }
     let oroot = scratch.join("root-own");
     let said = guest_unit(&oroot, None, Some(&ovol));
