@@ -317,12 +317,45 @@ fn two_creates_of_one_name_one_wins() {
         .as_str()
         .unwrap()
         .to_string();
-    assert!(e.contains("already exists"), "{e}");
+    // It lost on the name lock both processes take, or, had the winner finished first, on the
+    // winner's domain.
+    assert!(
+        e.contains("already in progress") || e.contains("already exists"),
+        "{e}"
+    );
     // The winner's VM is intact: the loser's rollback removed only what the loser made.
     assert_eq!(p.state(&n), "running");
     assert!(p.dir.join(format!("{n}-vda.qcow2")).exists());
     let out = virtseed(&cfg, &["destroy", &n]);
     assert!(out.status.success());
+    assert_eq!(p.files(), ["base-vda.qcow2", "base-vdb.img"]);
+}
+
+/// A volume that was there before the create, made by someone else, stops the create and is
+/// never deleted by its rollback (the step that found it made nothing).
+#[test]
+fn rollback_never_deletes_a_volume_it_did_not_make() {
+    let (p, base) = pool_with_base("prevol");
+    let cfg = p.config_dir(&format!("p:\n  provider: kvm\n  base_domain: {base}\n"));
+    let n = format!("{}v", p.prefix);
+    let theirs = format!("{n}-vda.qcow2");
+    virsh_ok(&["vol-create-as", &p.name, &theirs, "1M", "--format", "qcow2"]);
+    let out = virtseed(&cfg, &["profile", "p", &n]);
+    assert!(!out.status.success());
+    let e = json_out(&out)[n.as_str()]["Error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("already exists") && e.contains("never overwrites"),
+        "{e}"
+    );
+    assert!(
+        p.dir.join(&theirs).exists(),
+        "the volume that was there is kept"
+    );
+    assert!(!p.domains().contains(&n));
+    virsh_ok(&["vol-delete", "--pool", &p.name, &theirs]);
     assert_eq!(p.files(), ["base-vda.qcow2", "base-vdb.img"]);
 }
 

@@ -106,7 +106,7 @@ pub enum CloudError {
     Config(String),
     #[error("{0}")]
     BadName(String),
-    #[error("a create for {0:?} is already in progress")]
+    #[error("a create or destroy of {0:?} is already in progress")]
     Busy(String),
     #[error(transparent)]
     Libvirt(#[from] LibvirtError),
@@ -185,6 +185,45 @@ pub struct Cloud {
 struct NameLock {
     name: String,
     set: Arc<Mutex<HashSet<String>>>,
+    /// Held with an exclusive flock: the CLI and the sidecar (or two CLIs) on one host.
+    _file: Option<std::fs::File>,
+}
+
+/// An exclusive lock on `name` across virtseed processes on this host: a flock on
+/// `$TMPDIR/virtseed-locks/NAME.lock` (names are checked: they are safe file names). The files
+/// stay (removing a lock file races with its next user). `Ok(None)`: no lock file could be
+/// opened; the in-process lock still holds.
+fn lock_across_processes(name: &str) -> Result<Option<std::fs::File>, CloudError> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join("virtseed-locks");
+    if std::fs::create_dir(&dir).is_ok() {
+        // Shared by every user virtseed runs as (root's CLI, the master's user's sidecar).
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777));
+    }
+    let path = dir.join(format!("{name}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .or_else(|_| std::fs::File::open(&path));
+    let Ok(file) = file else {
+        tracing::warn!(name, path = %path.display(), "cannot open the name's lock file; locking in this process only");
+        return Ok(None);
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(CloudError::Busy(name.into())),
+        Err(std::fs::TryLockError::Error(e)) => {
+            tracing::warn!(
+                name,
+                "cannot lock {}: {e}; locking in this process only",
+                path.display()
+            );
+            Ok(None)
+        }
+    }
 }
 
 impl Drop for NameLock {
@@ -304,14 +343,20 @@ impl Cloud {
     }
 
     fn lock_name(&self, name: &str) -> Result<NameLock, CloudError> {
-        let mut s = self.busy.lock().expect("busy set");
-        if !s.insert(name.to_string()) {
-            return Err(CloudError::Busy(name.into()));
+        {
+            let mut s = self.busy.lock().expect("busy set");
+            if !s.insert(name.to_string()) {
+                return Err(CloudError::Busy(name.into()));
+            }
         }
-        Ok(NameLock {
+        let mut lock = NameLock {
             name: name.into(),
             set: self.busy.clone(),
-        })
+            _file: None,
+        };
+        // On error, dropping `lock` frees the name in this process again.
+        lock._file = lock_across_processes(name)?;
+        Ok(lock)
     }
 
     fn journal_step(&self, request: &str, name: &str, step: &str) {
@@ -334,6 +379,21 @@ impl Cloud {
                     ))
                 }),
             None => Ok(()),
+        }
+    }
+
+    /// Takes back the intent of a make step that found its thing already there: it made
+    /// nothing, and the rollback must not delete what existed before.
+    fn journal_withdraw(&self, request: &str, name: &str, i: &Intent) {
+        if let Some(j) = &self.journal {
+            let r = j.update(request, name, |en| {
+                if let Some(pos) = en.intents.iter().rposition(|x| x == i) {
+                    en.intents.remove(pos);
+                }
+            });
+            if let Err(e) = r {
+                tracing::warn!(name, "create journal: {e}");
+            }
         }
     }
 
@@ -593,6 +653,18 @@ impl Cloud {
             intents.borrow_mut().push(i);
             Ok(())
         };
+        // The last intent's step found its volume or file already there: it made nothing.
+        let withdraw = || {
+            if let Some(i) = intents.borrow_mut().pop() {
+                self.journal_withdraw(&opts.request, name, &i);
+            }
+        };
+        let unless_existed = |r: Result<String, LibvirtError>| {
+            if matches!(r, Err(LibvirtError::VolumeExists { .. })) {
+                withdraw();
+            }
+            r
+        };
         // Paths of the volumes made, for the ownership record (what destroy deletes).
         let mut volumes: Vec<String> = Vec::new();
         if self.master.is_some() && prof.minion.get("master").is_none() {
@@ -635,10 +707,10 @@ impl Cloud {
                 pool: pool.clone(),
                 name: vol_name.clone(),
             })?;
-            let path = match prof.clone_strategy {
-                CloneStrategy::Quick => hv.create_overlay(&pool, &vol_name, d, capacity)?,
-                CloneStrategy::Full => hv.create_copy(&pool, &vol_name, d, capacity)?,
-            };
+            let path = unless_existed(match prof.clone_strategy {
+                CloneStrategy::Quick => hv.create_overlay(&pool, &vol_name, d, capacity),
+                CloneStrategy::Full => hv.create_copy(&pool, &vol_name, d, capacity),
+            })?;
             volumes.push(path.clone());
             disks.push(CloneDisk {
                 target: d.target.clone(),
@@ -657,7 +729,7 @@ impl Cloud {
 
         let mut files = Vec::new();
         let nvram = match &base.xml.nvram {
-            Some(p) => match self.copy_nvram_volume(&hv, p, name, &intend)? {
+            Some(p) => match self.copy_nvram_volume(&hv, p, name, &intend, &withdraw)? {
                 // In a pool: copied through libvirt.
                 Some(c) => {
                     volumes.push(c.clone());
@@ -677,6 +749,9 @@ impl Cloud {
                         out.sync_all()
                     };
                     copy().map_err(|e| {
+                        if e.kind() == std::io::ErrorKind::AlreadyExists {
+                            withdraw();
+                        }
                         CloudError::Internal(format!("copying the NVRAM {p} to {dest}: {e}"))
                     })?;
                     files.push(dest.clone());
@@ -718,7 +793,7 @@ impl Cloud {
                         pool: pool.clone(),
                         name: seed_vol.clone(),
                     })?;
-                    let path = hv.upload_volume(&pool, &seed_vol, "raw", &img)?;
+                    let path = unless_existed(hv.upload_volume(&pool, &seed_vol, "raw", &img))?;
                     volumes.push(path.clone());
                     extra_devices.push(
                         Element::new("disk")
@@ -851,14 +926,20 @@ impl Cloud {
         base_nvram: &str,
         name: &str,
         intend: &dyn Fn(Intent) -> Result<(), CloudError>,
+        withdraw: &dyn Fn(),
     ) -> Result<Option<String>, CloudError> {
-        if let Some(pool) = hv.nvram_pool(base_nvram) {
-            intend(Intent::Volume {
-                pool,
-                name: Hypervisor::nvram_volume_name(name),
-            })?;
+        let Some(pool) = hv.nvram_pool(base_nvram) else {
+            return Ok(hv.copy_nvram(base_nvram, name)?);
+        };
+        intend(Intent::Volume {
+            pool,
+            name: Hypervisor::nvram_volume_name(name),
+        })?;
+        let r = hv.copy_nvram(base_nvram, name);
+        if matches!(r, Err(LibvirtError::VolumeExists { .. })) {
+            withdraw();
         }
-        Ok(hv.copy_nvram(base_nvram, name)?)
+        Ok(r?)
     }
 
     /// Finds which provider URI holds `name` among virtseed's domains.
