@@ -41,6 +41,21 @@ fn grep_tree(dir: &Path, needles: &[String]) -> Vec<String> {
     hits
 }
 
+/// The systemd credentials in a domain's SMBIOS OEM strings, decoded, by name.
+fn smbios_credentials(domain: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
+    use base64::Engine;
+    let xml = virsh_ok(&["dumpxml", "--security-info", domain]);
+    let prefix = "<entry>io.systemd.credential.binary:";
+    xml.match_indices(prefix)
+        .map(|(i, _)| {
+            let e = &xml[i + prefix.len()..];
+            let (k, v) = e[..e.find('<').unwrap()].split_once('=').unwrap();
+            let v = base64::engine::general_purpose::STANDARD.decode(v).unwrap();
+            (k.to_string(), v)
+        })
+        .collect()
+}
+
 fn setup(version: &str, tag: &str) -> (Master, Pool, String) {
     let (m, p, base) = master_with_base(version, tag, |base| {
         format!(
@@ -264,23 +279,8 @@ fn smbios_seed_and_refusals() {
     );
     let xml = virsh_ok(&["dumpxml", "--security-info", &name]);
     assert!(xml.contains("<smbios mode='sysinfo'/>"), "{xml}");
-    let entries: Vec<&str> = xml
-        .match_indices("<entry>io.systemd.credential.binary:")
-        .map(|(i, _)| &xml[i + 7..i + 7 + xml[i + 7..].find('<').unwrap()])
-        .collect();
-    let get = |k: &str| {
-        use base64::Engine;
-        let e = entries
-            .iter()
-            .find(|e| e.contains(&format!(":{k}=")))
-            .unwrap();
-        String::from_utf8(
-            base64::engine::general_purpose::STANDARD
-                .decode(e.split_once('=').unwrap().1)
-                .unwrap(),
-        )
-        .unwrap()
-    };
+    let creds = smbios_credentials(&name);
+    let get = |k: &str| String::from_utf8(creds[k].clone()).unwrap();
     assert_eq!(get("virtseed.minion_id"), name);
     let accepted = std::fs::read_to_string(m.pki().join("minions").join(&name)).unwrap();
     assert_eq!(get("virtseed.minion.pub"), accepted);
@@ -435,16 +435,9 @@ fn guest_unit_installs_the_identity_from_either_seed_channel() {
     let sname = format!("{}s", p.prefix);
     let out = virtseed(&m.dir, &["profile", "web-smbios", &sname]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let xml = virsh_ok(&["dumpxml", "--security-info", &sname]);
     let creds = scratch.join("credentials");
     std::fs::create_dir_all(&creds).unwrap();
-    for (i, _) in xml.match_indices("<entry>io.systemd.credential.binary:") {
-        use base64::Engine;
-        let e = &xml[i + 7..i + 7 + xml[i + 7..].find('<').unwrap()];
-        let (k, v) = e["io.systemd.credential.binary:".len()..]
-            .split_once('=')
-            .unwrap();
-        let v = base64::engine::general_purpose::STANDARD.decode(v).unwrap();
+    for (k, v) in smbios_credentials(&sname) {
         std::fs::write(creds.join(k), v).unwrap();
     }
     let sroot = scratch.join("root-smbios");

@@ -253,7 +253,8 @@ StandardError=journal+console
 Restart=on-failure
 RestartSec=2
 # First in line for the one vCPU while the system boots (cgroup v2 weight; default 100).
-# StartupCPUWeight ends with the boot, so jobs the minion runs later get no extra share.
+# StartupCPUWeight is meant to end with the boot, but on Debian 12's systemd 252 the cgroup
+# keeps weight 1000 afterwards (seen in a booted clone): the minion's jobs keep the larger share.
 StartupCPUWeight=1000
 
 [Install]

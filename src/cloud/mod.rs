@@ -659,12 +659,6 @@ impl Cloud {
                 self.journal_withdraw(&opts.request, name, &i);
             }
         };
-        let unless_existed = |r: Result<String, LibvirtError>| {
-            if matches!(r, Err(LibvirtError::VolumeExists { .. })) {
-                withdraw();
-            }
-            r
-        };
         // Paths of the volumes made, for the ownership record (what destroy deletes).
         let mut volumes: Vec<String> = Vec::new();
         if self.master.is_some() && prof.minion.get("master").is_none() {
@@ -707,10 +701,11 @@ impl Cloud {
                 pool: pool.clone(),
                 name: vol_name.clone(),
             })?;
-            let path = unless_existed(match prof.clone_strategy {
+            let made = match prof.clone_strategy {
                 CloneStrategy::Quick => hv.create_overlay(&pool, &vol_name, d, capacity),
                 CloneStrategy::Full => hv.create_copy(&pool, &vol_name, d, capacity),
-            })?;
+            };
+            let path = unless_existed(made, &withdraw)?;
             volumes.push(path.clone());
             disks.push(CloneDisk {
                 target: d.target.clone(),
@@ -793,7 +788,8 @@ impl Cloud {
                         pool: pool.clone(),
                         name: seed_vol.clone(),
                     })?;
-                    let path = unless_existed(hv.upload_volume(&pool, &seed_vol, "raw", &img))?;
+                    let made = hv.upload_volume(&pool, &seed_vol, "raw", &img);
+                    let path = unless_existed(made, &withdraw)?;
                     volumes.push(path.clone());
                     extra_devices.push(
                         Element::new("disk")
@@ -935,11 +931,7 @@ impl Cloud {
             pool,
             name: Hypervisor::nvram_volume_name(name),
         })?;
-        let r = hv.copy_nvram(base_nvram, name);
-        if matches!(r, Err(LibvirtError::VolumeExists { .. })) {
-            withdraw();
-        }
-        Ok(r?)
+        Ok(unless_existed(hv.copy_nvram(base_nvram, name), withdraw)?)
     }
 
     /// Finds which provider URI holds `name` among virtseed's domains.
@@ -1004,24 +996,24 @@ impl Cloud {
         progress.step(name, "destroying", json!({"name": name}));
         let deleted = hv.destroy(name)?;
         let mut key_removed = false;
-        // The key virtseed minted, or (on_first_auth) the first key it saw and accepted, or
-        // (manual) whatever key the VM made for its id, accepted or not, as salt-cloud does.
-        let finger = match (&self.master, inst.ownership.fingerprint.is_empty()) {
-            (Some(mc), true) => autoaccept::first_seen(&mc.state_dir, name).unwrap_or_default(),
-            _ => inst.ownership.fingerprint.clone(),
-        };
         if let Some(mc) = &self.master {
-            let revoked = if inst.ownership.accept == "manual" {
-                crate::pki::revoke_any(&mc.pki_dir, &mc.cachedir, name).map(Some)
-            } else if !finger.is_empty() {
-                crate::pki::revoke(&mc.pki_dir, &mc.cachedir, name, &finger).map(Some)
+            // manual: whatever key the VM made for its id, accepted or not, as salt-cloud
+            // does. Otherwise the key virtseed minted, or (on_first_auth) the first key it saw
+            // and accepted.
+            key_removed = if inst.ownership.accept == "manual" {
+                crate::pki::revoke_any(&mc.pki_dir, &mc.cachedir, name)
             } else {
-                Ok(None)
-            };
-            if let Some(removed) = revoked.map_err(|e| CloudError::Internal(e.to_string()))? {
-                key_removed = removed;
-                autoaccept::forget(&mc.state_dir, name);
+                let finger = match inst.ownership.fingerprint.as_str() {
+                    "" => autoaccept::first_seen(&mc.state_dir, name).unwrap_or_default(),
+                    f => f.to_string(),
+                };
+                match finger.as_str() {
+                    "" => Ok(false),
+                    f => crate::pki::revoke(&mc.pki_dir, &mc.cachedir, name, f),
+                }
             }
+            .map_err(|e| CloudError::Internal(e.to_string()))?;
+            autoaccept::forget(&mc.state_dir, name);
             if key_removed {
                 progress.fire(
                     "salt/key",
@@ -1125,6 +1117,15 @@ fn nvram_sibling(base_nvram: &str, name: &str) -> String {
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_else(|| "/var/lib/libvirt/qemu/nvram".into());
     format!("{dir}/{name}_VARS.fd")
+}
+
+/// A make step that found its volume already there made nothing: `withdraw` takes its intent
+/// back, so the rollback leaves that volume alone.
+fn unless_existed<T>(r: Result<T, LibvirtError>, withdraw: &dyn Fn()) -> Result<T, LibvirtError> {
+    if matches!(r, Err(LibvirtError::VolumeExists { .. })) {
+        withdraw();
+    }
+    r
 }
 
 /// Runs blocking `f` for every name, at most `limit` at once; each name's result apart.
