@@ -32,13 +32,7 @@ fn real_guests_answer_test_ping_for_both_seed_channels() {
         "golden:\n  provider: kvm\n  base_domain: virtseed-golden\n  minion:\n    master: 10.0.2.2\n  minion_timeout: 400\ngolden-smbios:\n  extends: golden\n  seed: smbios\n",
     );
     let _sidecar = Sidecar::start(&m, "virtseed");
-    let out = Command::new(env!("CARGO_BIN_EXE_virtseed"))
-        .arg("-c")
-        .arg(&m.dir)
-        .arg("install-runner")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    m.install_modules();
     let tag = &salt_proto::auth::new_nonce()[..6];
     let (a, b) = (format!("e2e{tag}c"), format!("e2e{tag}s"));
     let golden_files = || {

@@ -5,11 +5,10 @@
 mod harness;
 
 use harness::pool::Pool;
-use harness::site::master_with_base;
+use harness::site::{master_with_base, play_guest};
 use harness::{last_json, mread, text, virtseed, wait_for, EventLog, Master, Minion, Sidecar};
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use yaml_serde::Value as Y;
 
 fn scenario(version: &str) {
     let (m, p, base) = master_with_base(version, &format!("run{}", &version[..4]), |base| {
@@ -17,8 +16,7 @@ fn scenario(version: &str) {
     });
     let sidecar = Sidecar::start(&m, "virtseed");
     sidecar.wait_log("serving cloud.* jobs", Duration::from_secs(10));
-    let out = virtseed(&m.dir, &["install-runner"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    m.install_modules();
     let events = EventLog::start(&m);
 
     // Without waiting for a minion: the VM is made and returned at once.
@@ -120,22 +118,7 @@ fn scenario(version: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let guest = |name: &str| -> Minion {
-        let seed = p.dir.join(format!("{name}-seed.img"));
-        wait_for("the seed volume", Duration::from_secs(30), || {
-            seed.exists() && m.pki().join("minions").join(name).exists()
-        });
-        let ud: Y = yaml_serde::from_str(&mread(&seed, "user-data")).unwrap();
-        let sm = &ud["salt_minion"];
-        let mdir = m.dir.join(format!("guest-{name}"));
-        std::fs::create_dir_all(mdir.join("pki")).unwrap();
-        let put = |f: &str, v: &Y| std::fs::write(mdir.join(f), v.as_str().unwrap()).unwrap();
-        put("pki/minion.pem", &sm["private_key"]);
-        put("pki/minion.pub", &sm["public_key"]);
-        put("pki/minion_master.pub", &ud["write_files"][0]["content"]);
-        Minion::start(&m, &mdir, &yaml_serde::to_string(&sm["conf"]).unwrap())
-    };
-    let minions = [guest(&b), guest(&b2)];
+    let minions = [play_guest(&m, &p, &b), play_guest(&m, &p, &b2)];
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -434,8 +417,7 @@ fn two_sidecars_route_by_provider_and_reactors_fire_3006() {
     .unwrap();
     let sa = Sidecar::start(&m, "vs-a");
     let sb = Sidecar::start(&m, "vs-b");
-    let out = virtseed(&m.dir, &["install-runner"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    m.install_modules();
     let events = EventLog::start(&m);
 
     let (x, y) = (format!("{}x", p.prefix), format!("{}y", p.prefix));

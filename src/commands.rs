@@ -258,28 +258,3 @@ pub fn check_config(config_dir: &Path) -> Result<()> {
         Err(Failed.into())
     }
 }
-
-/// The `cloud` runner module, embedded.
-const RUNNER: &str = include_str!("../runner/cloud.py");
-
-/// Writes the `cloud` runner into the master's extension modules (`extension_modules/runners`),
-/// with this sidecar's id as the default target.
-pub fn install_runner(config_dir: &Path) -> Result<()> {
-    let opts = MasterOpts::load(config_dir)?;
-    let settings = Settings::load(config_dir)?;
-    let dir = opts.extension_modules.join("runners");
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
-    let text = RUNNER.replace(
-        "DEFAULT_SIDECAR = \"virtseed\"",
-        &format!("DEFAULT_SIDECAR = {:?}", settings.id),
-    );
-    let path = dir.join("cloud.py");
-    virtseed::pki::write_atomic(&path, text.as_bytes(), 0o644)?;
-    println!(
-        "installed the cloud runner at {} (sidecar id {:?}); `salt-run cloud.profile PROFILE NAME` now goes through virtseed",
-        path.display(),
-        settings.id
-    );
-    Ok(())
-}

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod commands;
+mod salt_modules;
 
 #[derive(Parser)]
 #[command(name = "virtseed", version, about, long_about = None)]
@@ -56,8 +57,14 @@ enum Command {
     /// Load the configuration, print every resolved profile (secrets masked), exit non-zero
     /// on errors.
     CheckConfig,
-    /// Install the `cloud` runner module into the master's extension modules.
-    InstallRunner,
+    /// Install virtseed's Salt modules (the `cloud` runner, the `libvirt` cloud driver) into
+    /// the master's extension modules, and check that Salt loads them.
+    InstallRunner {
+        /// The Python that runs Salt (default: the interpreter of salt-master, salt-run or
+        /// salt-cloud on PATH).
+        #[arg(long)]
+        salt_python: Option<std::path::PathBuf>,
+    },
 }
 
 impl Command {
@@ -68,7 +75,7 @@ impl Command {
             Command::Destroy { .. } => "destroy",
             Command::List => "list",
             Command::CheckConfig => "check-config",
-            Command::InstallRunner => "install-runner",
+            Command::InstallRunner { .. } => "install-runner",
         }
     }
 }
@@ -101,7 +108,9 @@ fn main() -> ExitCode {
         }
         Command::List => commands::list(&cli.config_dir),
         Command::CheckConfig => commands::check_config(&cli.config_dir),
-        Command::InstallRunner => commands::install_runner(&cli.config_dir),
+        Command::InstallRunner { salt_python } => {
+            salt_modules::install(&cli.config_dir, salt_python.as_deref())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

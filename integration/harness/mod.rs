@@ -118,6 +118,25 @@ impl Master {
         self.tool("salt-run", args)
     }
 
+    pub fn salt_cloud(&self, args: &[&str]) -> Output {
+        self.tool("salt-cloud", args)
+    }
+
+    /// `virtseed install-runner` with this master's Salt, which must confirm it loads them.
+    pub fn install_modules(&self) {
+        let py = self.venv.join("bin/python");
+        let out = virtseed(
+            &self.dir,
+            &["install-runner", "--salt-python", py.to_str().unwrap()],
+        );
+        assert!(
+            out.status.success() && text(&out.stdout).contains("loads them"),
+            "{}\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+
     /// Runs Python in the master's venv with MASTER_DIR set.
     pub fn python(&self, code: &str) -> Command {
         let mut c = Command::new(self.venv.join("bin/python"));

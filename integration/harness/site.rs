@@ -2,7 +2,7 @@
 //! salt-cloud files that use them, and what a clone could leave behind.
 
 use super::pool::Pool;
-use super::{text, virtseed, Master};
+use super::Master;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -49,8 +49,7 @@ pub fn site(version: &str, tag: &str) -> Site {
              quick:\n  extends: web\n  wait_for_minion: false\n"
         )
     });
-    let out = virtseed(&m.dir, &["install-runner"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    m.install_modules();
     Site { m, p }
 }
 
@@ -105,6 +104,25 @@ impl Site {
             .spawn()
             .unwrap()
     }
+}
+
+/// Plays the guest of clone `name` (cloud-init seed): a real salt-minion with the identity
+/// read from its seed volume, once the volume and its pre-accepted key are there.
+pub fn play_guest(m: &Master, p: &Pool, name: &str) -> super::Minion {
+    use yaml_serde::Value as Y;
+    let seed = p.dir.join(format!("{name}-seed.img"));
+    super::wait_for("the seed volume", Duration::from_secs(60), || {
+        seed.exists() && m.pki().join("minions").join(name).exists()
+    });
+    let ud: Y = yaml_serde::from_str(&super::mread(&seed, "user-data")).unwrap();
+    let sm = &ud["salt_minion"];
+    let mdir = m.dir.join(format!("guest-{name}"));
+    std::fs::create_dir_all(mdir.join("pki")).unwrap();
+    let put = |f: &str, v: &Y| std::fs::write(mdir.join(f), v.as_str().unwrap()).unwrap();
+    put("pki/minion.pem", &sm["private_key"]);
+    put("pki/minion.pub", &sm["public_key"]);
+    put("pki/minion_master.pub", &ud["write_files"][0]["content"]);
+    super::Minion::start(m, &mdir, &yaml_serde::to_string(&sm["conf"]).unwrap())
 }
 
 /// Waits for `child` to exit (killed after `timeout`) and returns its output.

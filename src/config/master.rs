@@ -67,10 +67,9 @@ impl MasterOpts {
             other => other.to_string(),
         };
         let cachedir = PathBuf::from(s("cachedir", "/var/cache/salt/master"));
-        let extension_modules = v
-            .get("extension_modules")
-            .and_then(yaml::as_text)
-            .map_or_else(|| cachedir.join("extmods"), PathBuf::from);
+        // Salt's default does not follow `cachedir` (DEFAULT_MASTER_OPTS in salt/config).
+        let extension_modules =
+            PathBuf::from(s("extension_modules", "/var/cache/salt/master/extmods"));
         Ok(Self {
             config_dir: config_dir.to_path_buf(),
             host,
@@ -116,7 +115,7 @@ mod tests {
         let d = tempdir();
         std::fs::write(
             d.join("master"),
-            "interface: 0.0.0.0\nret_port: 14506\npki_dir: /p\n",
+            "interface: 0.0.0.0\nret_port: 14506\npki_dir: /p\ncachedir: /c\n",
         )
         .unwrap();
         std::fs::create_dir(d.join("master.d")).unwrap();
@@ -131,6 +130,8 @@ mod tests {
         assert!(m.zmq_filtering);
         assert_eq!(m.pki_dir, PathBuf::from("/p"));
         assert_eq!(m.sock_dir, PathBuf::from("/var/run/salt/master"));
+        // Salt's default `extension_modules` does not follow `cachedir`.
+        assert_eq!(m.cachedir, PathBuf::from("/c"));
         assert_eq!(
             m.extension_modules,
             PathBuf::from("/var/cache/salt/master/extmods")

@@ -1,0 +1,272 @@
+"""
+The one client of virtseed's Salt modules: the ``cloud`` runner and the ``libvirt`` cloud
+driver both forward their calls here, and this module publishes each as a job to the
+virtseed sidecar's minion id and waits for its answer.
+
+It holds the whole forwarding logic, once: which sidecar serves a provider or profile
+(``sidecar:`` in a provider, else ``virtseed_sidecar`` in the master config, else the id
+``virtseed install-runner`` wrote below), the wait for the return with the clone steps shown
+as progress, re-publishing a query the sidecar never received, and errors in salt-cloud's
+``{"Error": ...}`` shape.
+
+It is a plain Python module, not a Salt loader module: callers pass their ``__opts__``
+(a master's or salt-cloud's) and a progress callback.
+"""
+
+import glob
+import logging
+import os
+import time
+
+import salt.client
+import salt.config
+import salt.utils.event
+import salt.utils.yaml
+
+log = logging.getLogger(__name__)
+
+# The sidecar's minion id; `virtseed install-runner` writes its configured id here.
+DEFAULT_SIDECAR = "virtseed"
+DEFAULT_TIMEOUT = 3600
+# Calls that may be published again if the sidecar never received them.
+IDEMPOTENT = {
+    "cloud.list_nodes",
+    "cloud.list_nodes_full",
+    "cloud.list_nodes_select",
+    "cloud.query",
+    "cloud.list_images",
+    "cloud.list_sizes",
+    "cloud.list_locations",
+    "cloud.action",
+}
+# How long a call waits for any sign of the sidecar before asking whether it is there.
+FIRST_SIGN = 3
+
+
+def master_opts(opts):
+    """The master's opts: a runner's own, or loaded beside salt-cloud's `cloud` file."""
+    if os.path.basename(opts.get("conf_file") or "") == "master" and "sock_dir" in opts:
+        return opts
+    confdir = os.path.dirname(opts["conf_file"])
+    return salt.config.master_config(os.path.join(confdir, "master"))
+
+
+def _confdir(opts):
+    return os.path.dirname(opts["conf_file"])
+
+
+def cloud_conf(opts):
+    """salt-cloud's main config file, beside the master's."""
+    return os.path.join(_confdir(opts), "cloud")
+
+
+def load_layered(opts, base):
+    """salt-cloud's `base` file and `base.d/*.conf`, merged at the top level."""
+    confdir = _confdir(opts)
+    out = {}
+    paths = [os.path.join(confdir, base)] + sorted(glob.glob(os.path.join(confdir, base + ".d", "*.conf")))
+    for path in paths:
+        if os.path.isfile(path):
+            with open(path) as f:
+                data = salt.utils.yaml.safe_load(f) or {}
+            if isinstance(data, dict):
+                out.update(data)
+    return out
+
+
+def default_sidecar(opts):
+    return str(opts.get("virtseed_sidecar") or master_opts(opts).get("virtseed_sidecar") or DEFAULT_SIDECAR)
+
+
+def _provider_sidecars(opts):
+    """{provider alias: sidecar id} for providers that name one (`sidecar:`)."""
+    out = {}
+    for alias, body in load_layered(opts, "cloud.providers").items():
+        for entry in body if isinstance(body, list) else [body]:
+            if isinstance(entry, dict) and entry.get("sidecar"):
+                out[alias] = str(entry["sidecar"])
+    return out
+
+
+def sidecar_for_provider(opts, alias):
+    return _provider_sidecars(opts).get(str(alias).split(":")[0], default_sidecar(opts))
+
+
+def sidecar_for_profile(opts, prof):
+    profiles = load_layered(opts, "cloud.profiles")
+    seen = set()
+    while prof in profiles and prof not in seen:
+        seen.add(prof)
+        body = profiles[prof] or {}
+        if body.get("provider"):
+            return sidecar_for_provider(opts, body["provider"])
+        prof = body.get("extends")
+    return default_sidecar(opts)
+
+
+def all_sidecars(opts):
+    return sorted(set([default_sidecar(opts)] + list(_provider_sidecars(opts).values())))
+
+
+def names_of(instances):
+    """Instance names: a list, or a comma-separated string."""
+    if instances is None:
+        return []
+    if isinstance(instances, str):
+        return [n.strip() for n in instances.split(",") if n.strip()]
+    return [str(n) for n in instances]
+
+
+def has_error(ret):
+    return isinstance(ret, dict) and (
+        "Error" in ret and not isinstance(ret["Error"], dict)
+        or any(isinstance(v, dict) and "Error" in v for v in ret.values())
+    )
+
+
+def merge(rets):
+    """Merges the answers of several sidecars: per name, an answer beats an error."""
+    out = {}
+    for ret in rets:
+        if not isinstance(ret, dict):
+            continue
+        for k, v in ret.items():
+            if k == "retcode":
+                continue
+            if k not in out or (isinstance(out[k], dict) and "Error" in out[k] and not (isinstance(v, dict) and "Error" in v)):
+                out[k] = v
+            elif isinstance(out[k], dict) and isinstance(v, dict) and "Error" not in v:
+                out[k] = merge([out[k], v])
+    return out
+
+
+def call_all(opts, fun, arg=None, kwarg=None, names=(), progress=None):
+    """`fun` on every sidecar the providers name, their answers merged."""
+    sidecars = all_sidecars(opts)
+    if len(sidecars) == 1:
+        return call(opts, fun, arg, kwarg, names, sidecar=sidecars[0], progress=progress)
+    return merge([call(opts, fun, arg, kwarg, names, sidecar=s, progress=progress) for s in sidecars])
+
+
+def not_running(sidecar, opts):
+    confdir = _confdir(opts)
+    return (
+        f"the virtseed sidecar {sidecar!r} does not answer: is it running? Start it as the "
+        f"master's user with `virtseed -c {confdir} run`, and check that its key is accepted "
+        f"(`salt-key -L` lists {sidecar!r} under Accepted Keys)"
+    )
+
+
+def _alive(client, event, sidecar, pending, wait=5):
+    """
+    Whether the sidecar answers a `test.ping` within `wait` seconds, read off the bus
+    (LocalClient.cmd waits far longer, and reports a silent minion as `False`). Other events
+    seen meanwhile go to `pending`, for the caller.
+    """
+    jid = client.cmd_async(sidecar, "test.ping")
+    if not jid:
+        return False
+    tag = f"salt/job/{jid}/ret/{sidecar}"
+    deadline = time.time() + wait
+    while time.time() < deadline:
+        ev = event.get_event(wait=0.5, full=True)
+        if ev and ev["tag"] == tag:
+            return ev["data"].get("return") is True
+        if ev:
+            pending.append(ev)
+    return False
+
+
+def call(opts, fun, arg=None, kwarg=None, names=(), timeout=DEFAULT_TIMEOUT, sidecar=None, progress=None):
+    """
+    Publishes ``fun`` to the sidecar, shows its clone events through ``progress(name, step,
+    data)``, and returns its answer: the sidecar's return, or ``{"Error": ...}``.
+    """
+    mopts = master_opts(opts)
+    sidecar = sidecar or default_sidecar(opts)
+    arg = list(arg or [])
+    kwarg = dict(kwarg or {})
+    client = salt.client.get_local_client(mopts=mopts)
+    event = salt.utils.event.get_master_event(mopts, mopts["sock_dir"], listen=True)
+    try:
+        event.subscribe("")
+        jid = client.cmd_async(sidecar, fun, arg=arg, kwarg=kwarg)
+        if not jid:
+            return {"Error": f"could not publish {fun} to {sidecar!r}: " + not_running(sidecar, mopts)}
+        return _wait(client, event, mopts, sidecar, fun, arg, kwarg, jid, names, timeout, progress)
+    finally:
+        event.destroy()
+
+
+def _wait(client, event, opts, sidecar, fun, arg, kwarg, jid, names, timeout, progress):
+    ret_tag = f"salt/job/{jid}/ret/{sidecar}"
+    started = time.time()
+    deadline = started + timeout
+    last_check = started
+    seen = False  # any sign of life from the sidecar for this call
+    retries = 0
+    # Checks in a row that found the sidecar silent, or without the job and its return:
+    # one is not enough (a sidecar that restarted returns interrupted creates late).
+    silent = missing = 0
+    pending = []  # events read while pinging the sidecar
+    while time.time() < deadline:
+        ev = pending.pop(0) if pending else event.get_event(wait=1, full=True)
+        if ev is None:
+            if not seen and time.time() - started > FIRST_SIGN:
+                # Not a word since the publication: a sidecar that is not running is said
+                # so in seconds, not after a long wait.
+                if not _alive(client, event, sidecar, pending):
+                    return {"Error": not_running(sidecar, opts)}
+                seen = True
+                last_check = time.time()
+            if time.time() - last_check > 15:
+                last_check = time.time()
+                if not _alive(client, event, sidecar, pending, wait=10):
+                    silent += 1
+                    if silent >= 3:
+                        return {"Error": f"the virtseed sidecar {sidecar!r} does not answer (jid {jid})"}
+                    continue
+                silent = 0
+                # A publication can be lost (e.g. while the sidecar resubscribes): if the
+                # sidecar is not running the job and no return was stored, it never got it.
+                found = client.cmd(sidecar, "saltutil.find_job", [jid], timeout=10)
+                running = found.get(sidecar)
+                if running is None or running is False:
+                    continue  # no answer: nothing is known, keep waiting
+                cached = client.get_cache_returns(jid) or {}
+                if cached.get(sidecar):
+                    return cached[sidecar].get("ret")
+                if not running:
+                    if fun in IDEMPOTENT and retries < 3:
+                        retries += 1
+                        jid = client.cmd_async(sidecar, fun, arg=arg, kwarg=kwarg)
+                        ret_tag = f"salt/job/{jid}/ret/{sidecar}"
+                        continue
+                    missing += 1
+                    if missing >= 2:
+                        return {"Error": f"the virtseed sidecar {sidecar!r} has no record of {fun} (jid {jid}): it never received it, or it restarted without a journal; see `salt-run cloud.list_nodes`"}
+                else:
+                    missing = 0
+            continue
+        tag, data = ev["tag"], ev["data"]
+        if tag == ret_tag:
+            ret = data.get("return")
+            if not data.get("success", True) and not isinstance(ret, dict):
+                ret = {"Error": ret}
+            return ret
+        if tag.startswith("salt/cloud/"):
+            seen = True
+            parts = tag.split("/")
+            if progress and len(parts) >= 4 and (not names or parts[2] in names):
+                progress(parts[2], parts[3], data)
+    return {"Error": f"no answer from the virtseed sidecar {sidecar!r} within {timeout} s"}
+
+
+def progress_line(name, step, data):
+    """One line per clone step: `web1: started (612 ms)`."""
+    line = f"{name}: {step}"
+    if isinstance(data, dict) and "elapsed_ms" in data:
+        line += f" ({data['elapsed_ms']} ms)"
+    if isinstance(data, dict) and step == "failed" and data.get("error"):
+        line += f": {data['error']}"
+    return line
