@@ -373,6 +373,25 @@ impl CloudConfig {
         }
     }
 
+    /// The profile `name` with `keys` over its own (a salt-cloud map entry's, or a call's
+    /// `vm_overrides`): `minion:` and `grains:` merge, other keys replace.
+    pub fn profile_with(&self, name: &str, keys: Mapping) -> Result<Profile, String> {
+        let p = self.profile(name)?;
+        if keys.is_empty() {
+            return Ok(p.clone());
+        }
+        let mut m = p.raw.clone();
+        deep_merge(&mut m, &keys);
+        match resolve_profile(name, &p.file, m, &self.providers, &self.main) {
+            Ok(Resolved::Ours(p)) => Ok(*p),
+            Ok(Resolved::Foreign(f)) => Err(format!(
+                "provider {}:{} is not served by virtseed (it serves driver libvirt)",
+                f.provider, f.driver
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// The profile `name`, or an error saying why it cannot be used.
     pub fn profile(&self, name: &str) -> Result<&Profile, String> {
         if let Some(p) = self.profiles.get(name) {
@@ -912,6 +931,31 @@ mod tests {
             .adhoc("nope", Mapping::new())
             .unwrap_err()
             .contains("nope"));
+    }
+
+    #[test]
+    fn a_vms_own_keys_over_its_profile() {
+        let d = dir_with(&[
+            ("cloud.providers", "kvm:\n  driver: libvirt\n  url: test:///default\n"),
+            (
+                "cloud.profiles",
+                "web:\n  provider: kvm\n  base_domain: test\n  cpus: 1\n  grains: {a: 1}\n  minion: {master: m}\n",
+            ),
+        ]);
+        let cfg = CloudConfig::load(d.path());
+        let keys: Mapping =
+            yaml_serde::from_str("cpus: 2\ngrains: {b: 2}\nminion: {master_port: 5506}\n").unwrap();
+        let p = cfg.profile_with("web", keys).unwrap();
+        assert_eq!(p.cpus, Some(2));
+        assert_eq!(p.grains.get("a"), Some(&Value::from(1)));
+        assert_eq!(p.grains.get("b"), Some(&Value::from(2)));
+        assert_eq!(p.minion.get("master"), Some(&Value::from("m")));
+        assert_eq!(p.minion.get("master_port"), Some(&Value::from(5506)));
+        // The profile itself is unchanged, and a bad key is an error naming it.
+        assert_eq!(cfg.profile("web").unwrap().cpus, Some(1));
+        let bad: Mapping = yaml_serde::from_str("cpus: lots\n").unwrap();
+        assert!(cfg.profile_with("web", bad).unwrap_err().contains("cpus"));
+        assert!(cfg.profile_with("nope", Mapping::new()).is_err());
     }
 
     #[test]

@@ -47,6 +47,22 @@ pub fn number(v: Option<&Value>) -> Option<u64> {
     }
 }
 
+/// A job's keyword arguments as profile keys (`cpus=2`, `grains={...}`), leaving out the
+/// call's own arguments (`skip`) and Salt's (`__pub_*`).
+pub fn profile_keys(p: &Publication, skip: &[&str]) -> Result<yaml_serde::Mapping, String> {
+    let mut keys = yaml_serde::Mapping::new();
+    for (k, v) in &p.kwargs {
+        if skip.contains(&k.as_str()) || k.starts_with("__") {
+            continue;
+        }
+        let json: serde_json::Value =
+            serde_json::from_str(&msgpack::to_json(v)).unwrap_or_default();
+        let y = yaml_serde::to_value(json).map_err(|e| format!("argument {k}: {e}"))?;
+        keys.insert(yaml_serde::Value::String(k.clone()), y);
+    }
+    Ok(keys)
+}
+
 /// A JSON value as a Salt return value.
 pub fn ret(v: &serde_json::Value) -> Value {
     crate::bus::from_json(v)

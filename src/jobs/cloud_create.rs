@@ -4,7 +4,6 @@
 use super::cloud_args as a;
 use super::Outcome;
 use crate::cloud::service::{Overrides, Service};
-use salt_proto::msgpack;
 use salt_proto::publish::Publication;
 use std::sync::Arc;
 
@@ -21,24 +20,19 @@ pub async fn run(p: &Publication, svc: &Arc<Service>) -> Outcome {
     let Some(provider) = provider else {
         return Outcome::error("cloud.create: a provider must be given");
     };
-    let mut keys = yaml_serde::Mapping::new();
-    for (k, v) in &p.kwargs {
-        if matches!(
-            k.as_str(),
-            "provider" | "instances" | "names" | "wait_for_minion" | "minion_timeout"
-        ) || k.starts_with("__")
-        {
-            continue;
-        }
-        let json: serde_json::Value =
-            serde_json::from_str(&msgpack::to_json(v)).unwrap_or_default();
-        match yaml_serde::to_value(json) {
-            Ok(y) => {
-                keys.insert(yaml_serde::Value::String(k.clone()), y);
-            }
-            Err(e) => return Outcome::error(format!("cloud.create: argument {k}: {e}")),
-        }
-    }
+    let keys = match a::profile_keys(
+        p,
+        &[
+            "provider",
+            "instances",
+            "names",
+            "wait_for_minion",
+            "minion_timeout",
+        ],
+    ) {
+        Ok(k) => k,
+        Err(e) => return Outcome::error(format!("cloud.create: {e}")),
+    };
     let prof = match svc.cloud.config.adhoc(&provider, keys) {
         Ok(p) => p,
         Err(e) => return Outcome::error(format!("cloud.create: {e}")),

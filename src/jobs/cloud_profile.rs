@@ -1,5 +1,7 @@
-//! `cloud.profile PROFILE NAMES [wait_for_minion=..] [minion_timeout=..]`: clone one VM per
-//! name, wait for each minion's first ping, return salt-cloud's `{name: {...}}`.
+//! `cloud.profile PROFILE NAMES [wait_for_minion=..] [minion_timeout=..] [KEY=VALUE..]`:
+//! clone one VM per name, wait for each minion's first ping, return salt-cloud's
+//! `{name: {...}}`. Other keyword arguments are profile keys over the profile's own (what a
+//! salt-cloud map entry or `vm_overrides` sets for one VM).
 
 use super::cloud_args as a;
 use super::Outcome;
@@ -29,7 +31,25 @@ pub async fn run(p: &Publication, svc: &Arc<Service>) -> Outcome {
         wait_for_minion: a::boolean(p.kwarg("wait_for_minion")),
         minion_timeout: a::number(p.kwarg("minion_timeout")),
     };
-    match svc.profile(&profile, &names, a::job_ref(p), ov).await {
+    let keys = match a::profile_keys(
+        p,
+        &[
+            "prof",
+            "profile",
+            "instances",
+            "names",
+            "wait_for_minion",
+            "minion_timeout",
+        ],
+    ) {
+        Ok(k) => k,
+        Err(e) => return Outcome::error(format!("cloud.profile: {e}")),
+    };
+    let prof = match svc.cloud.config.profile_with(&profile, keys) {
+        Ok(p) => p,
+        Err(e) => return Outcome::error(format!("cloud.profile: {e}")),
+    };
+    match svc.create(prof, &names, a::job_ref(p), ov).await {
         Ok(map) => a::report(serde_json::Value::Object(map.into_iter().collect())),
         Err(e) => Outcome::error(e.to_string()),
     }

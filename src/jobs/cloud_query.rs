@@ -1,5 +1,5 @@
-//! `cloud.list_nodes`, `cloud.list_nodes_full`, `cloud.list_nodes_select`, `cloud.query`,
-//! `cloud.list_images` and `cloud.action`: salt-cloud's query shapes,
+//! `cloud.list_nodes`, `cloud.list_nodes_full`, `cloud.list_nodes_select`, `cloud.query`
+//! and `cloud.action`: salt-cloud's query shapes,
 //! `{provider_alias: {driver: {name: {...}}}}`, over the VMs virtseed made.
 
 use super::cloud_args as a;
@@ -13,17 +13,20 @@ pub const LIST_NODES: &str = "cloud.list_nodes";
 pub const LIST_NODES_FULL: &str = "cloud.list_nodes_full";
 pub const LIST_NODES_SELECT: &str = "cloud.list_nodes_select";
 pub const QUERY: &str = "cloud.query";
-pub const LIST_IMAGES: &str = "cloud.list_images";
 pub const ACTION: &str = "cloud.action";
 
-/// Nodes grouped as salt-cloud's `query` does: provider alias, then driver, then name.
-fn nodes(svc: &Service, full: bool) -> Value {
+/// Nodes grouped as salt-cloud's `query` does: provider alias, then driver, then name;
+/// `provider` names one alias, or is `all`.
+fn nodes(svc: &Service, full: bool, provider: &str) -> Value {
     let mut out = Map::new();
     let mut errors = Vec::new();
     for (uri, r) in svc.cloud.list() {
         match r {
             Ok(list) => {
                 for i in list {
+                    if provider != "all" && i.ownership.provider != provider {
+                        continue;
+                    }
                     let alias = i.ownership.provider.clone();
                     let entry = out.entry(alias).or_insert_with(|| json!({"libvirt": {}}));
                     let mut v = instance_json(&i);
@@ -59,29 +62,20 @@ pub async fn run(p: &Publication, svc: &Arc<Service>) -> Outcome {
     let s = svc.clone();
     let fun = p.fun.clone();
     let query = a::text(p.args.first().or_else(|| p.kwarg("query_type")));
+    let provider = a::text(p.kwarg("provider")).unwrap_or_else(|| "all".into());
     let action = (
         a::text(p.args.first().or_else(|| p.kwarg("func"))),
         a::names(p.args.get(1).or_else(|| p.kwarg("instances"))),
     );
     let r = tokio::task::spawn_blocking(move || -> Value {
         match fun.as_str() {
-            LIST_NODES | LIST_NODES_SELECT => nodes(&s, false),
-            LIST_NODES_FULL => nodes(&s, true),
-            QUERY => nodes(&s, query.as_deref().unwrap_or("list_nodes") != "list_nodes"),
-            LIST_IMAGES => {
-                // The base domains the profiles name, per provider.
-                let mut out = Map::new();
-                for p in s.cloud.config.profiles.values() {
-                    let e = out.entry(p.provider.clone()).or_insert_with(|| json!({"libvirt": {}}));
-                    e["libvirt"][p.base_domain.as_str()] = json!({"name": p.base_domain, "profiles": []});
-                }
-                for p in s.cloud.config.profiles.values() {
-                    if let Some(list) = out[&p.provider]["libvirt"][p.base_domain.as_str()]["profiles"].as_array_mut() {
-                        list.push(json!(p.name));
-                    }
-                }
-                Value::Object(out)
-            }
+            LIST_NODES | LIST_NODES_SELECT => nodes(&s, false, &provider),
+            LIST_NODES_FULL => nodes(&s, true, &provider),
+            QUERY => nodes(
+                &s,
+                query.as_deref().unwrap_or("list_nodes") != "list_nodes",
+                "all",
+            ),
             _ => {
                 let (func, names) = &action;
                 let Some(func) = func else {

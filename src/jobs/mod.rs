@@ -4,6 +4,7 @@
 //! Every job runs in its own task, so a long clone never delays a `test.ping`.
 
 mod cloud_args;
+mod cloud_catalog;
 mod cloud_create;
 mod cloud_destroy;
 mod cloud_profile;
@@ -37,7 +38,9 @@ pub const FUNCTIONS: &[&str] = &[
     cloud_query::LIST_NODES_FULL,
     cloud_query::LIST_NODES_SELECT,
     cloud_query::QUERY,
-    cloud_query::LIST_IMAGES,
+    cloud_catalog::LIST_IMAGES,
+    cloud_catalog::LIST_SIZES,
+    cloud_catalog::LIST_LOCATIONS,
     cloud_query::ACTION,
     find_job::NAME,
     list_functions::NAME,
@@ -215,6 +218,9 @@ impl Dispatcher {
                     cloud_profile::NAME => cloud_profile::run(p, svc).await,
                     cloud_create::NAME => cloud_create::run(p, svc).await,
                     cloud_destroy::NAME => cloud_destroy::run(p, svc).await,
+                    cloud_catalog::LIST_IMAGES
+                    | cloud_catalog::LIST_SIZES
+                    | cloud_catalog::LIST_LOCATIONS => cloud_catalog::run(p, svc).await,
                     _ => cloud_query::run(p, svc).await,
                 },
             },

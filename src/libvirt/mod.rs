@@ -5,6 +5,7 @@
 
 pub mod dom;
 pub mod domain_xml;
+pub mod host;
 
 use domain_xml::{BaseXml, DiskSource, Ownership, NS, NS_PREFIX};
 use virt::connect::Connect;
