@@ -42,3 +42,65 @@ pub fn describe(i: &Intent) -> String {
         Intent::Key { id, .. } => format!("accepted key of {id}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::create::runner::undo_in_reverse;
+    use crate::cloud::journal::Entry;
+
+    /// A journal entry as the create code before the step files wrote it (one of each kind).
+    fn old_entry(nvram: &str) -> String {
+        format!(
+            r#"{{
+  "name": "web1",
+  "request": "r1",
+  "job": null,
+  "profile": "p",
+  "uri": "qemu:///system",
+  "owner": {{ "pid": 0, "start": 0 }},
+  "step": "key_accepted",
+  "intents": [
+    {{ "kind": "volume", "pool": "default", "name": "web1-vda.qcow2" }},
+    {{ "kind": "file", "path": "{nvram}" }},
+    {{ "kind": "volume", "pool": "default", "name": "web1-seed.img" }},
+    {{ "kind": "domain", "name": "web1", "uuid": "5d1a4a3c-4a4b-4c0e-9b1e-0a1b2c3d4e5f" }},
+    {{ "kind": "key", "id": "web1", "finger": "aa:bb" }}
+  ],
+  "done": null
+}}"#
+        )
+    }
+
+    #[test]
+    fn an_old_journal_is_undone_by_its_intents_even_without_libvirt() {
+        let dir = tempfile::tempdir().unwrap();
+        let nvram = dir.path().join("web1_VARS.fd");
+        std::fs::write(&nvram, b"vars").unwrap();
+        let entry: Entry = serde_json::from_str(&old_entry(&nvram.display().to_string())).unwrap();
+        let down = LibvirtError::Call {
+            uri: "qemu:///system".into(),
+            op: "connect".into(),
+            msg: "libvirtd is down".into(),
+            code: 38,
+        };
+        let undoer = Undoer {
+            hv: Err(&down),
+            master: None,
+            progress: &crate::cloud::Quiet,
+        };
+        let left = undo_in_reverse(&entry.intents, &undoer);
+        assert!(!nvram.exists(), "the file is undone without libvirt");
+        let err = "libvirt qemu:///system: connect: libvirtd is down";
+        assert_eq!(
+            left,
+            [
+                format!("domain web1: {err}"),
+                format!("volume web1-seed.img (pool default): {err}"),
+                format!("volume web1-vda.qcow2 (pool default): {err}"),
+            ]
+        );
+        // Undoing again finds nothing of the file, and that is no error.
+        assert_eq!(undo_in_reverse(&entry.intents, &undoer).len(), 3);
+    }
+}
