@@ -6,52 +6,49 @@
 //! the UUID given here: a later domain of the same name is not ours ([`undo`]).
 
 use super::runner::{Action, Intents};
-use super::{Made, Step};
+use super::{Made, Step, Vm};
 use crate::cloud::journal::Intent;
 use crate::cloud::CloudError;
-use crate::config::cloud::{AcceptMode, Profile};
+use crate::config::cloud::AcceptMode;
 use crate::libvirt::domain_xml::{self, CloneSpec, Ownership};
-use crate::libvirt::{Base, Hypervisor, LibvirtError};
+use crate::libvirt::{Hypervisor, LibvirtError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub struct Define<'a> {
-    pub hv: &'a Hypervisor,
-    pub base: &'a Base,
-    pub prof: &'a Profile,
-    pub name: &'a str,
+    pub vm: Vm<'a>,
     pub uuid: &'a str,
     /// The request id recorded in the ownership record.
     pub request: &'a str,
 }
 
 impl Action<Made> for Define<'_> {
-    fn step(&self) -> Step {
-        Step::Defined
-    }
-
     fn make(&self, made: &mut Made, intents: &mut Intents<'_>) -> Result<(), CloudError> {
+        let vm = self.vm;
         let spec = self.spec(made);
-        let (xml, macs) =
-            domain_xml::clone_xml(&self.base.xml, &spec).map_err(LibvirtError::from)?;
+        let (xml, macs) = domain_xml::clone_xml(&vm.base.xml, &spec).map_err(LibvirtError::from)?;
         intents.intend(Intent::Domain {
-            name: self.name.into(),
+            name: vm.name.into(),
             uuid: self.uuid.into(),
         })?;
-        self.hv.define(&xml, self.prof.validate_xml)?;
-        if self.prof.onboot {
-            self.hv.set_autostart(self.name, true)?;
+        vm.hv.define(&xml, vm.prof.validate_xml)?;
+        if vm.prof.onboot {
+            vm.hv.set_autostart(vm.name, true)?;
         }
         made.macs = macs;
         Ok(())
+    }
+
+    fn step(&self) -> Step {
+        Step::Defined
     }
 }
 
 impl Define<'_> {
     /// The clone as the XML rewriter wants it; takes the devices the earlier steps made.
     fn spec(&self, made: &mut Made) -> CloneSpec {
-        let prof = self.prof;
+        let prof = self.vm.prof;
         CloneSpec {
-            name: self.name.into(),
+            name: self.vm.name.into(),
             uuid: self.uuid.into(),
             description: prof
                 .desc

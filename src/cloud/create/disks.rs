@@ -7,38 +7,30 @@
 //! it ([`volume::undo`]). A volume already there was not made here and is left alone.
 
 use super::runner::{Action, Intents};
-use super::{volume, Made, Step};
+use super::{volume, Made, Step, Vm};
 use crate::cloud::CloudError;
-use crate::config::cloud::{CloneStrategy, Profile};
+use crate::config::cloud::CloneStrategy;
 use crate::libvirt::domain_xml::{CloneDisk, DiskSource};
-use crate::libvirt::{Base, Hypervisor, LibvirtError, LocatedDisk};
+use crate::libvirt::{LibvirtError, LocatedDisk};
 
 pub struct Disks<'a> {
-    pub hv: &'a Hypervisor,
-    pub base: &'a Base,
-    pub prof: &'a Profile,
-    pub name: &'a str,
+    pub vm: Vm<'a>,
 }
 
 impl Action<Made> for Disks<'_> {
-    fn step(&self) -> Step {
-        Step::Disks
-    }
-
     fn make(&self, made: &mut Made, intents: &mut Intents<'_>) -> Result<(), CloudError> {
-        for (i, d) in self.base.disks.iter().enumerate() {
+        let Vm { hv, base, prof, .. } = self.vm;
+        for (i, d) in base.disks.iter().enumerate() {
             let capacity = if i == 0 {
                 self.first_capacity(d)?
             } else {
                 d.capacity
             };
-            let pool = self.prof.pool.clone().unwrap_or_else(|| d.pool.clone());
+            let pool = prof.pool.clone().unwrap_or_else(|| d.pool.clone());
             let (vol_name, format) = self.volume_name(d);
-            let path = volume::make(intents, &pool, &vol_name, || {
-                match self.prof.clone_strategy {
-                    CloneStrategy::Quick => self.hv.create_overlay(&pool, &vol_name, d, capacity),
-                    CloneStrategy::Full => self.hv.create_copy(&pool, &vol_name, d, capacity),
-                }
+            let path = volume::make(intents, &pool, &vol_name, || match prof.clone_strategy {
+                CloneStrategy::Quick => hv.create_overlay(&pool, &vol_name, d, capacity),
+                CloneStrategy::Full => hv.create_copy(&pool, &vol_name, d, capacity),
             })?;
             made.volumes.push(path.clone());
             made.disks.push(CloneDisk {
@@ -56,12 +48,16 @@ impl Action<Made> for Disks<'_> {
         }
         Ok(())
     }
+
+    fn step(&self) -> Step {
+        Step::Disks
+    }
 }
 
 impl Disks<'_> {
     /// The first disk's size: the profile's `disk`, which may grow it but not shrink it.
     fn first_capacity(&self, d: &LocatedDisk) -> Result<u64, LibvirtError> {
-        let Some(gib) = self.prof.disk_gib else {
+        let Some(gib) = self.vm.prof.disk_gib else {
             return Ok(d.capacity);
         };
         let want = gib * 1024 * 1024 * 1024;
@@ -76,8 +72,8 @@ impl Disks<'_> {
 
     /// The clone's volume for base disk `d`, and its format.
     fn volume_name(&self, d: &LocatedDisk) -> (String, String) {
-        let name = self.name;
-        match self.prof.clone_strategy {
+        let name = self.vm.name;
+        match self.vm.prof.clone_strategy {
             CloneStrategy::Quick => (format!("{name}-{}.qcow2", d.target), "qcow2".to_string()),
             CloneStrategy::Full => {
                 let ext = if d.format == "qcow2" { "qcow2" } else { "img" };

@@ -23,10 +23,6 @@ pub struct Key<'a> {
 }
 
 impl Action<Made> for Key<'_> {
-    fn step(&self) -> Step {
-        Step::KeyAccepted
-    }
-
     fn make(&self, made: &mut Made, intents: &mut Intents<'_>) -> Result<(), CloudError> {
         let (Some(mc), Some(key)) = (self.master, &made.key) else {
             return Ok(());
@@ -50,6 +46,10 @@ impl Action<Made> for Key<'_> {
             json!({"result": true, "act": mc.accept_act, "id": name}),
         );
         Ok(())
+    }
+
+    fn step(&self) -> Step {
+        Step::KeyAccepted
     }
 }
 

@@ -134,6 +134,16 @@ impl Made {
     }
 }
 
+/// The VM a create is making: its name, where (hypervisor), from what (base) and how
+/// (profile). What most steps need.
+#[derive(Clone, Copy)]
+pub struct Vm<'a> {
+    pub name: &'a str,
+    pub hv: &'a Hypervisor,
+    pub base: &'a Base,
+    pub prof: &'a Profile,
+}
+
 /// What one create works from, settled before its first step.
 struct Plan<'a> {
     prof: &'a Profile,
@@ -151,45 +161,35 @@ struct Plan<'a> {
 impl Plan<'_> {
     /// The pipeline: every step of a create, in order.
     fn walk(&self, run: &mut Run<'_>, made: &mut Made) -> Result<(), CloudError> {
-        let (hv, base, prof, name) = (&*self.hv, &self.base, self.prof, self.name);
+        let vm = Vm {
+            name: self.name,
+            hv: &self.hv,
+            base: &self.base,
+            prof: self.prof,
+        };
         let uuid = self.uuid.as_str();
         run.walk(
             &[
-                &disks::Disks {
-                    hv,
-                    base,
-                    prof,
-                    name,
-                },
-                &nvram::Nvram {
-                    hv,
-                    base_nvram: base.xml.nvram.as_deref(),
-                    name,
-                },
+                &disks::Disks { vm },
+                &nvram::Nvram { vm },
                 &seed::Seed {
-                    hv,
-                    base,
-                    prof,
-                    name,
+                    vm,
                     uuid,
                     master: self.master,
                     keys: self.keys,
                 },
                 &define::Define {
-                    hv,
-                    base,
-                    prof,
-                    name,
+                    vm,
                     uuid,
                     request: self.request,
                 },
                 &key::Key {
                     master: self.master,
-                    name,
-                    force: prof.force,
+                    name: self.name,
+                    force: self.prof.force,
                     progress: self.progress,
                 },
-                &start::Start { hv, name },
+                &start::Start { vm },
             ],
             made,
         )

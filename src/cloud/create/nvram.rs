@@ -9,25 +9,18 @@
 //! A copy already there was not made here and is left alone.
 
 use super::runner::{Action, Intents};
-use super::{volume, Made, Step};
+use super::{volume, Made, Step, Vm};
 use crate::cloud::journal::Intent;
 use crate::cloud::CloudError;
 use crate::libvirt::Hypervisor;
 
 pub struct Nvram<'a> {
-    pub hv: &'a Hypervisor,
-    /// The base's NVRAM path, if it has one.
-    pub base_nvram: Option<&'a str>,
-    pub name: &'a str,
+    pub vm: Vm<'a>,
 }
 
 impl Action<Made> for Nvram<'_> {
-    fn step(&self) -> Step {
-        Step::Nvram
-    }
-
     fn make(&self, made: &mut Made, intents: &mut Intents<'_>) -> Result<(), CloudError> {
-        let Some(p) = self.base_nvram else {
+        let Some(p) = self.vm.base.xml.nvram.as_deref() else {
             return Ok(());
         };
         let nvram = match self.copy_volume(p, intents)? {
@@ -35,15 +28,19 @@ impl Action<Made> for Nvram<'_> {
                 made.volumes.push(c.clone());
                 c
             }
-            None if self.hv.is_local() && std::path::Path::new(p).is_file() => {
+            None if self.vm.hv.is_local() && std::path::Path::new(p).is_file() => {
                 let dest = self.copy_file(p, intents)?;
                 made.files.push(dest.clone());
                 dest
             }
-            None => sibling(p, self.name),
+            None => sibling(p, self.vm.name),
         };
         made.nvram = Some(nvram);
         Ok(())
+    }
+
+    fn step(&self) -> Step {
+        Step::Nvram
     }
 }
 
@@ -54,18 +51,17 @@ impl Nvram<'_> {
         base_nvram: &str,
         intents: &mut Intents<'_>,
     ) -> Result<Option<String>, CloudError> {
-        let Some(pool) = self.hv.nvram_pool(base_nvram) else {
-            return Ok(self.hv.copy_nvram(base_nvram, self.name)?);
+        let Vm { hv, name, .. } = self.vm;
+        let Some(pool) = hv.nvram_pool(base_nvram) else {
+            return Ok(hv.copy_nvram(base_nvram, name)?);
         };
-        let vol = Hypervisor::nvram_volume_name(self.name);
-        volume::make(intents, &pool, &vol, || {
-            self.hv.copy_nvram(base_nvram, self.name)
-        })
+        let vol = Hypervisor::nvram_volume_name(name);
+        volume::make(intents, &pool, &vol, || hv.copy_nvram(base_nvram, name))
     }
 
     /// The base's NVRAM file `p` copied beside it (journaled first); the copy's path.
     fn copy_file(&self, p: &str, intents: &mut Intents<'_>) -> Result<String, CloudError> {
-        let dest = sibling(p, self.name);
+        let dest = sibling(p, self.vm.name);
         intents.intend(Intent::File { path: dest.clone() })?;
         let copy = || -> std::io::Result<()> {
             let mut src = std::fs::File::open(p)?;

@@ -16,11 +16,11 @@ use std::time::Instant;
 
 /// One step of a create. `M` is what the steps so far have made, read by the steps after.
 pub trait Action<M> {
-    /// Which step this is: its name in events and the journal, and for `fail_after`.
-    fn step(&self) -> Step;
     /// Makes this step's thing. Whatever needs undoing is recorded in `intents` before it is
     /// made; a step that finds its thing already there made nothing and withdraws it.
     fn make(&self, made: &mut M, intents: &mut Intents<'_>) -> Result<(), CloudError>;
+    /// Which step this is: its name in events and the journal, and for `fail_after`.
+    fn step(&self) -> Step;
 }
 
 /// How a journaled [`Intent`] is undone. Also used by the reconcile on intents read back
@@ -316,6 +316,23 @@ mod tests {
         run.walk(&steps, made)
     }
 
+    /// A journal in a scratch directory (kept while the directory lives).
+    fn scratch_journal() -> (tempfile::TempDir, Journal) {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::new(dir.path());
+        (dir, j)
+    }
+
+    fn begin<'a>(
+        j: Option<&'a Journal>,
+        progress: &'a dyn Progress,
+        fail_after: Option<Step>,
+    ) -> Run<'a> {
+        Run::begin(j, entry(), progress, fail_after, None)
+            .ok()
+            .expect("the journal entry is written")
+    }
+
     fn journaled(j: &Journal) -> Vec<Entry> {
         let (entries, errors) = j.entries();
         assert!(errors.is_empty(), "{errors:?}");
@@ -324,12 +341,9 @@ mod tests {
 
     #[test]
     fn walks_every_step_in_order_with_its_checkpoint_and_journal() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = Journal::new(dir.path());
+        let (_dir, j) = scratch_journal();
         let events = Events::default();
-        let mut run = Run::begin(Some(&j), entry(), &events, None, None)
-            .ok()
-            .unwrap();
+        let mut run = begin(Some(&j), &events, None);
         let mut made = Vec::new();
         walk(&mut run, &fakes(None, &[]), &mut made).unwrap();
         assert_eq!(made, Step::ALL);
@@ -353,12 +367,9 @@ mod tests {
     #[test]
     fn a_failure_at_a_step_undoes_it_and_every_step_before_in_reverse() {
         for (k, failing) in Step::ALL.into_iter().enumerate() {
-            let dir = tempfile::tempdir().unwrap();
-            let j = Journal::new(dir.path());
+            let (_dir, j) = scratch_journal();
             let events = Events::default();
-            let mut run = Run::begin(Some(&j), entry(), &events, None, None)
-                .ok()
-                .unwrap();
+            let mut run = begin(Some(&j), &events, None);
             let mut made = Vec::new();
             let err = walk(&mut run, &fakes(Some(failing), &[]), &mut made).unwrap_err();
             assert_eq!(made, Step::ALL[..k]);
@@ -382,11 +393,8 @@ mod tests {
 
     #[test]
     fn a_step_that_found_its_thing_there_is_not_undone() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = Journal::new(dir.path());
-        let mut run = Run::begin(Some(&j), entry(), &crate::cloud::Quiet, None, None)
-            .ok()
-            .unwrap();
+        let (_dir, j) = scratch_journal();
+        let mut run = begin(Some(&j), &crate::cloud::Quiet, None);
         let found = [Step::Nvram, Step::Defined];
         let err = walk(
             &mut run,
@@ -412,9 +420,7 @@ mod tests {
     #[test]
     fn an_injected_failure_stops_after_its_step_and_rolls_back() {
         let events = Events::default();
-        let mut run = Run::begin(None, entry(), &events, Some(Step::Seeded), None)
-            .ok()
-            .unwrap();
+        let mut run = begin(None, &events, Some(Step::Seeded));
         let mut made = Vec::new();
         let err = walk(&mut run, &fakes(None, &[]), &mut made).unwrap_err();
         assert!(matches!(err, CloudError::Injected("seeded")), "{err:?}");
@@ -429,11 +435,8 @@ mod tests {
 
     #[test]
     fn what_the_rollback_cannot_undo_is_left_to_the_reconcile() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = Journal::new(dir.path());
-        let mut run = Run::begin(Some(&j), entry(), &crate::cloud::Quiet, None, None)
-            .ok()
-            .unwrap();
+        let (_dir, j) = scratch_journal();
+        let mut run = begin(Some(&j), &crate::cloud::Quiet, None);
         let err = walk(&mut run, &fakes(Some(Step::Defined), &[]), &mut Vec::new()).unwrap_err();
         let undo = Recorder {
             refuse: vec!["nvram"],

@@ -9,18 +9,15 @@
 //!   made that needs undoing.
 
 use super::runner::{Action, Intents};
-use super::{volume, Made, Step};
+use super::{volume, Made, Step, Vm};
 use crate::cloud::{CloudError, MasterCtx};
 use crate::config::cloud::{Profile, SeedKind};
 use crate::libvirt::dom::Element;
-use crate::libvirt::{Base, Hypervisor};
+use crate::libvirt::Base;
 use crate::pki::KeyPool;
 
 pub struct Seed<'a> {
-    pub hv: &'a Hypervisor,
-    pub base: &'a Base,
-    pub prof: &'a Profile,
-    pub name: &'a str,
+    pub vm: Vm<'a>,
     pub uuid: &'a str,
     pub master: Option<&'a MasterCtx>,
     /// Where the key comes from, when this create mints one (`accept: preseed`).
@@ -28,37 +25,38 @@ pub struct Seed<'a> {
 }
 
 impl Action<Made> for Seed<'_> {
-    fn step(&self) -> Step {
-        Step::Seeded
-    }
-
     fn make(&self, made: &mut Made, intents: &mut Intents<'_>) -> Result<(), CloudError> {
         let Some(mc) = self.master else {
             return Ok(());
         };
+        let Vm {
+            hv,
+            base,
+            prof,
+            name,
+        } = self.vm;
         let key = self
             .keys
-            .map(|pool| pool.take(self.prof.keysize))
+            .map(|pool| pool.take(prof.keysize))
             .transpose()
             .map_err(|e| CloudError::Internal(format!("minting a key: {e}")))?;
-        let ident = identity(self.prof, self.name, self.uuid, mc, key.as_ref());
-        match self.prof.seed {
+        let ident = identity(prof, name, self.uuid, mc, key.as_ref());
+        match prof.seed {
             SeedKind::CloudInit => {
                 let img = ident
                     .nocloud_image()
                     .map_err(|e| CloudError::Internal(e.to_string()))?;
-                let pool = self
-                    .prof
+                let pool = prof
                     .pool
                     .clone()
-                    .unwrap_or_else(|| self.base.disks[0].pool.clone());
-                let vol = format!("{}-seed.img", self.name);
+                    .unwrap_or_else(|| base.disks[0].pool.clone());
+                let vol = format!("{name}-seed.img");
                 let path = volume::make(intents, &pool, &vol, || {
-                    self.hv.upload_volume(&pool, &vol, "raw", &img)
+                    hv.upload_volume(&pool, &vol, "raw", &img)
                 })?;
                 made.volumes.push(path.clone());
                 made.extra_devices
-                    .push(seed_disk(&path, &free_virtio_target(self.base)));
+                    .push(seed_disk(&path, &free_virtio_target(base)));
             }
             SeedKind::Smbios => {
                 made.oem_strings = ident
@@ -71,6 +69,10 @@ impl Action<Made> for Seed<'_> {
         }
         made.key = key;
         Ok(())
+    }
+
+    fn step(&self) -> Step {
+        Step::Seeded
     }
 }
 

@@ -2,21 +2,19 @@
 //! ([`super::define::undo`]) stops it before undefining it.
 
 use super::runner::{Action, Intents};
-use super::{Made, Step};
+use super::{Made, Step, Vm};
 use crate::cloud::CloudError;
-use crate::libvirt::Hypervisor;
 
 pub struct Start<'a> {
-    pub hv: &'a Hypervisor,
-    pub name: &'a str,
+    pub vm: Vm<'a>,
 }
 
 impl Action<Made> for Start<'_> {
-    fn step(&self) -> Step {
-        Step::Started
+    fn make(&self, _: &mut Made, _: &mut Intents<'_>) -> Result<(), CloudError> {
+        Ok(self.vm.hv.start(self.vm.name)?)
     }
 
-    fn make(&self, _: &mut Made, _: &mut Intents<'_>) -> Result<(), CloudError> {
-        Ok(self.hv.start(self.name)?)
+    fn step(&self) -> Step {
+        Step::Started
     }
 }
