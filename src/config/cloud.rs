@@ -302,26 +302,22 @@ impl CloudConfig {
         if !main_path.is_file() {
             return Mapping::new();
         }
-        self.files.push(main_path.clone());
-        match yaml::load_file(&main_path) {
-            Ok(Value::Mapping(m)) => m,
-            Ok(_) => Mapping::new(),
-            Err(e) => {
-                self.errors.push(e);
-                Mapping::new()
-            }
+        match self.read(&main_path) {
+            Some(Value::Mapping(m)) => m,
+            _ => Mapping::new(),
         }
+    }
+
+    /// One of salt-cloud's files, listed in `files`; one that cannot be read is an error.
+    fn read(&mut self, file: &Path) -> Option<Value> {
+        self.files.push(file.to_path_buf());
+        yaml::load_file(file).map_err(|e| self.errors.push(e)).ok()
     }
 
     /// The provider aliases of one `cloud.providers` file.
     fn load_providers(&mut self, file: PathBuf) {
-        self.files.push(file.clone());
-        let v = match yaml::load_file(&file) {
-            Ok(v) => v,
-            Err(e) => {
-                self.errors.push(e);
-                return;
-            }
+        let Some(v) = self.read(&file) else {
+            return;
         };
         for (alias, body) in v.as_mapping().into_iter().flatten() {
             let Some(alias) = yaml::as_text(alias) else {
@@ -349,13 +345,8 @@ impl CloudConfig {
     fn load_profiles(&mut self, dir: &Path) -> BTreeMap<String, (PathBuf, Mapping)> {
         let mut written = BTreeMap::new();
         for file in layered_files(dir, "cloud.profiles") {
-            self.files.push(file.clone());
-            let v = match yaml::load_file(&file) {
-                Ok(v) => v,
-                Err(e) => {
-                    self.errors.push(e);
-                    continue;
-                }
+            let Some(v) = self.read(&file) else {
+                continue;
             };
             for (name, body) in v.as_mapping().into_iter().flatten() {
                 let Some(name) = yaml::as_text(name) else {

@@ -11,6 +11,27 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use yaml_serde::{Mapping, Value};
 
+// The names each enum key takes; the first is the default.
+const CLONE_STRATEGIES: &[(&str, CloneStrategy)] = &[
+    ("quick", CloneStrategy::Quick),
+    ("full", CloneStrategy::Full),
+];
+const IP_SOURCES: &[(&str, IpSource)] = &[
+    ("ip-learning", IpSource::IpLearning),
+    ("qemu-agent", IpSource::QemuAgent),
+];
+const SEEDS: &[(&str, SeedKind)] = &[
+    ("cloud-init", SeedKind::CloudInit),
+    ("cloudinit", SeedKind::CloudInit),
+    ("nocloud", SeedKind::CloudInit),
+    ("smbios", SeedKind::Smbios),
+];
+const ACCEPT_MODES: &[(&str, AcceptMode)] = &[
+    ("preseed", AcceptMode::Preseed),
+    ("on_first_auth", AcceptMode::OnFirstAuth),
+    ("manual", AcceptMode::Manual),
+];
+
 pub(super) enum Resolved {
     Ours(Box<Profile>),
     Foreign(ForeignProfile),
@@ -50,43 +71,12 @@ pub(super) fn resolve_profile(
                 "is required: the name of the shut-off libvirt domain to clone".into(),
             )
         })?;
-    let clone_strategy = keys.choice(
-        "clone_strategy",
-        &[
-            ("quick", CloneStrategy::Quick),
-            ("full", CloneStrategy::Full),
-        ],
-        "quick or full",
-    )?;
-    let ip_source = keys.choice(
-        "ip_source",
-        &[
-            ("ip-learning", IpSource::IpLearning),
-            ("qemu-agent", IpSource::QemuAgent),
-        ],
-        "ip-learning or qemu-agent",
-    )?;
+    let clone_strategy = keys.choice("clone_strategy", CLONE_STRATEGIES, "quick or full")?;
+    let ip_source = keys.choice("ip_source", IP_SOURCES, "ip-learning or qemu-agent")?;
     let memory_mib = keys.memory()?;
     // The minion's identity, and how its key is accepted.
-    let seed = keys.choice(
-        "seed",
-        &[
-            ("cloud-init", SeedKind::CloudInit),
-            ("cloudinit", SeedKind::CloudInit),
-            ("nocloud", SeedKind::CloudInit),
-            ("smbios", SeedKind::Smbios),
-        ],
-        "cloud-init or smbios",
-    )?;
-    let accept = keys.choice(
-        "accept",
-        &[
-            ("preseed", AcceptMode::Preseed),
-            ("on_first_auth", AcceptMode::OnFirstAuth),
-            ("manual", AcceptMode::Manual),
-        ],
-        "preseed, on_first_auth or manual",
-    )?;
+    let seed = keys.choice("seed", SEEDS, "cloud-init or smbios")?;
+    let accept = keys.choice("accept", ACCEPT_MODES, "preseed, on_first_auth or manual")?;
     let keysize = keys.keysize()?;
     let minion = keys.mapping("minion")?;
     let grains = keys.mapping("grains")?;
