@@ -6,9 +6,11 @@ use crate::config::{master::MasterOpts, settings::Settings};
 use crate::jobs::Dispatcher;
 use crate::pki;
 use anyhow::Context;
+use salt_proto::event::Event;
+use salt_proto::keys::PrivateKey;
 use std::path::Path;
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{error, info, warn};
 
 pub async fn run(config_dir: &Path) -> anyhow::Result<()> {
@@ -21,96 +23,17 @@ pub async fn run(config_dir: &Path) -> anyhow::Result<()> {
             master.transport
         );
     }
-    let id = settings.id.clone();
-    let dir = settings.pki_dir.clone();
-    let key = tokio::task::spawn_blocking(move || pki::load_or_create_keypair(&dir, 2048))
-        .await?
-        .context("the sidecar's own key")?;
-
-    // Pre-accept our own key so the first sign-in is accepted at once (we run as the
-    // master's user, beside it).
-    match pki::pre_accept(&master.pki_dir, &id, key.public_key().pem()) {
-        Ok(pki::Accepted::Ours) => {}
-        Ok(pki::Accepted::Other) => error!(
-            "another key is accepted for `{id}` in {}; remove it with `salt-key -d {id}` (virtseed keeps retrying)",
-            master.pki_dir.display()
-        ),
-        Ok(pki::Accepted::Absent) => {}
-        Err(e) => warn!("cannot pre-accept our key ({e}); accept it with `salt-key -y -a {id}` (virtseed keeps retrying)"),
-    }
-
-    let channel = Arc::new(Channel::new(ChannelConfig {
-        id: id.clone(),
-        key,
-        ret_endpoint: master.ret_endpoint(),
-        host: master.host.clone(),
-        zmq_filtering: master.zmq_filtering,
-        master_pub_path: settings.pki_dir.join("minion_master.pub"),
-        master_finger: settings.master_finger.clone(),
-    })?);
-    let session = channel.session().await;
-    info!(
-        "joined master {}:{} as {id} (publications on port {}, master key {})",
-        master.host,
-        master.ret_port,
-        session.publish_port,
-        session.master.fingerprint()
-    );
+    let key = own_key(&master, &settings).await?;
+    let channel = join(&master, &settings, key).await?;
 
     let events = EventBus::new(&master.sock_dir, settings.salt_version);
     tokio::spawn(events.clone().listen());
-    let start = salt_proto::msgpack::map([
-        ("id", salt_proto::msgpack::text(id.clone())),
-        (
-            "version",
-            salt_proto::msgpack::text(env!("CARGO_PKG_VERSION")),
-        ),
-        ("master", salt_proto::msgpack::text(master.ret_endpoint())),
-    ]);
-    if let Err(e) = events
-        .fire(&format!("virtseed/sidecar/{id}/start"), start)
-        .await
-    {
-        warn!(
-            "cannot fire on the master's event bus in {}: {e}",
-            master.sock_dir.display()
-        );
-    }
-    // The master rotates its AES key on key deletion (`rotate_aes_key`): follow it at once
-    // rather than at the next failed publication.
-    let mut rx_events = events.subscribe();
-    let ch = channel.clone();
-    tokio::spawn(async move {
-        loop {
-            match rx_events.recv().await {
-                Ok(ev) if ev.tag == "key" => {
-                    let current = ch.session().await.generation;
-                    info!("the master rotated its AES key; re-authenticating");
-                    ch.renew(Some(current)).await;
-                }
-                Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(_) => return,
-            }
-        }
-    });
-
-    // The event bus socket closes when the master stops and comes back when it starts: the
-    // earliest sign of a restart, before any publication fails.
-    let mut connections = events.connections();
-    let ch = channel.clone();
-    tokio::spawn(async move {
-        let mut seen = *connections.borrow_and_update();
-        while connections.changed().await.is_ok() {
-            let now = *connections.borrow_and_update();
-            if seen > 0 && now > seen {
-                info!("the master's event bus came back: the master restarted; re-authenticating");
-                ch.master_restarted().await;
-                info!("rejoined master {}", ch.ret_endpoint());
-            }
-            seen = now;
-        }
-    });
+    announce(&events, &settings.id, &master).await;
+    tokio::spawn(follow_key_rotation(events.subscribe(), channel.clone()));
+    tokio::spawn(follow_master_restarts(
+        events.connections(),
+        channel.clone(),
+    ));
 
     let (tx, rx) = mpsc::channel(1024);
     tokio::spawn(channel.clone().publications(tx));
@@ -140,6 +63,106 @@ pub async fn run(config_dir: &Path) -> anyhow::Result<()> {
     shutdown_signal().await;
     info!("stopping");
     Ok(())
+}
+
+/// The sidecar's own minion key (made on first run), pre-accepted so that the first sign-in
+/// is accepted at once (we run as the master's user, beside it).
+async fn own_key(master: &MasterOpts, settings: &Settings) -> anyhow::Result<PrivateKey> {
+    let id = &settings.id;
+    let dir = settings.pki_dir.clone();
+    let key = tokio::task::spawn_blocking(move || pki::load_or_create_keypair(&dir, 2048))
+        .await?
+        .context("the sidecar's own key")?;
+    match pki::pre_accept(&master.pki_dir, id, key.public_key().pem()) {
+        Ok(pki::Accepted::Ours) => {}
+        Ok(pki::Accepted::Other) => error!(
+            "another key is accepted for `{id}` in {}; remove it with `salt-key -d {id}` (virtseed keeps retrying)",
+            master.pki_dir.display()
+        ),
+        Ok(pki::Accepted::Absent) => {}
+        Err(e) => warn!("cannot pre-accept our key ({e}); accept it with `salt-key -y -a {id}` (virtseed keeps retrying)"),
+    }
+    Ok(key)
+}
+
+/// Signs in to the master as a minion.
+async fn join(
+    master: &MasterOpts,
+    settings: &Settings,
+    key: PrivateKey,
+) -> anyhow::Result<Arc<Channel>> {
+    let id = &settings.id;
+    let channel = Arc::new(Channel::new(ChannelConfig {
+        id: id.clone(),
+        key,
+        ret_endpoint: master.ret_endpoint(),
+        host: master.host.clone(),
+        zmq_filtering: master.zmq_filtering,
+        master_pub_path: settings.pki_dir.join("minion_master.pub"),
+        master_finger: settings.master_finger.clone(),
+    })?);
+    let session = channel.session().await;
+    info!(
+        "joined master {}:{} as {id} (publications on port {}, master key {})",
+        master.host,
+        master.ret_port,
+        session.publish_port,
+        session.master.fingerprint()
+    );
+    Ok(channel)
+}
+
+/// Fires `virtseed/sidecar/<id>/start` on the master's event bus.
+async fn announce(events: &EventBus, id: &str, master: &MasterOpts) {
+    let start = salt_proto::msgpack::map([
+        ("id", salt_proto::msgpack::text(id.to_string())),
+        (
+            "version",
+            salt_proto::msgpack::text(env!("CARGO_PKG_VERSION")),
+        ),
+        ("master", salt_proto::msgpack::text(master.ret_endpoint())),
+    ]);
+    if let Err(e) = events
+        .fire(&format!("virtseed/sidecar/{id}/start"), start)
+        .await
+    {
+        warn!(
+            "cannot fire on the master's event bus in {}: {e}",
+            master.sock_dir.display()
+        );
+    }
+}
+
+/// The master rotates its AES key on key deletion (`rotate_aes_key`): follow it at once
+/// rather than at the next failed publication.
+async fn follow_key_rotation(mut rx_events: broadcast::Receiver<Event>, ch: Arc<Channel>) {
+    loop {
+        match rx_events.recv().await {
+            Ok(ev) if ev.tag == "key" => {
+                let current = ch.session().await.generation;
+                info!("the master rotated its AES key; re-authenticating");
+                ch.renew(Some(current)).await;
+            }
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// The event bus socket closes when the master stops and comes back when it starts: the
+/// earliest sign of a restart, before any publication fails.
+async fn follow_master_restarts(mut connections: watch::Receiver<u64>, ch: Arc<Channel>) {
+    let mut seen = *connections.borrow_and_update();
+    while connections.changed().await.is_ok() {
+        let now = *connections.borrow_and_update();
+        if seen > 0 && now > seen {
+            info!("the master's event bus came back: the master restarted; re-authenticating");
+            ch.master_restarted().await;
+            info!("rejoined master {}", ch.ret_endpoint());
+        }
+        seen = now;
+    }
 }
 
 /// How often the create journal is checked for creates a dead process left (a `virtseed

@@ -1,64 +1,31 @@
 //! The cloud service: profile -> clone pipeline with rollback, destroy, list and actions,
 //! shared by the CLI and the sidecar's `cloud.*` jobs.
 //!
-//! Every step that makes something first records its [`journal::Intent`] (in memory and in
-//! the create journal), then makes it; a failure at any step undoes the intents in reverse
-//! (skipping what never came to exist), so a failed create leaves nothing behind. A process
-//! killed mid-create leaves the journal, which [`Cloud::reconcile`] finishes at next start.
+//! The create pipeline is in [`create`], one file per step. Every step that makes something
+//! first records its [`journal::Intent`] (in memory and in the create journal), then makes
+//! it; a failure at any step undoes the intents in reverse (skipping what never came to
+//! exist), so a failed create leaves nothing behind. A process killed mid-create leaves the
+//! journal, which [`Cloud::reconcile`] finishes at next start.
 
 pub mod autoaccept;
+pub mod create;
 pub mod journal;
 pub mod names;
 pub mod ready;
 pub mod service;
 
-use crate::config::cloud::{AcceptMode, CloneStrategy, CloudConfig, Profile, SeedKind};
-use crate::libvirt::dom::Element;
-use crate::libvirt::domain_xml::{self, CloneDisk, CloneSpec, DiskSource, Ownership};
+pub use create::{CreateOptions, Created, Step, PAUSE_ENV, RETRY_WAIT};
+
+use crate::config::cloud::{CloudConfig, Profile};
 use crate::libvirt::{Hypervisor, Instance, LibvirtError};
-use journal::{Intent, JobRef, Journal};
+use create::runner::undo_in_reverse;
+use create::undo::{describe, Undoer};
+use journal::Journal;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub const DEFAULT_MAX_PARALLEL: usize = 8;
-
-/// How long a create that lost its libvirt connection waits for libvirtd to come back.
-pub const RETRY_WAIT: Duration = Duration::from_secs(30);
-
-/// The steps of a create, in order. Tests (and the crash tests) stop a create after any one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Step {
-    Disks,
-    Nvram,
-    Seeded,
-    Defined,
-    KeyAccepted,
-    Started,
-}
-
-impl Step {
-    pub const ALL: [Step; 6] = [
-        Step::Disks,
-        Step::Nvram,
-        Step::Seeded,
-        Step::Defined,
-        Step::KeyAccepted,
-        Step::Started,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Step::Disks => "disks",
-            Step::Nvram => "nvram",
-            Step::Seeded => "seeded",
-            Step::Defined => "defined",
-            Step::KeyAccepted => "key_accepted",
-            Step::Started => "started",
-        }
-    }
-}
 
 /// What the clone pipeline needs of the Salt master beside it.
 #[derive(Clone)]
@@ -131,39 +98,6 @@ impl Progress for Quiet {
     fn step(&self, _: &str, _: &str, _: Value) {}
 }
 
-/// Options of one profile request.
-#[derive(Debug, Clone, Default)]
-pub struct CreateOptions {
-    /// Request id recorded in each clone's metadata (a jid, or a random one).
-    pub request: String,
-    /// Testing: fail right after this step, as if the next one had failed.
-    pub fail_after: Option<Step>,
-    /// The Salt job this create answers (recorded in the journal for a late return).
-    pub job: Option<JobRef>,
-}
-
-/// Testing the crash recovery: a create stops dead after this step (named as in
-/// [`Step::name`]) and waits to be killed.
-pub const PAUSE_ENV: &str = "VIRTSEED_TEST_PAUSE_AFTER";
-
-/// What a successful create reports, in salt-cloud's spirit.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Created {
-    pub name: String,
-    pub id: String,
-    pub state: String,
-    pub profile: String,
-    pub provider: String,
-    pub driver: String,
-    pub base_domain: String,
-    pub macs: Vec<String>,
-    pub volumes: Vec<String>,
-    /// The minion key's fingerprint (`salt-key -f` form), empty without identity.
-    pub fingerprint: String,
-    pub seed: Option<&'static str>,
-    pub timings_ms: BTreeMap<String, u64>,
-}
-
 /// The cloud service.
 pub struct Cloud {
     pub config: CloudConfig,
@@ -232,17 +166,6 @@ impl Drop for NameLock {
             s.remove(&self.name);
         }
     }
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-fn ms(d: Duration) -> u64 {
-    d.as_millis() as u64
 }
 
 impl Cloud {
@@ -359,44 +282,6 @@ impl Cloud {
         Ok(lock)
     }
 
-    fn journal_step(&self, request: &str, name: &str, step: &str) {
-        if let Some(j) = &self.journal {
-            if let Err(e) = j.update(request, name, |en| en.step = step.into()) {
-                tracing::warn!(name, "create journal: {e}");
-            }
-        }
-    }
-
-    /// Records what the create is about to make; nothing is made unless it is recorded.
-    fn journal_intend(&self, request: &str, name: &str, i: Intent) -> Result<(), CloudError> {
-        match &self.journal {
-            Some(j) => j
-                .update(request, name, |en| en.intents.push(i))
-                .map_err(|e| {
-                    CloudError::Internal(format!(
-                        "cannot write the create journal in {}: {e}",
-                        j.dir().display()
-                    ))
-                }),
-            None => Ok(()),
-        }
-    }
-
-    /// Takes back the intent of a make step that found its thing already there: it made
-    /// nothing, and the rollback must not delete what existed before.
-    fn journal_withdraw(&self, request: &str, name: &str, i: &Intent) {
-        if let Some(j) = &self.journal {
-            let r = j.update(request, name, |en| {
-                if let Some(pos) = en.intents.iter().rposition(|x| x == i) {
-                    en.intents.remove(pos);
-                }
-            });
-            if let Err(e) = r {
-                tracing::warn!(name, "create journal: {e}");
-            }
-        }
-    }
-
     /// Records the final result of a create whose minion answered (kept by a reconcile).
     pub fn journal_done(&self, request: &str, name: &str, result: &Value) {
         if let Some(j) = &self.journal {
@@ -439,8 +324,13 @@ impl Cloud {
                 continue;
             }
             let hv = self.hypervisor(&en.uri);
-            let left = undo_intents(hv.as_deref(), self.master.as_ref(), &en.intents, progress);
-            let undone: Vec<String> = en.intents.iter().map(describe_intent).collect();
+            let undoer = Undoer {
+                hv: hv.as_deref(),
+                master: self.master.as_ref(),
+                progress,
+            };
+            let left = undo_in_reverse(&en.intents, &undoer);
+            let undone: Vec<String> = en.intents.iter().map(describe).collect();
             let result = if left.is_empty() {
                 j.remove(&en.request, &en.name);
                 json!({"Error": format!(
@@ -465,473 +355,6 @@ impl Cloud {
             });
         }
         out
-    }
-
-    /// Clones one VM per name from `profile`, up to `max_parallel` at once. Names are all
-    /// checked before anything is made; each name's result is independent.
-    pub async fn profile(
-        self: &Arc<Self>,
-        profile: &str,
-        names: &[String],
-        opts: CreateOptions,
-        progress: Arc<dyn Progress>,
-    ) -> Result<BTreeMap<String, Result<Created, CloudError>>, CloudError> {
-        let prof = self
-            .config
-            .profile(profile)
-            .map_err(CloudError::Config)?
-            .clone();
-        self.create_many(prof, names, opts, progress).await
-    }
-
-    /// Clones one VM per name from a resolved profile (a named one, or `cloud.create`'s).
-    pub async fn create_many(
-        self: &Arc<Self>,
-        prof: Profile,
-        names: &[String],
-        opts: CreateOptions,
-        progress: Arc<dyn Progress>,
-    ) -> Result<BTreeMap<String, Result<Created, CloudError>>, CloudError> {
-        names::check_all(names).map_err(CloudError::BadName)?;
-        self.check_served(&prof)?;
-        let limit = prof.max_parallel.unwrap_or(self.max_parallel);
-        let me = self.clone();
-        Ok(per_name(names, limit, "clone", move |name| {
-            me.create_one(&prof, name, &opts, &*progress)
-        })
-        .await)
-    }
-
-    /// One clone, blocking. On error everything made is undone before returning. A create
-    /// that failed because libvirtd went away, and was fully undone, is tried once more when
-    /// libvirtd is back (within [`RETRY_WAIT`]).
-    pub fn create_one(
-        &self,
-        prof: &Profile,
-        name: &str,
-        opts: &CreateOptions,
-        progress: &dyn Progress,
-    ) -> Result<Created, CloudError> {
-        let _lock = self.lock_name(name)?;
-        let failed = match self.attempt(prof, name, opts, progress) {
-            Ok(c) => return Ok(c),
-            Err(f) => f,
-        };
-        let failed = match failed.error {
-            CloudError::Libvirt(e) if e.is_connection_lost() && failed.left.is_empty() => {
-                tracing::warn!(name, "libvirt connection lost ({e}); trying again");
-                progress.step(name, "retrying", json!({"error": e.to_string()}));
-                match self.attempt(prof, name, opts, progress) {
-                    Ok(c) => return Ok(c),
-                    Err(f) => f,
-                }
-            }
-            error => Failed { error, ..failed },
-        };
-        progress.step(
-            name,
-            "failed",
-            json!({"error": failed.error.to_string(), "rolled_back": failed.undone, "left_behind": failed.left}),
-        );
-        Err(failed.error)
-    }
-
-    /// Waits until `uri` answers again; false after `limit`.
-    fn wait_hypervisor(&self, uri: &str, limit: Duration) -> bool {
-        let t = Instant::now();
-        while t.elapsed() < limit {
-            if self.hypervisor(uri).is_ok_and(|h| h.is_alive()) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        false
-    }
-
-    /// One try at a clone; on error, everything it made is undone (or left to the reconcile).
-    fn attempt(
-        &self,
-        prof: &Profile,
-        name: &str,
-        opts: &CreateOptions,
-        progress: &dyn Progress,
-    ) -> Result<Created, Failed> {
-        // Everything this create is about to make, recorded before it is made (and journaled):
-        // what a rollback undoes, whatever step failed.
-        let intents = std::cell::RefCell::new(Vec::new());
-        let t0 = Instant::now();
-        let mut timings = BTreeMap::new();
-        if let Some(j) = &self.journal {
-            j.write(&journal::Entry {
-                name: name.into(),
-                request: opts.request.clone(),
-                job: opts.job.clone(),
-                profile: prof.name.clone(),
-                uri: prof.url.clone(),
-                owner: journal::Owner::me(),
-                step: "begun".into(),
-                intents: vec![],
-                done: None,
-                reported: false,
-            })
-            .map_err(|e| Failed {
-                error: CloudError::Internal(format!(
-                    "cannot write the create journal in {}: {e}",
-                    j.dir().display()
-                )),
-                undone: 0,
-                left: vec![],
-            })?;
-        }
-        let result = self.build(prof, name, opts, progress, &intents, &mut timings, t0);
-        match result {
-            Ok(c) => Ok(c),
-            Err(e) => {
-                if matches!(&e, CloudError::Libvirt(le) if le.is_connection_lost()) {
-                    // Undo on the libvirtd that comes back, rather than fail to undo now.
-                    self.wait_hypervisor(&prof.url, RETRY_WAIT);
-                }
-                let hv = self.hypervisor(&prof.url);
-                let leftovers = undo_intents(
-                    hv.as_deref(),
-                    self.master.as_ref(),
-                    &intents.borrow(),
-                    progress,
-                );
-                if leftovers.is_empty() {
-                    self.journal_close(&opts.request, name);
-                    tracing::warn!(name, error = %e, undone = intents.borrow().len(), "create failed; rolled back");
-                } else {
-                    // Left to the next reconcile (which retries the whole undo): this
-                    // process no longer owns the entry, and its error is returned now.
-                    if let Some(j) = &self.journal {
-                        let _ = j.update(&opts.request, name, |en| {
-                            en.owner = journal::Owner { pid: 0, start: 0 };
-                            en.reported = true;
-                        });
-                    }
-                    tracing::error!(name, error = %e, ?leftovers, "create failed; rollback left these behind (retried at the next reconcile)");
-                }
-                Err(Failed {
-                    error: e,
-                    undone: intents.borrow().len(),
-                    left: leftovers,
-                })
-            }
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn build(
-        &self,
-        prof: &Profile,
-        name: &str,
-        opts: &CreateOptions,
-        progress: &dyn Progress,
-        intents: &std::cell::RefCell<Vec<Intent>>,
-        timings: &mut BTreeMap<String, u64>,
-        t0: Instant,
-    ) -> Result<Created, CloudError> {
-        let checkpoint =
-            |step: Step, timings: &mut BTreeMap<String, u64>| -> Result<(), CloudError> {
-                timings.insert(step.name().into(), ms(t0.elapsed()));
-                self.journal_step(&opts.request, name, step.name());
-                progress.step(name, step.name(), json!({"elapsed_ms": ms(t0.elapsed())}));
-                if self.pause_after.as_deref() == Some(step.name()) {
-                    tracing::warn!(name, "paused after step {} ({PAUSE_ENV})", step.name());
-                    loop {
-                        std::thread::park();
-                    }
-                }
-                if opts.fail_after == Some(step) {
-                    return Err(CloudError::Injected(step.name()));
-                }
-                Ok(())
-            };
-        let intend = |i: Intent| -> Result<(), CloudError> {
-            self.journal_intend(&opts.request, name, i.clone())?;
-            intents.borrow_mut().push(i);
-            Ok(())
-        };
-        // The last intent's step found its volume or file already there: it made nothing.
-        let withdraw = || {
-            if let Some(i) = intents.borrow_mut().pop() {
-                self.journal_withdraw(&opts.request, name, &i);
-            }
-        };
-        // Paths of the volumes made, for the ownership record (what destroy deletes).
-        let mut volumes: Vec<String> = Vec::new();
-        if self.master.is_some() && prof.minion.get("master").is_none() {
-            return Err(CloudError::Config(format!(
-                "profile {:?} ({}): `minion: {{master: ADDRESS}}` is required: the address the guest reaches this master at (10.0.2.2 under QEMU user networking)",
-                prof.name,
-                prof.file.display()
-            )));
-        }
-        let hv = self.hypervisor(&prof.url)?;
-        hv.check_free(name)?;
-        let base = hv.base(&prof.base_domain)?;
-
-        // Disks: one volume per base disk, named after the clone and the device.
-        let mut disks = Vec::new();
-        for (i, d) in base.disks.iter().enumerate() {
-            let mut capacity = d.capacity;
-            if i == 0 {
-                if let Some(gib) = prof.disk_gib {
-                    let want = gib * 1024 * 1024 * 1024;
-                    if want < d.capacity {
-                        return Err(LibvirtError::Shrink {
-                            want: gib,
-                            have: d.capacity,
-                        }
-                        .into());
-                    }
-                    capacity = want;
-                }
-            }
-            let pool = prof.pool.clone().unwrap_or_else(|| d.pool.clone());
-            let (vol_name, format) = match prof.clone_strategy {
-                CloneStrategy::Quick => (format!("{name}-{}.qcow2", d.target), "qcow2".to_string()),
-                CloneStrategy::Full => {
-                    let ext = if d.format == "qcow2" { "qcow2" } else { "img" };
-                    (format!("{name}-{}.{ext}", d.target), d.format.clone())
-                }
-            };
-            intend(Intent::Volume {
-                pool: pool.clone(),
-                name: vol_name.clone(),
-            })?;
-            let made = match prof.clone_strategy {
-                CloneStrategy::Quick => hv.create_overlay(&pool, &vol_name, d, capacity),
-                CloneStrategy::Full => hv.create_copy(&pool, &vol_name, d, capacity),
-            };
-            let path = unless_existed(made, &withdraw)?;
-            volumes.push(path.clone());
-            disks.push(CloneDisk {
-                target: d.target.clone(),
-                source: if d.by_volume {
-                    DiskSource::Volume {
-                        pool,
-                        volume: vol_name,
-                    }
-                } else {
-                    DiskSource::File(path)
-                },
-                format,
-            });
-        }
-        checkpoint(Step::Disks, timings)?;
-
-        let mut files = Vec::new();
-        let nvram = match &base.xml.nvram {
-            Some(p) => match self.copy_nvram_volume(&hv, p, name, &intend, &withdraw)? {
-                // In a pool: copied through libvirt.
-                Some(c) => {
-                    volumes.push(c.clone());
-                    Some(c)
-                }
-                // A local file beside the base's (libvirt's nvram dir): copied here.
-                None if hv.is_local() && std::path::Path::new(p).is_file() => {
-                    let dest = nvram_sibling(p, name);
-                    intend(Intent::File { path: dest.clone() })?;
-                    let copy = || -> std::io::Result<()> {
-                        let mut src = std::fs::File::open(p)?;
-                        let mut out = std::fs::OpenOptions::new()
-                            .write(true)
-                            .create_new(true)
-                            .open(&dest)?;
-                        std::io::copy(&mut src, &mut out)?;
-                        out.sync_all()
-                    };
-                    copy().map_err(|e| {
-                        if e.kind() == std::io::ErrorKind::AlreadyExists {
-                            withdraw();
-                        }
-                        CloudError::Internal(format!("copying the NVRAM {p} to {dest}: {e}"))
-                    })?;
-                    files.push(dest.clone());
-                    Some(dest)
-                }
-                // Elsewhere: libvirt makes a fresh one from the loader's template.
-                None => Some(nvram_sibling(p, name)),
-            },
-            None => None,
-        };
-        checkpoint(Step::Nvram, timings)?;
-
-        let uuid = uuid::Uuid::new_v4().to_string();
-        // Identity: a fresh keypair, and the seed that carries it into the guest.
-        let mut extra_devices = Vec::new();
-        let mut oem_strings = Vec::new();
-        let mut identity_key = None;
-        if let Some(mc) = &self.master {
-            let key = match prof.accept {
-                AcceptMode::Preseed => Some(
-                    self.key_pool()
-                        .take(prof.keysize)
-                        .map_err(|e| CloudError::Internal(format!("minting a key: {e}")))?,
-                ),
-                AcceptMode::OnFirstAuth | AcceptMode::Manual => None,
-            };
-            let ident = identity(prof, name, &uuid, mc, key.as_ref())?;
-            match prof.seed {
-                SeedKind::CloudInit => {
-                    let img = ident
-                        .nocloud_image()
-                        .map_err(|e| CloudError::Internal(e.to_string()))?;
-                    let pool = prof
-                        .pool
-                        .clone()
-                        .unwrap_or_else(|| base.disks[0].pool.clone());
-                    let seed_vol = format!("{name}-seed.img");
-                    intend(Intent::Volume {
-                        pool: pool.clone(),
-                        name: seed_vol.clone(),
-                    })?;
-                    let made = hv.upload_volume(&pool, &seed_vol, "raw", &img);
-                    let path = unless_existed(made, &withdraw)?;
-                    volumes.push(path.clone());
-                    extra_devices.push(
-                        Element::new("disk")
-                            .with_attr("type", "file")
-                            .with_attr("device", "disk")
-                            .with_child(
-                                Element::new("driver")
-                                    .with_attr("name", "qemu")
-                                    .with_attr("type", "raw"),
-                            )
-                            .with_child(Element::new("source").with_attr("file", &path))
-                            .with_child(
-                                Element::new("target")
-                                    .with_attr("dev", &free_virtio_target(&base))
-                                    .with_attr("bus", "virtio"),
-                            )
-                            .with_child(Element::new("readonly"))
-                            .with_child(Element::new("serial").with_text("virtseed-seed")),
-                    );
-                }
-                SeedKind::Smbios => {
-                    oem_strings = ident
-                        .smbios_strings()
-                        .map_err(|e| CloudError::Internal(e.to_string()))?
-                        .iter()
-                        .map(|s| s.to_string())
-                        .collect();
-                }
-            }
-            identity_key = key;
-        }
-        checkpoint(Step::Seeded, timings)?;
-        let fingerprint = identity_key
-            .as_ref()
-            .map(|k| k.public_key().fingerprint())
-            .unwrap_or_default();
-        let spec = CloneSpec {
-            name: name.into(),
-            uuid: uuid.clone(),
-            description: prof
-                .desc
-                .clone()
-                .unwrap_or_else(|| format!("cloned from {} by virtseed", prof.base_domain)),
-            disks,
-            nvram,
-            cpus: prof.cpus,
-            memory_mib: prof.memory_mib,
-            ownership: Ownership {
-                profile: prof.name.clone(),
-                provider: prof.provider.clone(),
-                base: prof.base_domain.clone(),
-                fingerprint: fingerprint.clone(),
-                created: now_secs(),
-                request: opts.request.clone(),
-                volumes: volumes.clone(),
-                files,
-                accept: match prof.accept {
-                    AcceptMode::Preseed => "preseed".into(),
-                    AcceptMode::OnFirstAuth => "on_first_auth".into(),
-                    AcceptMode::Manual => "manual".into(),
-                },
-                window: prof.autoaccept_window_secs,
-            },
-            extra_devices,
-            oem_strings,
-        };
-        let (xml, macs) = domain_xml::clone_xml(&base.xml, &spec).map_err(LibvirtError::from)?;
-        intend(Intent::Domain {
-            name: name.into(),
-            uuid: uuid.clone(),
-        })?;
-        hv.define(&xml, prof.validate_xml)?;
-        if prof.onboot {
-            hv.set_autostart(name, true)?;
-        }
-        checkpoint(Step::Defined, timings)?;
-
-        // Pre-accept, before the guest can ask: the master already trusts exactly this key.
-        if let (Some(mc), Some(key)) = (&self.master, &identity_key) {
-            let pem = key.public_key().pem();
-            intend(Intent::Key {
-                id: name.into(),
-                finger: fingerprint.clone(),
-            })?;
-            match crate::pki::pre_accept(&mc.pki_dir, name, pem)
-                .map_err(|e| CloudError::Internal(e.to_string()))?
-            {
-                crate::pki::Accepted::Ours | crate::pki::Accepted::Absent => {}
-                crate::pki::Accepted::Other if prof.force => {
-                    crate::pki::force_accept(&mc.pki_dir, name, pem)
-                        .map_err(|e| CloudError::Internal(e.to_string()))?;
-                }
-                crate::pki::Accepted::Other => {
-                    return Err(CloudError::KeyTaken(name.into()));
-                }
-            }
-            progress.fire(
-                "salt/key",
-                json!({"result": true, "act": mc.accept_act, "id": name}),
-            );
-        }
-        checkpoint(Step::KeyAccepted, timings)?;
-
-        hv.start(name)?;
-        checkpoint(Step::Started, timings)?;
-
-        Ok(Created {
-            name: name.into(),
-            id: uuid,
-            state: "running".into(),
-            profile: prof.name.clone(),
-            provider: format!("{}:{}", prof.provider, prof.driver),
-            driver: prof.driver.clone(),
-            base_domain: prof.base_domain.clone(),
-            macs,
-            volumes,
-            fingerprint,
-            seed: self.master.as_ref().map(|_| match prof.seed {
-                SeedKind::CloudInit => "cloud-init",
-                SeedKind::Smbios => "smbios",
-            }),
-            timings_ms: timings.clone(),
-        })
-    }
-
-    /// The base's NVRAM copied as a volume of its pool (journaled first), if it is one.
-    fn copy_nvram_volume(
-        &self,
-        hv: &Hypervisor,
-        base_nvram: &str,
-        name: &str,
-        intend: &dyn Fn(Intent) -> Result<(), CloudError>,
-        withdraw: &dyn Fn(),
-    ) -> Result<Option<String>, CloudError> {
-        let Some(pool) = hv.nvram_pool(base_nvram) else {
-            return Ok(hv.copy_nvram(base_nvram, name)?);
-        };
-        intend(Intent::Volume {
-            pool,
-            name: Hypervisor::nvram_volume_name(name),
-        })?;
-        Ok(unless_existed(hv.copy_nvram(base_nvram, name), withdraw)?)
     }
 
     /// Finds which provider URI holds `name` among virtseed's domains.
@@ -1072,62 +495,6 @@ impl Cloud {
     }
 }
 
-/// The identity of clone `name`: minion config from the profile's `minion:` (id forced to
-/// the name; master ports defaulting to the master's), grains with virtseed's own.
-fn identity(
-    prof: &Profile,
-    name: &str,
-    uuid: &str,
-    mc: &MasterCtx,
-    key: Option<&salt_proto::keys::PrivateKey>,
-) -> Result<crate::seed::Identity, CloudError> {
-    use yaml_serde::Value as Y;
-    let mut conf = prof.minion.clone();
-    conf.insert("id".into(), Y::String(name.into()));
-    if conf.get("master_port").is_none() {
-        conf.insert("master_port".into(), Y::Number(mc.ret_port.into()));
-    }
-    if conf.get("publish_port").is_none() {
-        conf.insert("publish_port".into(), Y::Number(mc.publish_port.into()));
-    }
-    let mut grains = prof.grains.clone();
-    let mut ours = yaml_serde::Mapping::new();
-    ours.insert("profile".into(), Y::String(prof.name.clone()));
-    ours.insert(
-        "provider".into(),
-        Y::String(format!("{}:{}", prof.provider, prof.driver)),
-    );
-    ours.insert("base".into(), Y::String(prof.base_domain.clone()));
-    grains.insert("virtseed".into(), Y::Mapping(ours));
-    Ok(crate::seed::Identity {
-        id: name.into(),
-        instance_id: uuid.into(),
-        private_pem: key.map(|k| k.to_pem()),
-        public_pem: key.map(|k| k.public_key().pem().to_string()),
-        master_pub: mc.master_pub.clone(),
-        minion_conf: conf,
-        grains,
-    })
-}
-
-/// Where libvirt would keep a fresh NVRAM for the clone, beside the base's.
-fn nvram_sibling(base_nvram: &str, name: &str) -> String {
-    let dir = std::path::Path::new(base_nvram)
-        .parent()
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "/var/lib/libvirt/qemu/nvram".into());
-    format!("{dir}/{name}_VARS.fd")
-}
-
-/// A make step that found its volume already there made nothing: `withdraw` takes its intent
-/// back, so the rollback leaves that volume alone.
-fn unless_existed<T>(r: Result<T, LibvirtError>, withdraw: &dyn Fn()) -> Result<T, LibvirtError> {
-    if matches!(r, Err(LibvirtError::VolumeExists { .. })) {
-        withdraw();
-    }
-    r
-}
-
 /// Runs blocking `f` for every name, at most `limit` at once; each name's result apart.
 async fn per_name<T: Send + 'static>(
     names: &[String],
@@ -1173,15 +540,6 @@ impl Recovered {
     }
 }
 
-/// A create that failed, after its rollback.
-struct Failed {
-    error: CloudError,
-    /// How many things were rolled back (or tried).
-    undone: usize,
-    /// What the rollback could not undo (left to the reconcile).
-    left: Vec<String>,
-}
-
 /// One interrupted create, as a reconcile left it.
 #[derive(Debug, Clone)]
 pub struct Recovered {
@@ -1190,77 +548,6 @@ pub struct Recovered {
     pub result: Value,
     /// What could not be undone yet (the entry stays for the next reconcile).
     pub left_behind: Vec<String>,
-}
-
-fn describe_intent(i: &Intent) -> String {
-    match i {
-        Intent::Volume { pool, name } => format!("volume {name} (pool {pool})"),
-        Intent::File { path } => format!("file {path}"),
-        Intent::Domain { name, .. } => format!("domain {name}"),
-        Intent::Key { id, .. } => format!("accepted key of {id}"),
-    }
-}
-
-/// Undoes intents in reverse, skipping what does not exist (or is not ours); returns what
-/// could not be undone. Keys and files are undone even when libvirt is unreachable.
-fn undo_intents(
-    hv: Result<&Hypervisor, &LibvirtError>,
-    master: Option<&MasterCtx>,
-    intents: &[Intent],
-    progress: &dyn Progress,
-) -> Vec<String> {
-    let mut left = Vec::new();
-    for i in intents.iter().rev() {
-        let r = match i {
-            Intent::Domain { name, uuid } => hv
-                .map_err(|e| e.to_string())
-                .and_then(|hv| hv.undefine_uuid(name, uuid).map_err(|e| e.to_string()))
-                .map(|_| ()),
-            Intent::Volume { pool, name } => hv.map_err(|e| e.to_string()).and_then(|hv| {
-                hv.delete_volume_named(pool, name)
-                    .map_err(|e| e.to_string())
-            }),
-            Intent::File { path } => match std::fs::remove_file(path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
-                _ => Ok(()),
-            },
-            Intent::Key { id, finger } => match master {
-                Some(mc) => revoke_key(mc, id, finger, progress),
-                None => Ok(()),
-            },
-        };
-        if let Err(e) = r {
-            left.push(format!("{}: {e}", describe_intent(i)));
-        }
-    }
-    left
-}
-
-/// Removes our accepted key for `id` and the master's cache for it, and says so on the bus.
-fn revoke_key(
-    mc: &MasterCtx,
-    id: &str,
-    finger: &str,
-    progress: &dyn Progress,
-) -> Result<(), String> {
-    let removed =
-        crate::pki::revoke(&mc.pki_dir, &mc.cachedir, id, finger).map_err(|e| e.to_string())?;
-    if removed {
-        progress.fire(
-            "salt/key",
-            json!({"result": true, "act": "delete", "id": id}),
-        );
-    }
-    Ok(())
-}
-
-/// The first free `vdX` device name after the domain's own virtio disks.
-fn free_virtio_target(base: &crate::libvirt::Base) -> String {
-    let used: Vec<String> = base.xml.disks.iter().map(|d| d.target.clone()).collect();
-    ('b'..='z')
-        .map(|c| format!("vd{c}"))
-        .find(|t| !used.contains(t))
-        .unwrap_or_else(|| "vdz".into())
 }
 
 /// An instance in salt-cloud's `list_nodes` shape plus virtseed's record.

@@ -6,7 +6,10 @@
 //! `extends:`), then its provider, then the main `cloud` file; mappings (`minion`, `grains`)
 //! are merged across those levels with the profile winning.
 
+mod resolve;
+
 use super::{yaml, ConfigError};
+use resolve::{resolve_profile, Resolved};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use yaml_serde::{Mapping, Value};
@@ -219,120 +222,56 @@ pub fn deep_merge(base: &mut Mapping, over: &Mapping) {
     }
 }
 
+/// One driver entry of provider `alias` in `file`.
+fn provider_entry(file: &Path, alias: &str, entry: &Value) -> Result<Provider, ConfigError> {
+    let Some(m) = entry.as_mapping() else {
+        return Err(key_err(
+            file,
+            alias.to_string(),
+            format!(
+                "must be a mapping with `driver:`, found {}",
+                yaml::kind(entry)
+            ),
+        ));
+    };
+    // `provider:` is the old spelling of `driver:`.
+    let driver = m
+        .get("driver")
+        .or_else(|| m.get("provider"))
+        .and_then(yaml::as_text);
+    let Some(driver) = driver else {
+        return Err(key_err(
+            file,
+            format!("{alias}.driver"),
+            "is required (e.g. `driver: libvirt`)".into(),
+        ));
+    };
+    let url = m.get("url").and_then(yaml::as_text);
+    if driver == "libvirt" && url.is_none() {
+        return Err(key_err(
+            file,
+            format!("{alias}.url"),
+            "is required for driver libvirt (e.g. `url: qemu:///system`)".into(),
+        ));
+    }
+    Ok(Provider {
+        alias: alias.to_string(),
+        driver,
+        url,
+        sidecar: m.get("sidecar").and_then(yaml::as_text),
+        file: file.to_path_buf(),
+        raw: m.clone(),
+    })
+}
+
 impl CloudConfig {
     pub fn load(dir: &Path) -> CloudConfig {
         let mut cfg = CloudConfig::default();
-        // The main `cloud` file: global defaults for every profile.
-        let main_path = dir.join("cloud");
-        let main = if main_path.is_file() {
-            cfg.files.push(main_path.clone());
-            match yaml::load_file(&main_path) {
-                Ok(Value::Mapping(m)) => m,
-                Ok(_) => Mapping::new(),
-                Err(e) => {
-                    cfg.errors.push(e);
-                    Mapping::new()
-                }
-            }
-        } else {
-            Mapping::new()
-        };
-
-        // Providers.
+        let main = cfg.load_main(dir);
         for file in layered_files(dir, "cloud.providers") {
-            cfg.files.push(file.clone());
-            let v = match yaml::load_file(&file) {
-                Ok(v) => v,
-                Err(e) => {
-                    cfg.errors.push(e);
-                    continue;
-                }
-            };
-            for (alias, body) in v.as_mapping().into_iter().flatten() {
-                let Some(alias) = yaml::as_text(alias) else {
-                    continue;
-                };
-                // An alias is one mapping, or a list of mappings (one per driver).
-                let entries: Vec<&Value> = match body {
-                    Value::Sequence(s) => s.iter().collect(),
-                    other => vec![other],
-                };
-                for entry in entries {
-                    let Some(m) = entry.as_mapping() else {
-                        cfg.errors.push(key_err(
-                            &file,
-                            alias.clone(),
-                            format!(
-                                "must be a mapping with `driver:`, found {}",
-                                yaml::kind(entry)
-                            ),
-                        ));
-                        continue;
-                    };
-                    // `provider:` is the old spelling of `driver:`.
-                    let driver = m
-                        .get("driver")
-                        .or_else(|| m.get("provider"))
-                        .and_then(yaml::as_text);
-                    let Some(driver) = driver else {
-                        cfg.errors.push(key_err(
-                            &file,
-                            format!("{alias}.driver"),
-                            "is required (e.g. `driver: libvirt`)".into(),
-                        ));
-                        continue;
-                    };
-                    let url = m.get("url").and_then(yaml::as_text);
-                    if driver == "libvirt" && url.is_none() {
-                        cfg.errors.push(key_err(
-                            &file,
-                            format!("{alias}.url"),
-                            "is required for driver libvirt (e.g. `url: qemu:///system`)".into(),
-                        ));
-                        continue;
-                    }
-                    let list = cfg.providers.entry(alias.clone()).or_default();
-                    list.retain(|p| p.driver != driver);
-                    list.push(Provider {
-                        alias: alias.clone(),
-                        driver,
-                        url,
-                        sidecar: m.get("sidecar").and_then(yaml::as_text),
-                        file: file.clone(),
-                        raw: m.clone(),
-                    });
-                }
-            }
+            cfg.load_providers(file);
         }
-
-        // Profiles, as written (extends resolved below).
-        let mut written: BTreeMap<String, (PathBuf, Mapping)> = BTreeMap::new();
-        for file in layered_files(dir, "cloud.profiles") {
-            cfg.files.push(file.clone());
-            let v = match yaml::load_file(&file) {
-                Ok(v) => v,
-                Err(e) => {
-                    cfg.errors.push(e);
-                    continue;
-                }
-            };
-            for (name, body) in v.as_mapping().into_iter().flatten() {
-                let Some(name) = yaml::as_text(name) else {
-                    continue;
-                };
-                match body.as_mapping() {
-                    Some(m) => {
-                        written.insert(name, (file.clone(), m.clone()));
-                    }
-                    None => cfg.errors.push(key_err(
-                        &file,
-                        name,
-                        format!("a profile must be a mapping, found {}", yaml::kind(body)),
-                    )),
-                }
-            }
-        }
-
+        let written = cfg.load_profiles(dir);
         cfg.main = main.clone();
         for name in written.keys() {
             let (file, _) = &written[name];
@@ -355,6 +294,77 @@ impl CloudConfig {
             }
         }
         cfg
+    }
+
+    /// The main `cloud` file: global defaults for every profile.
+    fn load_main(&mut self, dir: &Path) -> Mapping {
+        let main_path = dir.join("cloud");
+        if !main_path.is_file() {
+            return Mapping::new();
+        }
+        match self.read(&main_path) {
+            Some(Value::Mapping(m)) => m,
+            _ => Mapping::new(),
+        }
+    }
+
+    /// One of salt-cloud's files, listed in `files`; one that cannot be read is an error.
+    fn read(&mut self, file: &Path) -> Option<Value> {
+        self.files.push(file.to_path_buf());
+        yaml::load_file(file).map_err(|e| self.errors.push(e)).ok()
+    }
+
+    /// The provider aliases of one `cloud.providers` file.
+    fn load_providers(&mut self, file: PathBuf) {
+        let Some(v) = self.read(&file) else {
+            return;
+        };
+        for (alias, body) in v.as_mapping().into_iter().flatten() {
+            let Some(alias) = yaml::as_text(alias) else {
+                continue;
+            };
+            // An alias is one mapping, or a list of mappings (one per driver).
+            let entries: Vec<&Value> = match body {
+                Value::Sequence(s) => s.iter().collect(),
+                other => vec![other],
+            };
+            for entry in entries {
+                match provider_entry(&file, &alias, entry) {
+                    Ok(p) => {
+                        let list = self.providers.entry(alias.clone()).or_default();
+                        list.retain(|q| q.driver != p.driver);
+                        list.push(p);
+                    }
+                    Err(e) => self.errors.push(e),
+                }
+            }
+        }
+    }
+
+    /// Profiles as written (`extends:` not yet resolved), by name.
+    fn load_profiles(&mut self, dir: &Path) -> BTreeMap<String, (PathBuf, Mapping)> {
+        let mut written = BTreeMap::new();
+        for file in layered_files(dir, "cloud.profiles") {
+            let Some(v) = self.read(&file) else {
+                continue;
+            };
+            for (name, body) in v.as_mapping().into_iter().flatten() {
+                let Some(name) = yaml::as_text(name) else {
+                    continue;
+                };
+                match body.as_mapping() {
+                    Some(m) => {
+                        written.insert(name, (file.clone(), m.clone()));
+                    }
+                    None => self.errors.push(key_err(
+                        &file,
+                        name,
+                        format!("a profile must be a mapping, found {}", yaml::kind(body)),
+                    )),
+                }
+            }
+        }
+        written
     }
 
     /// A profile made of `provider` and profile keys given directly (salt-cloud's
@@ -424,11 +434,6 @@ impl CloudConfig {
     }
 }
 
-enum Resolved {
-    Ours(Box<Profile>),
-    Foreign(ForeignProfile),
-}
-
 fn resolve_extends(
     name: &str,
     written: &BTreeMap<String, (PathBuf, Mapping)>,
@@ -478,254 +483,6 @@ pub fn parse_mib(v: &Value) -> Option<u64> {
         _ => return None,
     };
     n.checked_mul(mul)
-}
-
-fn resolve_profile(
-    name: &str,
-    file: &Path,
-    prof: Mapping,
-    providers: &BTreeMap<String, Vec<Provider>>,
-    main: &Mapping,
-) -> Result<Resolved, ConfigError> {
-    let err = |key: &str, expected: String| key_err(file, format!("{name}.{key}"), expected);
-    let provider_ref = prof
-        .get("provider")
-        .and_then(yaml::as_text)
-        .ok_or_else(|| {
-            err(
-                "provider",
-                "is required: the provider alias (`alias` or `alias:driver`)".into(),
-            )
-        })?;
-    let (alias, want_driver) = match provider_ref.split_once(':') {
-        Some((a, d)) => (a.to_string(), Some(d.to_string())),
-        None => (provider_ref.clone(), None),
-    };
-    let candidates = providers.get(&alias).ok_or_else(|| {
-        err(
-            "provider",
-            format!(
-                "names {alias:?}, which is not in cloud.providers(.d) (known: {})",
-                providers.keys().cloned().collect::<Vec<_>>().join(", ")
-            ),
-        )
-    })?;
-    let provider = match &want_driver {
-        Some(d) => candidates
-            .iter()
-            .find(|p| &p.driver == d)
-            .ok_or_else(|| err("provider", format!("alias {alias:?} has no driver {d:?}")))?,
-        None => {
-            if candidates.len() > 1 {
-                return Err(err(
-                    "provider",
-                    format!("alias {alias:?} has several drivers; write `{alias}:<driver>`"),
-                ));
-            }
-            &candidates[0]
-        }
-    };
-    if provider.driver != "libvirt" {
-        return Ok(Resolved::Foreign(ForeignProfile {
-            name: name.to_string(),
-            file: file.to_path_buf(),
-            provider: alias,
-            driver: provider.driver.clone(),
-        }));
-    }
-
-    // Lookup order: profile, provider, main cloud file; mappings merged.
-    let lookup = |key: &str| -> Option<Value> {
-        let levels = [main.get(key), provider.raw.get(key), prof.get(key)];
-        if levels.iter().flatten().any(|v| v.is_mapping()) {
-            let mut out = Mapping::new();
-            for v in levels.iter().flatten() {
-                if let Value::Mapping(m) = v {
-                    deep_merge(&mut out, m);
-                }
-            }
-            return Some(Value::Mapping(out));
-        }
-        levels.iter().rev().flatten().next().map(|v| (*v).clone())
-    };
-    let boolean = |key: &str, default: bool| -> Result<bool, ConfigError> {
-        match lookup(key) {
-            None | Some(Value::Null) => Ok(default),
-            Some(v) => yaml::as_bool(&v).ok_or_else(|| {
-                err(
-                    key,
-                    format!("must be true or false (yes/no/on/off), not {}", show(&v)),
-                )
-            }),
-        }
-    };
-    let number = |key: &str, min: i64, max: i64| -> Result<Option<i64>, ConfigError> {
-        match lookup(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => match yaml::as_i64(&v) {
-                Some(n) if (min..=max).contains(&n) => Ok(Some(n)),
-                _ => Err(err(
-                    key,
-                    format!(
-                        "must be a whole number from {min} to {max}, not {}",
-                        show(&v)
-                    ),
-                )),
-            },
-        }
-    };
-    let text = |key: &str| -> Result<Option<String>, ConfigError> {
-        match lookup(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => yaml::as_text(&v)
-                .map(Some)
-                .ok_or_else(|| err(key, format!("must be a string, not {}", yaml::kind(&v)))),
-        }
-    };
-    let mapping = |key: &str| -> Result<Mapping, ConfigError> {
-        match lookup(key) {
-            None | Some(Value::Null) => Ok(Mapping::new()),
-            Some(Value::Mapping(m)) => Ok(m),
-            Some(v) => Err(err(
-                key,
-                format!("must be a mapping, not {}", yaml::kind(&v)),
-            )),
-        }
-    };
-
-    let base_domain = text("base_domain")?
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| {
-            err(
-                "base_domain",
-                "is required: the name of the shut-off libvirt domain to clone".into(),
-            )
-        })?;
-    let clone_strategy = match text("clone_strategy")?.as_deref() {
-        None | Some("quick") => CloneStrategy::Quick,
-        Some("full") => CloneStrategy::Full,
-        Some(o) => {
-            return Err(err(
-                "clone_strategy",
-                format!("must be quick or full, not {o:?}"),
-            ))
-        }
-    };
-    let ip_source = match text("ip_source")?.as_deref() {
-        None | Some("ip-learning") => IpSource::IpLearning,
-        Some("qemu-agent") => IpSource::QemuAgent,
-        Some(o) => {
-            return Err(err(
-                "ip_source",
-                format!("must be ip-learning or qemu-agent, not {o:?}"),
-            ))
-        }
-    };
-    let memory_mib = match lookup("memory") {
-        None | Some(Value::Null) => None,
-        Some(v) => match parse_mib(&v) {
-            Some(n) if (16..=16 * 1024 * 1024).contains(&n) => Some(n),
-            _ => {
-                return Err(err(
-                    "memory",
-                    format!(
-                        "must be a size in MiB of at least 16 (e.g. 2048 or '2G'), not {}",
-                        show(&v)
-                    ),
-                ))
-            }
-        },
-    };
-    let seed = match text("seed")?.as_deref() {
-        None | Some("cloud-init") | Some("cloudinit") | Some("nocloud") => SeedKind::CloudInit,
-        Some("smbios") => SeedKind::Smbios,
-        Some(o) => {
-            return Err(err(
-                "seed",
-                format!("must be cloud-init or smbios, not {o:?}"),
-            ))
-        }
-    };
-    let accept = match text("accept")?.as_deref() {
-        None | Some("preseed") => AcceptMode::Preseed,
-        Some("on_first_auth") => AcceptMode::OnFirstAuth,
-        Some("manual") => AcceptMode::Manual,
-        Some(o) => {
-            return Err(err(
-                "accept",
-                format!("must be preseed, on_first_auth or manual, not {o:?}"),
-            ))
-        }
-    };
-    let keysize = number("keysize", 2048, 8192)?.unwrap_or(2048);
-    if keysize % 1024 != 0 {
-        return Err(err(
-            "keysize",
-            format!("must be a multiple of 1024 (2048, 3072, 4096), not {keysize}"),
-        ));
-    }
-    let minion = mapping("minion")?;
-    let grains = mapping("grains")?;
-    let pool = text("pool")?;
-    let sidecar = text("sidecar")?;
-    if let Some(s) = &sidecar {
-        if !crate::names::valid_minion_id(s) {
-            return Err(err(
-                "sidecar",
-                format!("must be the sidecar's minion id, not {s:?}"),
-            ));
-        }
-    }
-
-    let mut unused = Vec::new();
-    let mut unknown = Vec::new();
-    for k in prof.keys().filter_map(yaml::as_text) {
-        if UNUSED_SALT_CLOUD_KEYS.contains(&k.as_str()) {
-            unused.push(k);
-        } else if !PROFILE_KEYS.contains(&k.as_str()) {
-            unknown.push(k);
-        }
-    }
-
-    Ok(Resolved::Ours(Box::new(Profile {
-        name: name.to_string(),
-        file: file.to_path_buf(),
-        provider: alias,
-        driver: provider.driver.clone(),
-        url: provider.url.clone().unwrap_or_default(),
-        base_domain,
-        clone_strategy,
-        ip_source,
-        validate_xml: boolean("validate_xml", true)?,
-        cpus: number("cpus", 1, 4096)?.map(|n| n as u32),
-        memory_mib,
-        disk_gib: number("disk", 1, 65536)?.map(|n| n as u64),
-        onboot: boolean("onboot", false)?,
-        desc: text("desc")?,
-        minion,
-        grains,
-        keysize: keysize as usize,
-        seed,
-        accept,
-        autoaccept_window_secs: number("autoaccept_window", 1, 86400)?.unwrap_or(600) as u64,
-        force: boolean("force", false)?,
-        wait_for_minion: boolean("wait_for_minion", true)?,
-        minion_timeout_secs: number("minion_timeout", 1, 86400)?.unwrap_or(300) as u64,
-        keep_on_timeout: boolean("keep_on_timeout", false)?,
-        pool,
-        max_parallel: number("max_parallel", 1, 1024)?.map(|n| n as usize),
-        sidecar,
-        unused,
-        unknown,
-        raw: prof,
-    })))
-}
-
-fn show(v: &Value) -> String {
-    match yaml::as_text(v) {
-        Some(t) => format!("{t:?}"),
-        None => yaml::kind(v).to_string(),
-    }
 }
 
 /// True for keys whose values are secrets (passwords, keys, tokens).

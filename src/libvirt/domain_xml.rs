@@ -233,40 +233,10 @@ pub fn clone_xml(
     root.child_or_insert("description")
         .set_text(&spec.description);
     if let Some(mib) = spec.memory_mib {
-        let kib = (mib * 1024).to_string();
-        for tag in ["memory", "currentMemory"] {
-            if let Some(m) = root.child_mut(tag) {
-                m.set_attr("unit", "KiB");
-                m.set_text(&kib);
-            }
-        }
-        if root.child("memory").is_none() {
-            root.append(
-                Element::new("memory")
-                    .with_attr("unit", "KiB")
-                    .with_text(&kib),
-            );
-        }
-        if let Some(m) = root.child_mut("maxMemory") {
-            // A hotplug ceiling below the new size would be refused by libvirt.
-            let _ = m;
-            root.remove_children(|e| e.name == "maxMemory");
-        }
+        set_memory(&mut root, mib);
     }
     if let Some(n) = spec.cpus {
-        let v = root.child_or_insert("vcpu");
-        v.remove_attr("current");
-        v.set_text(&n.to_string());
-        if let Some(topo) = root.child_mut("cpu").and_then(|c| c.child_mut("topology")) {
-            topo.set_attr("sockets", &n.to_string());
-            topo.set_attr("dies", "1");
-            topo.set_attr("cores", "1");
-            topo.set_attr("threads", "1");
-            if topo.attr("clusters").is_some() {
-                topo.set_attr("clusters", "1");
-            }
-        }
-        root.remove_children(|e| e.name == "vcpus");
+        set_cpus(&mut root, n);
     }
     if let (Some(path), Some(os)) = (&spec.nvram, root.child_mut("os")) {
         if let Some(nv) = os.child_mut("nvram") {
@@ -274,21 +244,7 @@ pub fn clone_xml(
         }
     }
     if !spec.oem_strings.is_empty() {
-        let os = root.child_or_insert("os");
-        os.remove_children(|e| e.name == "smbios");
-        os.append(Element::new("smbios").with_attr("mode", "sysinfo"));
-        root.remove_children(|e| {
-            e.name == "sysinfo" && e.attr("type").as_deref() == Some("smbios")
-        });
-        let mut oem = Element::new("oemStrings");
-        for s in &spec.oem_strings {
-            oem = oem.with_child(Element::new("entry").with_text(s));
-        }
-        root.append(
-            Element::new("sysinfo")
-                .with_attr("type", "smbios")
-                .with_child(oem),
-        );
+        set_oem_strings(&mut root, &spec.oem_strings);
     }
     let base_name = base
         .root
@@ -302,40 +258,13 @@ pub fn clone_xml(
         match d.name.as_str() {
             "disk" => {
                 let target = d.child("target").and_then(|t| t.attr("dev"));
-                let Some(cd) = spec
+                if let Some(cd) = spec
                     .disks
                     .iter()
                     .find(|c| Some(&c.target) == target.as_ref())
-                else {
-                    continue;
-                };
-                d.remove_children(|e| e.name == "backingStore");
-                // The disk's type follows its new source (a volume base may get a file clone).
-                d.set_attr(
-                    "type",
-                    match cd.source {
-                        DiskSource::File(_) => "file",
-                        DiskSource::Volume { .. } => "volume",
-                    },
-                );
-                let src = d.child_or_insert("source");
-                match &cd.source {
-                    DiskSource::File(path) => {
-                        src.remove_attr("pool");
-                        src.remove_attr("volume");
-                        src.set_attr("file", path);
-                    }
-                    DiskSource::Volume { pool, volume } => {
-                        src.remove_attr("file");
-                        src.set_attr("pool", pool);
-                        src.set_attr("volume", volume);
-                    }
+                {
+                    set_disk(d, cd);
                 }
-                let drv = d.child_or_insert("driver");
-                if drv.attr("name").is_none() {
-                    drv.set_attr("name", "qemu");
-                }
-                drv.set_attr("type", &cd.format);
             }
             "interface" => {
                 let mac = random_mac();
@@ -344,21 +273,7 @@ pub fn clone_xml(
                 d.remove_children(|e| e.name == "target");
                 macs.push(mac);
             }
-            "serial" | "console" => {
-                // A console log named after the base would be shared by every clone.
-                if let Some(log) = d.child_mut("log") {
-                    if let Some(f) = log.attr("file") {
-                        if !base_name.is_empty() && f.contains(&base_name) {
-                            log.set_attr("file", &f.replace(&base_name, &spec.name));
-                        } else {
-                            log.remove_attr("file");
-                        }
-                    }
-                    if log.attr("file").is_none() {
-                        d.remove_children(|e| e.name == "log");
-                    }
-                }
-            }
+            "serial" | "console" => rename_console_log(d, &base_name, &spec.name),
             "channel" if d.attr("type").as_deref() == Some("unix") => {
                 // The agent socket path names the domain: let libvirt make a fresh one.
                 if let Some(s) = d.child_mut("source") {
@@ -380,6 +295,109 @@ pub fn clone_xml(
     });
     meta.append(spec.ownership.to_element());
     Ok((root.to_xml(), macs))
+}
+
+/// Sizes the domain's memory to `mib` MiB.
+fn set_memory(root: &mut Element, mib: u64) {
+    let kib = (mib * 1024).to_string();
+    for tag in ["memory", "currentMemory"] {
+        if let Some(m) = root.child_mut(tag) {
+            m.set_attr("unit", "KiB");
+            m.set_text(&kib);
+        }
+    }
+    if root.child("memory").is_none() {
+        root.append(
+            Element::new("memory")
+                .with_attr("unit", "KiB")
+                .with_text(&kib),
+        );
+    }
+    // A hotplug ceiling below the new size would be refused by libvirt.
+    root.remove_children(|e| e.name == "maxMemory");
+}
+
+/// Gives the domain `n` vCPUs, one socket each.
+fn set_cpus(root: &mut Element, n: u32) {
+    let v = root.child_or_insert("vcpu");
+    v.remove_attr("current");
+    v.set_text(&n.to_string());
+    if let Some(topo) = root.child_mut("cpu").and_then(|c| c.child_mut("topology")) {
+        topo.set_attr("sockets", &n.to_string());
+        topo.set_attr("dies", "1");
+        topo.set_attr("cores", "1");
+        topo.set_attr("threads", "1");
+        if topo.attr("clusters").is_some() {
+            topo.set_attr("clusters", "1");
+        }
+    }
+    root.remove_children(|e| e.name == "vcpus");
+}
+
+/// SMBIOS type 11 OEM strings, replacing the base's SMBIOS sysinfo.
+fn set_oem_strings(root: &mut Element, strings: &[String]) {
+    let os = root.child_or_insert("os");
+    os.remove_children(|e| e.name == "smbios");
+    os.append(Element::new("smbios").with_attr("mode", "sysinfo"));
+    root.remove_children(|e| e.name == "sysinfo" && e.attr("type").as_deref() == Some("smbios"));
+    let mut oem = Element::new("oemStrings");
+    for s in strings {
+        oem = oem.with_child(Element::new("entry").with_text(s));
+    }
+    root.append(
+        Element::new("sysinfo")
+            .with_attr("type", "smbios")
+            .with_child(oem),
+    );
+}
+
+/// Points disk `d` at the clone's copy `cd`.
+fn set_disk(d: &mut Element, cd: &CloneDisk) {
+    d.remove_children(|e| e.name == "backingStore");
+    // The disk's type follows its new source (a volume base may get a file clone).
+    d.set_attr(
+        "type",
+        match cd.source {
+            DiskSource::File(_) => "file",
+            DiskSource::Volume { .. } => "volume",
+        },
+    );
+    let src = d.child_or_insert("source");
+    match &cd.source {
+        DiskSource::File(path) => {
+            src.remove_attr("pool");
+            src.remove_attr("volume");
+            src.set_attr("file", path);
+        }
+        DiskSource::Volume { pool, volume } => {
+            src.remove_attr("file");
+            src.set_attr("pool", pool);
+            src.set_attr("volume", volume);
+        }
+    }
+    let drv = d.child_or_insert("driver");
+    if drv.attr("name").is_none() {
+        drv.set_attr("name", "qemu");
+    }
+    drv.set_attr("type", &cd.format);
+}
+
+/// A console log named after the base would be shared by every clone: renamed after the
+/// clone, or dropped.
+fn rename_console_log(d: &mut Element, base_name: &str, name: &str) {
+    let Some(log) = d.child_mut("log") else {
+        return;
+    };
+    if let Some(f) = log.attr("file") {
+        if !base_name.is_empty() && f.contains(base_name) {
+            log.set_attr("file", &f.replace(base_name, name));
+        } else {
+            log.remove_attr("file");
+        }
+    }
+    if log.attr("file").is_none() {
+        d.remove_children(|e| e.name == "log");
+    }
 }
 
 #[cfg(test)]

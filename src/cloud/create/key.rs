@@ -1,0 +1,68 @@
+//! Step `key_accepted`: the minted key pre-accepted on the master, before the guest can ask:
+//! `pki_dir/minions/<name>` written atomically in the exact text the minion will send, never
+//! over another machine's key (unless `force: true`), then `salt/key` fired. Makes nothing
+//! without a master or without a minted key (`accept: on_first_auth` or `manual`).
+//!
+//! An [`Intent::Key`], undone by revoking the key only while it has this fingerprint, with
+//! the master's cache for the id ([`undo`]).
+
+use super::runner::{Action, Intents};
+use super::{Made, Step};
+use crate::cloud::journal::Intent;
+use crate::cloud::{CloudError, MasterCtx, Progress};
+use crate::pki::Accepted;
+use serde_json::json;
+
+pub struct Key<'a> {
+    pub master: Option<&'a MasterCtx>,
+    pub name: &'a str,
+    /// The profile's `force`: replace another key under this id.
+    pub force: bool,
+    /// Where `salt/key` is fired.
+    pub progress: &'a dyn Progress,
+}
+
+impl Action<Made> for Key<'_> {
+    fn make(&self, made: &mut Made, intents: &mut Intents<'_>) -> Result<(), CloudError> {
+        let (Some(mc), Some(key)) = (self.master, &made.key) else {
+            return Ok(());
+        };
+        let name = self.name;
+        let pem = key.public_key().pem();
+        intents.intend(Intent::Key {
+            id: name.into(),
+            finger: made.fingerprint(),
+        })?;
+        let internal = |e: crate::pki::PkiError| CloudError::Internal(e.to_string());
+        match crate::pki::pre_accept(&mc.pki_dir, name, pem).map_err(internal)? {
+            Accepted::Ours | Accepted::Absent => {}
+            Accepted::Other if self.force => {
+                crate::pki::force_accept(&mc.pki_dir, name, pem).map_err(internal)?;
+            }
+            Accepted::Other => return Err(CloudError::KeyTaken(name.into())),
+        }
+        self.progress.fire(
+            "salt/key",
+            json!({"result": true, "act": mc.accept_act, "id": name}),
+        );
+        Ok(())
+    }
+
+    fn step(&self) -> Step {
+        Step::KeyAccepted
+    }
+}
+
+/// Undoes an [`Intent::Key`]: removes the accepted key of `id` if it has fingerprint
+/// `finger`, and the master's cache for it, and says so on the bus.
+pub fn undo(mc: &MasterCtx, id: &str, finger: &str, progress: &dyn Progress) -> Result<(), String> {
+    let removed =
+        crate::pki::revoke(&mc.pki_dir, &mc.cachedir, id, finger).map_err(|e| e.to_string())?;
+    if removed {
+        progress.fire(
+            "salt/key",
+            json!({"result": true, "act": "delete", "id": id}),
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,381 @@
+//! The create pipeline: profile -> one clone per name, as a list of steps.
+//!
+//! Each step is a file here: a small type holding what it needs, its `make`, the
+//! [`Intent`](journal::Intent) it records before making anything, and the `undo` of that
+//! intent, side by side ([`disks`], [`nvram`], [`seed`], [`define`], [`key`], [`start`]; the
+//! make and undo of a volume, shared by three of them, in [`volume`]). The [`runner`] walks
+//! them in the order `Plan::walk` lists: it journals, fires the checkpoint events, times
+//! them, injects the testing failures, and on any failure undoes what was made, in reverse.
+//! [`undo`] maps each journaled intent to its step's undo, for the rollback and for
+//! [`Cloud::reconcile`] (which reads intents back from an older process's journal).
+//!
+//! A new way to make a clone is a new step file and one more line in `Plan::walk`.
+
+pub mod define;
+pub mod disks;
+pub mod key;
+pub mod nvram;
+pub mod runner;
+pub mod seed;
+pub mod start;
+pub mod undo;
+pub mod volume;
+
+use super::journal::{self, JobRef};
+use super::{names, per_name, Cloud, CloudError, MasterCtx, Progress};
+use crate::config::cloud::{AcceptMode, Profile, SeedKind};
+use crate::libvirt::dom::Element;
+use crate::libvirt::domain_xml::CloneDisk;
+use crate::libvirt::{Base, Hypervisor};
+use crate::pki::KeyPool;
+use runner::{Failed, Run};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a create that lost its libvirt connection waits for libvirtd to come back.
+pub const RETRY_WAIT: Duration = Duration::from_secs(30);
+
+/// The steps of a create, in order. Tests (and the crash tests) stop a create after any one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Step {
+    Disks,
+    Nvram,
+    Seeded,
+    Defined,
+    KeyAccepted,
+    Started,
+}
+
+impl Step {
+    pub const ALL: [Step; 6] = [
+        Step::Disks,
+        Step::Nvram,
+        Step::Seeded,
+        Step::Defined,
+        Step::KeyAccepted,
+        Step::Started,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Disks => "disks",
+            Step::Nvram => "nvram",
+            Step::Seeded => "seeded",
+            Step::Defined => "defined",
+            Step::KeyAccepted => "key_accepted",
+            Step::Started => "started",
+        }
+    }
+}
+
+/// Options of one profile request.
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    /// Request id recorded in each clone's metadata (a jid, or a random one).
+    pub request: String,
+    /// Testing: fail right after this step, as if the next one had failed.
+    pub fail_after: Option<Step>,
+    /// The Salt job this create answers (recorded in the journal for a late return).
+    pub job: Option<JobRef>,
+}
+
+/// Testing the crash recovery: a create stops dead after this step (named as in
+/// [`Step::name`]) and waits to be killed.
+pub const PAUSE_ENV: &str = "VIRTSEED_TEST_PAUSE_AFTER";
+
+/// What a successful create reports, in salt-cloud's spirit.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Created {
+    pub name: String,
+    pub id: String,
+    pub state: String,
+    pub profile: String,
+    pub provider: String,
+    pub driver: String,
+    pub base_domain: String,
+    pub macs: Vec<String>,
+    pub volumes: Vec<String>,
+    /// The minion key's fingerprint (`salt-key -f` form), empty without identity.
+    pub fingerprint: String,
+    pub seed: Option<&'static str>,
+    pub timings_ms: BTreeMap<String, u64>,
+}
+
+/// What the steps of one create have made so far, for the steps after them.
+#[derive(Default)]
+pub struct Made {
+    /// The clone's disks, for its XML.
+    pub disks: Vec<CloneDisk>,
+    /// Paths of the volumes made, for the ownership record (what destroy deletes).
+    pub volumes: Vec<String>,
+    /// Local files made (an NVRAM copy), for the ownership record.
+    pub files: Vec<String>,
+    /// The clone's NVRAM path, when the base has one.
+    pub nvram: Option<String>,
+    /// The minted minion key (`accept: preseed`).
+    pub key: Option<salt_proto::keys::PrivateKey>,
+    /// Devices added to the clone's XML (the seed's disk).
+    pub extra_devices: Vec<Element>,
+    /// SMBIOS OEM strings for the clone's XML (`seed: smbios`).
+    pub oem_strings: Vec<String>,
+    /// The clone's MAC addresses, as defined.
+    pub macs: Vec<String>,
+}
+
+impl Made {
+    /// The minted key's fingerprint (`salt-key -f` form), empty without one.
+    pub fn fingerprint(&self) -> String {
+        self.key
+            .as_ref()
+            .map(|k| k.public_key().fingerprint())
+            .unwrap_or_default()
+    }
+}
+
+/// The VM a create is making: its name, where (hypervisor), from what (base) and how
+/// (profile). What most steps need.
+#[derive(Clone, Copy)]
+pub struct Vm<'a> {
+    pub name: &'a str,
+    pub hv: &'a Hypervisor,
+    pub base: &'a Base,
+    pub prof: &'a Profile,
+}
+
+/// What one create works from, settled before its first step.
+struct Plan<'a> {
+    prof: &'a Profile,
+    name: &'a str,
+    request: &'a str,
+    hv: Arc<Hypervisor>,
+    base: Base,
+    uuid: String,
+    master: Option<&'a MasterCtx>,
+    /// Where minted keys come from, when this create mints one (`accept: preseed`).
+    keys: Option<&'a KeyPool>,
+    progress: &'a dyn Progress,
+}
+
+impl Plan<'_> {
+    /// The pipeline: every step of a create, in order.
+    fn walk(&self, run: &mut Run<'_>, made: &mut Made) -> Result<(), CloudError> {
+        let vm = Vm {
+            name: self.name,
+            hv: &self.hv,
+            base: &self.base,
+            prof: self.prof,
+        };
+        let uuid = self.uuid.as_str();
+        run.walk(
+            &[
+                &disks::Disks { vm },
+                &nvram::Nvram { vm },
+                &seed::Seed {
+                    vm,
+                    uuid,
+                    master: self.master,
+                    keys: self.keys,
+                },
+                &define::Define {
+                    vm,
+                    uuid,
+                    request: self.request,
+                },
+                &key::Key {
+                    master: self.master,
+                    name: self.name,
+                    force: self.prof.force,
+                    progress: self.progress,
+                },
+                &start::Start { vm },
+            ],
+            made,
+        )
+    }
+
+    fn created(self, made: Made, timings: &BTreeMap<String, u64>) -> Created {
+        let prof = self.prof;
+        Created {
+            name: self.name.into(),
+            id: self.uuid,
+            state: "running".into(),
+            profile: prof.name.clone(),
+            provider: format!("{}:{}", prof.provider, prof.driver),
+            driver: prof.driver.clone(),
+            base_domain: prof.base_domain.clone(),
+            fingerprint: made.fingerprint(),
+            macs: made.macs,
+            volumes: made.volumes,
+            seed: self.master.map(|_| match prof.seed {
+                SeedKind::CloudInit => "cloud-init",
+                SeedKind::Smbios => "smbios",
+            }),
+            timings_ms: timings.clone(),
+        }
+    }
+}
+
+impl Cloud {
+    /// Clones one VM per name from `profile`, up to `max_parallel` at once. Names are all
+    /// checked before anything is made; each name's result is independent.
+    pub async fn profile(
+        self: &Arc<Self>,
+        profile: &str,
+        names: &[String],
+        opts: CreateOptions,
+        progress: Arc<dyn Progress>,
+    ) -> Result<BTreeMap<String, Result<Created, CloudError>>, CloudError> {
+        let prof = self
+            .config
+            .profile(profile)
+            .map_err(CloudError::Config)?
+            .clone();
+        self.create_many(prof, names, opts, progress).await
+    }
+
+    /// Clones one VM per name from a resolved profile (a named one, or `cloud.create`'s).
+    pub async fn create_many(
+        self: &Arc<Self>,
+        prof: Profile,
+        names: &[String],
+        opts: CreateOptions,
+        progress: Arc<dyn Progress>,
+    ) -> Result<BTreeMap<String, Result<Created, CloudError>>, CloudError> {
+        names::check_all(names).map_err(CloudError::BadName)?;
+        self.check_served(&prof)?;
+        let limit = prof.max_parallel.unwrap_or(self.max_parallel);
+        let me = self.clone();
+        Ok(per_name(names, limit, "clone", move |name| {
+            me.create_one(&prof, name, &opts, &*progress)
+        })
+        .await)
+    }
+
+    /// One clone, blocking. On error everything made is undone before returning. A create
+    /// that failed because libvirtd went away, and was fully undone, is tried once more when
+    /// libvirtd is back (within [`RETRY_WAIT`]).
+    pub fn create_one(
+        &self,
+        prof: &Profile,
+        name: &str,
+        opts: &CreateOptions,
+        progress: &dyn Progress,
+    ) -> Result<Created, CloudError> {
+        let _lock = self.lock_name(name)?;
+        let failed = match self.attempt(prof, name, opts, progress) {
+            Ok(c) => return Ok(c),
+            Err(f) => f,
+        };
+        let failed = match failed.error {
+            CloudError::Libvirt(e) if e.is_connection_lost() && failed.left.is_empty() => {
+                tracing::warn!(name, "libvirt connection lost ({e}); trying again");
+                progress.step(name, "retrying", json!({"error": e.to_string()}));
+                match self.attempt(prof, name, opts, progress) {
+                    Ok(c) => return Ok(c),
+                    Err(f) => f,
+                }
+            }
+            error => Failed { error, ..failed },
+        };
+        progress.step(
+            name,
+            "failed",
+            json!({"error": failed.error.to_string(), "rolled_back": failed.undone, "left_behind": failed.left}),
+        );
+        Err(failed.error)
+    }
+
+    /// Waits until `uri` answers again; false after `limit`.
+    fn wait_hypervisor(&self, uri: &str, limit: Duration) -> bool {
+        let t = Instant::now();
+        while t.elapsed() < limit {
+            if self.hypervisor(uri).is_ok_and(|h| h.is_alive()) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        false
+    }
+
+    /// One try at a clone; on error, everything it made is undone (or left to the reconcile).
+    fn attempt(
+        &self,
+        prof: &Profile,
+        name: &str,
+        opts: &CreateOptions,
+        progress: &dyn Progress,
+    ) -> Result<Created, Failed> {
+        let entry = journal::Entry {
+            name: name.into(),
+            request: opts.request.clone(),
+            job: opts.job.clone(),
+            profile: prof.name.clone(),
+            uri: prof.url.clone(),
+            owner: journal::Owner::me(),
+            step: "begun".into(),
+            intents: vec![],
+            done: None,
+            reported: false,
+        };
+        let pause_after = self.pause_after.as_deref();
+        let mut run = Run::begin(
+            self.journal.as_ref(),
+            entry,
+            progress,
+            opts.fail_after,
+            pause_after,
+        )?;
+        let made = self.plan(prof, name, opts, progress).and_then(|plan| {
+            let mut made = Made::default();
+            plan.walk(&mut run, &mut made)?;
+            Ok(plan.created(made, run.timings()))
+        });
+        made.map_err(|e| {
+            if matches!(&e, CloudError::Libvirt(le) if le.is_connection_lost()) {
+                // Undo on the libvirtd that comes back, rather than fail to undo now.
+                self.wait_hypervisor(&prof.url, RETRY_WAIT);
+            }
+            let hv = self.hypervisor(&prof.url);
+            let undoer = undo::Undoer {
+                hv: hv.as_deref(),
+                master: self.master.as_ref(),
+                progress,
+            };
+            run.roll_back(e, &undoer)
+        })
+    }
+
+    /// Checks what a create of `name` needs before it makes anything.
+    fn plan<'a>(
+        &'a self,
+        prof: &'a Profile,
+        name: &'a str,
+        opts: &'a CreateOptions,
+        progress: &'a dyn Progress,
+    ) -> Result<Plan<'a>, CloudError> {
+        if self.master.is_some() && prof.minion.get("master").is_none() {
+            return Err(CloudError::Config(format!(
+                "profile {:?} ({}): `minion: {{master: ADDRESS}}` is required: the address the guest reaches this master at (10.0.2.2 under QEMU user networking)",
+                prof.name,
+                prof.file.display()
+            )));
+        }
+        let hv = self.hypervisor(&prof.url)?;
+        hv.check_free(name)?;
+        let base = hv.base(&prof.base_domain)?;
+        let mints = self.master.is_some() && prof.accept == AcceptMode::Preseed;
+        Ok(Plan {
+            prof,
+            name,
+            request: &opts.request,
+            hv,
+            base,
+            uuid: uuid::Uuid::new_v4().to_string(),
+            master: self.master.as_ref(),
+            keys: mints.then(|| self.key_pool()),
+            progress,
+        })
+    }
+}

@@ -1,0 +1,144 @@
+//! Step `seeded`: the clone's identity, when there is a master: a fresh RSA key (with
+//! `accept: preseed`), the minion config (id forced to the name) and grains, carried into
+//! the guest by the seed. Without a master it makes nothing.
+//!
+//! - `seed: cloud-init`: a NoCloud image (vfat, label `cidata`) uploaded as the volume
+//!   `<name>-seed.img` and attached read-only: an [`Intent::Volume`], undone by deleting it
+//!   ([`super::volume::undo`]). One already there was not made here and is left alone.
+//! - `seed: smbios`: the same identity as SMBIOS OEM strings in the domain's XML; nothing is
+//!   made that needs undoing.
+
+use super::runner::{Action, Intents};
+use super::{volume, Made, Step, Vm};
+use crate::cloud::{CloudError, MasterCtx};
+use crate::config::cloud::{Profile, SeedKind};
+use crate::libvirt::dom::Element;
+use crate::libvirt::Base;
+use crate::pki::KeyPool;
+
+pub struct Seed<'a> {
+    pub vm: Vm<'a>,
+    pub uuid: &'a str,
+    pub master: Option<&'a MasterCtx>,
+    /// Where the key comes from, when this create mints one (`accept: preseed`).
+    pub keys: Option<&'a KeyPool>,
+}
+
+impl Action<Made> for Seed<'_> {
+    fn make(&self, made: &mut Made, intents: &mut Intents<'_>) -> Result<(), CloudError> {
+        let Some(mc) = self.master else {
+            return Ok(());
+        };
+        let Vm {
+            hv,
+            base,
+            prof,
+            name,
+        } = self.vm;
+        let key = self
+            .keys
+            .map(|pool| pool.take(prof.keysize))
+            .transpose()
+            .map_err(|e| CloudError::Internal(format!("minting a key: {e}")))?;
+        let ident = identity(prof, name, self.uuid, mc, key.as_ref());
+        match prof.seed {
+            SeedKind::CloudInit => {
+                let img = ident
+                    .nocloud_image()
+                    .map_err(|e| CloudError::Internal(e.to_string()))?;
+                let pool = prof
+                    .pool
+                    .clone()
+                    .unwrap_or_else(|| base.disks[0].pool.clone());
+                let vol = format!("{name}-seed.img");
+                let path = volume::make(intents, &pool, &vol, || {
+                    hv.upload_volume(&pool, &vol, "raw", &img)
+                })?;
+                made.volumes.push(path.clone());
+                made.extra_devices
+                    .push(seed_disk(&path, &free_virtio_target(base)));
+            }
+            SeedKind::Smbios => {
+                made.oem_strings = ident
+                    .smbios_strings()
+                    .map_err(|e| CloudError::Internal(e.to_string()))?
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
+            }
+        }
+        made.key = key;
+        Ok(())
+    }
+
+    fn step(&self) -> Step {
+        Step::Seeded
+    }
+}
+
+/// The identity of clone `name`: minion config from the profile's `minion:` (id forced to
+/// the name; master ports defaulting to the master's), grains with virtseed's own.
+fn identity(
+    prof: &Profile,
+    name: &str,
+    uuid: &str,
+    mc: &MasterCtx,
+    key: Option<&salt_proto::keys::PrivateKey>,
+) -> crate::seed::Identity {
+    use yaml_serde::Value as Y;
+    let mut conf = prof.minion.clone();
+    conf.insert("id".into(), Y::String(name.into()));
+    if conf.get("master_port").is_none() {
+        conf.insert("master_port".into(), Y::Number(mc.ret_port.into()));
+    }
+    if conf.get("publish_port").is_none() {
+        conf.insert("publish_port".into(), Y::Number(mc.publish_port.into()));
+    }
+    let mut grains = prof.grains.clone();
+    let mut ours = yaml_serde::Mapping::new();
+    ours.insert("profile".into(), Y::String(prof.name.clone()));
+    ours.insert(
+        "provider".into(),
+        Y::String(format!("{}:{}", prof.provider, prof.driver)),
+    );
+    ours.insert("base".into(), Y::String(prof.base_domain.clone()));
+    grains.insert("virtseed".into(), Y::Mapping(ours));
+    crate::seed::Identity {
+        id: name.into(),
+        instance_id: uuid.into(),
+        private_pem: key.map(|k| k.to_pem()),
+        public_pem: key.map(|k| k.public_key().pem().to_string()),
+        master_pub: mc.master_pub.clone(),
+        minion_conf: conf,
+        grains,
+    }
+}
+
+/// The seed volume at `path` as a read-only virtio disk `target`.
+fn seed_disk(path: &str, target: &str) -> Element {
+    Element::new("disk")
+        .with_attr("type", "file")
+        .with_attr("device", "disk")
+        .with_child(
+            Element::new("driver")
+                .with_attr("name", "qemu")
+                .with_attr("type", "raw"),
+        )
+        .with_child(Element::new("source").with_attr("file", path))
+        .with_child(
+            Element::new("target")
+                .with_attr("dev", target)
+                .with_attr("bus", "virtio"),
+        )
+        .with_child(Element::new("readonly"))
+        .with_child(Element::new("serial").with_text("virtseed-seed"))
+}
+
+/// The first free `vdX` device name after the domain's own virtio disks.
+fn free_virtio_target(base: &Base) -> String {
+    let used: Vec<String> = base.xml.disks.iter().map(|d| d.target.clone()).collect();
+    ('b'..='z')
+        .map(|c| format!("vd{c}"))
+        .find(|t| !used.contains(t))
+        .unwrap_or_else(|| "vdz".into())
+}
