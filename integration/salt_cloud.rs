@@ -228,6 +228,80 @@ fn scenario(version: &str) {
         assert!(!m.pki().join("minions").join(n).exists());
     }
 
+    // `salt-run cloud.*` in the call forms of Salt's own runner.
+    let run = |args: &[&str]| {
+        let mut all = vec!["--out", "json"];
+        all.extend_from_slice(args);
+        ok(&m.salt_run(&all))
+    };
+    let (r1, c1) = (name("r1"), name("c1"));
+    let ret = run(&["cloud.profile", "prof=quick", &format!("instances=[{r1}]")]);
+    assert_eq!(ret[&r1]["state"], "running", "{ret}");
+    let ret = run(&[
+        "cloud.create",
+        "provider=local-kvm",
+        &format!("instances={c1}"),
+        &format!("base_domain={base}"),
+        "minion={master: 127.0.0.1}",
+        "wait_for_minion=False",
+    ]);
+    assert_eq!(ret[&c1]["state"], "running", "{ret}");
+    let ret = run(&["cloud.action", "func=show_instance", &format!("instance={r1}")]);
+    assert_eq!(ret[&r1]["name"], r1.as_str(), "{ret}");
+    for q in ["cloud.query", "cloud.full_query", "cloud.select_query"] {
+        let ret = run(&[q]);
+        assert!(ret["local-kvm"]["libvirt"].get(&c1).is_some(), "{q}: {ret}");
+    }
+    let ret = run(&["cloud.list_images", "provider=local-kvm"]);
+    assert!(ret["local-kvm"]["libvirt"].get(&base).is_some(), "{ret}");
+    let ret = run(&["cloud.list_sizes", "provider=local-kvm"]);
+    assert!(ret["local-kvm"]["libvirt"].get("note").is_some(), "{ret}");
+    let ret = run(&["cloud.list_locations", "provider=local-kvm"]);
+    assert!(ret["local-kvm"]["libvirt"].get("qemu:///system").is_some(), "{ret}");
+    let ret = run(&["cloud.map_run", &format!("path={map_s}")]);
+    assert!(p.domains().contains(&m1) && p.domains().contains(&m2), "{ret}");
+    let ret = run(&["cloud.destroy", &format!("instances={r1},{c1},{m1},{m2}")]);
+    for n in [&r1, &c1, &m1, &m2] {
+        assert!(!p.domains().contains(n), "{ret}");
+        assert!(!m.pki().join("minions").join(n).exists(), "{ret}");
+    }
+
+    // Orchestration with the cloud states; a second run changes nothing.
+    let (o1, o2) = (name("o1"), name("o2"));
+    std::fs::create_dir_all(m.dir.join("srv/salt/orch")).unwrap();
+    std::fs::write(
+        m.dir.join("srv/salt/orch/vms.sls"),
+        format!(
+            "{o1}:\n  cloud.profile:\n    - profile: quick\n\
+             {o2}:\n  cloud.present:\n    - cloud_provider: local-kvm\n    - base_domain: {base}\n    - minion: {{master: 127.0.0.1}}\n    - wait_for_minion: false\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        m.dir.join("srv/salt/orch/gone.sls"),
+        format!("{o1}:\n  cloud.absent: []\n{o2}:\n  cloud.absent: []\n"),
+    )
+    .unwrap();
+    let changes = |sls: &str| -> usize {
+        let out = m.salt_run(&["--out", "json", "state.orchestrate", sls]);
+        let v = ok(&out);
+        let states = v["data"].as_object().and_then(|d| d.values().next()).cloned();
+        let states = states.unwrap_or_else(|| panic!("{v}"));
+        let states = states.as_object().unwrap();
+        assert!(states.values().all(|s| s["result"] == true), "{sls}: {v}");
+        states
+            .values()
+            .filter(|s| s["changes"].as_object().is_some_and(|c| !c.is_empty()))
+            .count()
+    };
+    assert_eq!(changes("orch.vms"), 2);
+    assert!(p.domains().contains(&o1) && p.domains().contains(&o2));
+    assert_eq!(changes("orch.vms"), 0, "a second run changes nothing");
+    assert_eq!(changes("orch.gone"), 2);
+    assert!(!p.domains().contains(&o1) && !p.domains().contains(&o2));
+    assert!(!m.pki().join("minions").join(&o1).exists());
+    assert_eq!(changes("orch.gone"), 0);
+
     // Failures: Salt's error shape, non-zero exit, no domain, no key.
     let x = name("x");
     let (out, _) = cloud(&m, &["-p", "nobase", &x]);

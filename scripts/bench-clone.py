@@ -92,9 +92,27 @@ def run(tool, n, r):
         cleanup(prefix)
         lat = sorted(t - t0 for t in got)
         return {"first": lat[0], "median": statistics.median(lat), "last": lat[-1]} if len(lat) == n else None
-    via_run = os.environ.get("BENCH_VIA") == "salt-run"
+    via = os.environ.get("BENCH_VIA", "")
+    via_run = via == "salt-run"
     runner = os.path.join(d, "extmods", "runners", "cloud.py")
-    if via_run:
+    # Salt's own libvirt driver only while virtseed's (same file name, loaded first) is aside.
+    driver = os.path.join(d, "extmods", "clouds", "libvirt.py")
+    ours = tool in ("virtseed", "virtseed-run")
+    if ours and os.path.exists(driver + ".off"):
+        os.rename(driver + ".off", driver)
+    if not ours and os.path.exists(driver):
+        os.rename(driver, driver + ".off")
+    if via == "salt-cloud" and tool != "salt-cloud":
+        # `salt-cloud -p` through virtseed's driver, or `salt-run cloud.profile` through its
+        # runner: what the salt-cloud CLI path adds.
+        if tool == "virtseed":
+            cmd = [salt_cloud, "-c", d, "-l", "quiet", "-y", "-p", "bench", *names]
+            if n > 1:
+                cmd.insert(1, "-P")
+        else:
+            salt_run = os.path.join(os.path.dirname(salt_cloud), "salt-run")
+            cmd = [salt_run, "-c", d, "-l", "quiet", "cloud.profile", "bench", ",".join(names), "wait_for_minion=False"]
+    elif via_run:
         # `salt-run cloud.profile`: virtseed's runner (through the sidecar) or, with it moved
         # aside, Salt's own cloud runner (salt-cloud's libvirt driver, one name after another).
         salt_run = os.path.join(os.path.dirname(salt_cloud), "salt-run")
@@ -147,8 +165,8 @@ for n in sizes:
     for r in range(rounds):
         # Alternate which tool goes first in each round.
         order = ["virtseed", "salt-cloud"] if r % 2 == 0 else ["salt-cloud", "virtseed"]
-        order = ["floor"] + order
-        order = [t for t in order if t in os.environ.get("BENCH_TOOLS", "floor,virtseed,salt-cloud").split(",")]
+        order = ["floor"] + order + (["virtseed-run"] if os.environ.get("BENCH_VIA") == "salt-cloud" else [])
+        order = [t for t in order if t in os.environ.get("BENCH_TOOLS", "floor,virtseed,salt-cloud,virtseed-run").split(",")]
         for tool in order:
             res = run(tool, n, r)
             results.setdefault(f"{tool} n={n}", []).append(res)
@@ -168,3 +186,16 @@ for n in sizes:
         label = {"last": "all running", "median": "median clone running", "wall": "salt-run returned"}[m]
         ratio = f"{sm / vm:.1f}x" if vm and sm else ""
         print(f"| {n} | {label} | {fmt(fm)} | {fmt(vm)} | {fmt(sm)} | {ratio} |")
+if os.environ.get("BENCH_VIA") == "salt-cloud":
+    print()
+    print("| clones | measure | salt-run cloud.profile (virtseed) | salt-cloud -p (virtseed) | salt-cloud -p / salt-run |")
+    print("|---|---|---|---|---|")
+    for n in sizes:
+        v = [x for x in results.get(f"virtseed n={n}", []) if x]
+        w = [x for x in results.get(f"virtseed-run n={n}", []) if x]
+        for m in (["median", "last"] if n > 1 else ["last"]) + ["wall"]:
+            med = lambda xs: statistics.median([x[m] for x in xs]) if xs else None
+            vm, wm = med(v), med(w)
+            fmt = lambda x: f"{x:.3f} s" if x is not None else "n/a"
+            label = {"last": "all running", "median": "median clone running", "wall": "command returned"}[m]
+            print(f"| {n} | {label} | {fmt(wm)} | {fmt(vm)} | {f'{vm / wm:.2f}x' if vm and wm else ''} |")

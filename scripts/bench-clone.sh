@@ -7,6 +7,9 @@
 #   BENCH_VIA=salt-run scripts/bench-clone.sh 1,10 2
 #       the same through `salt-run cloud.profile`: virtseed's runner and sidecar against Salt
 #       3007's own cloud runner; also reports when salt-run returned
+#   BENCH_VIA=salt-cloud scripts/bench-clone.sh 1,10 2
+#       `salt-cloud -p` through virtseed's libvirt driver against `salt-cloud -p` with Salt's
+#       own libvirt driver, and against `salt-run cloud.profile` through virtseed
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd); root=$(dirname "$here")
 SIZES=${1:-1,50}; ROUNDS=${2:-3}
@@ -66,12 +69,13 @@ bench:
   minion:
     master: 10.0.2.2
 CONF
-if [ "${BENCH_VIA:-}" = "salt-run" ]; then
+if [ -n "${BENCH_VIA:-}" ]; then
     printf "id: virtseed\npki_dir: %s/pki/virtseed\nsalt_version: '%s'\n" "$d" "$SALT_VERSION" > "$d/virtseed"
     "$root/target/release/virtseed" -c "$d" --log warn run 2>"$d/log/virtseed.log" & vs_pid=$!
     trap 'kill $vs_pid 2>/dev/null || true; cleanup' EXIT
     sleep 2
-    "$root/target/release/virtseed" -c "$d" install-runner >/dev/null
 fi
+# virtseed's Salt modules: bench-clone.py moves its libvirt driver aside for Salt's own.
+"$root/target/release/virtseed" -c "$d" install-runner --salt-python "$venv/bin/python" >/dev/null
 echo "bench: $(nproc) CPUs, libvirt $(virsh -c qemu:///system version | awk '/Running hypervisor/{print $4}') ; sizes $SIZES, $ROUNDS rounds"
 BENCH_POOL=$pool "$venv/bin/python" "$here/bench-clone.py" "$d" "$root/target/release/virtseed" "$venv/bin/salt-cloud" "$SIZES" "$ROUNDS"

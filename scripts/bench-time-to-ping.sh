@@ -51,7 +51,7 @@ printf "cloud-init:\n  provider: kvm\n  base_domain: virtseed-golden\n  cpus: ${
 printf "id: virtseed\npki_dir: %s/pki/virtseed\nsalt_version: '%s'\n" "$d" "$SALT_VERSION" > "$d/virtseed"
 "$vs" -c "$d" --log warn run 2>"$d/log/virtseed.log" & vs_pid=$!
 sleep 2
-"$vs" -c "$d" install-runner >/dev/null
+"$vs" -c "$d" install-runner --salt-python "$venv/bin/python" >/dev/null
 tag=$(basename "$d" | cut -d. -f2 | tr 'A-Z' 'a-z')
 # Follows each clone's serial console log and stamps virtseed's lines (seconds since T0).
 cat > "$d/console-watch.py" <<'PY'

@@ -42,7 +42,7 @@ CONF
 printf "id: virtseed\npki_dir: %s/pki/virtseed\nsalt_version: '%s'\n" "$d" "$SALT_VERSION" > "$d/virtseed"
 "$vs" -c "$d" run 2>"$d/virtseed.log" & vs_pid=$!
 for _ in $(seq 100); do [ -f "$d/pki/virtseed/minion_master.pub" ] && break; sleep 0.1; done
-"$vs" -c "$d" install-runner >/dev/null
+"$vs" -c "$d" install-runner --salt-python "$venv/bin/python" >/dev/null
 salt() { "$venv/bin/salt" -c "$d" "$@"; }
 echo "== salt-run cloud.profile p $name (seed: $SEED)"
 "$venv/bin/salt-run" -c "$d" --out json cloud.profile p "$name" > "$d/ret.json"

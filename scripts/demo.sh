@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job for a new user, on a fresh Debian 12 machine (as root): set up, build the
 # golden image (a small Debian guest with salt-minion and cloud-init; cached after the first
-# run), start a private loopback salt-master and the virtseed sidecar beside it, install the
-# `cloud` runner, and clone a real VM with `salt-run cloud.profile demo demo1` that answers
+# run), start a private loopback salt-master and the virtseed sidecar beside it, install
+# virtseed's Salt modules, and clone a real VM with `salt-cloud -p demo demo1` that answers
 # `salt demo1 test.ping` on its minion's first start: no SSH, no bootstrap, no pending key.
 # Guests run under TCG on machines without working KVM (about a minute to the first ping).
 # Everything it starts is stopped and removed on exit.
@@ -65,19 +65,20 @@ for _ in $(seq 100); do
 done
 "$venv/bin/salt" -c "$d" -t 10 virtseed test.ping
 
-step "virtseed install-runner"
-"$vs" -c "$d" install-runner
+step "virtseed install-runner   (its libvirt cloud driver and cloud runner, into extension_modules)"
+"$vs" -c "$d" install-runner --salt-python "$venv/bin/python"
+printf 'log_file: %s/log/cloud\n' "$d" > "$d/cloud"
 
-step "salt-run cloud.profile demo demo1   (returns when demo1 answers test.ping)"
-time "$venv/bin/salt-run" -c "$d" cloud.profile demo demo1
+step "salt-cloud -p demo demo1   (as salt-cloud's libvirt guide says; returns when demo1 answers test.ping)"
+time "$venv/bin/salt-cloud" -c "$d" -p demo demo1
 
 step "salt demo1 test.ping"
 "$venv/bin/salt" -c "$d" -t 30 demo1 test.ping
 step "salt-key -L (demo1 was pre-accepted: it never sat in pending)"
 "$venv/bin/salt-key" -c "$d" -L
-step "salt-run cloud.list_nodes"
-"$venv/bin/salt-run" -c "$d" cloud.list_nodes
+step "salt-cloud -Q"
+"$venv/bin/salt-cloud" -c "$d" -Q
 
-step "salt-run cloud.destroy demo1 (domain, volumes, key, the master's cache for it)"
-"$venv/bin/salt-run" -c "$d" cloud.destroy demo1
+step "salt-cloud -d demo1 (domain, volumes, key, the master's cache for it)"
+"$venv/bin/salt-cloud" -c "$d" -y -d demo1
 "$venv/bin/salt-key" -c "$d" -L
