@@ -246,7 +246,11 @@ fn scenario(version: &str) {
         "wait_for_minion=False",
     ]);
     assert_eq!(ret[&c1]["state"], "running", "{ret}");
-    let ret = run(&["cloud.action", "func=show_instance", &format!("instance={r1}")]);
+    let ret = run(&[
+        "cloud.action",
+        "func=show_instance",
+        &format!("instance={r1}"),
+    ]);
     assert_eq!(ret[&r1]["name"], r1.as_str(), "{ret}");
     for q in ["cloud.query", "cloud.full_query", "cloud.select_query"] {
         let ret = run(&[q]);
@@ -257,9 +261,15 @@ fn scenario(version: &str) {
     let ret = run(&["cloud.list_sizes", "provider=local-kvm"]);
     assert!(ret["local-kvm"]["libvirt"].get("note").is_some(), "{ret}");
     let ret = run(&["cloud.list_locations", "provider=local-kvm"]);
-    assert!(ret["local-kvm"]["libvirt"].get("qemu:///system").is_some(), "{ret}");
+    assert!(
+        ret["local-kvm"]["libvirt"].get("qemu:///system").is_some(),
+        "{ret}"
+    );
     let ret = run(&["cloud.map_run", &format!("path={map_s}")]);
-    assert!(p.domains().contains(&m1) && p.domains().contains(&m2), "{ret}");
+    assert!(
+        p.domains().contains(&m1) && p.domains().contains(&m2),
+        "{ret}"
+    );
     let ret = run(&["cloud.destroy", &format!("instances={r1},{c1},{m1},{m2}")]);
     for n in [&r1, &c1, &m1, &m2] {
         assert!(!p.domains().contains(n), "{ret}");
@@ -285,7 +295,10 @@ fn scenario(version: &str) {
     let changes = |sls: &str| -> usize {
         let out = m.salt_run(&["--out", "json", "state.orchestrate", sls]);
         let v = ok(&out);
-        let states = v["data"].as_object().and_then(|d| d.values().next()).cloned();
+        let states = v["data"]
+            .as_object()
+            .and_then(|d| d.values().next())
+            .cloned();
         let states = states.unwrap_or_else(|| panic!("{v}"));
         let states = states.as_object().unwrap();
         assert!(states.values().all(|s| s["result"] == true), "{sls}: {v}");

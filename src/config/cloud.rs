@@ -372,8 +372,16 @@ impl CloudConfig {
     pub fn adhoc(&self, provider: &str, keys: Mapping) -> Result<Profile, String> {
         let mut m = keys;
         m.insert("provider".into(), Value::String(provider.to_string()));
-        let file = PathBuf::from("(cloud.create arguments)");
-        match resolve_profile("cloud.create", &file, m, &self.providers, &self.main) {
+        self.resolve(
+            "cloud.create",
+            &PathBuf::from("(cloud.create arguments)"),
+            m,
+        )
+    }
+
+    /// One profile's keys, resolved against the providers and the main config.
+    fn resolve(&self, name: &str, file: &Path, m: Mapping) -> Result<Profile, String> {
+        match resolve_profile(name, file, m, &self.providers, &self.main) {
             Ok(Resolved::Ours(p)) => Ok(*p),
             Ok(Resolved::Foreign(f)) => Err(format!(
                 "provider {}:{} is not served by virtseed (it serves driver libvirt)",
@@ -392,14 +400,7 @@ impl CloudConfig {
         }
         let mut m = p.raw.clone();
         deep_merge(&mut m, &keys);
-        match resolve_profile(name, &p.file, m, &self.providers, &self.main) {
-            Ok(Resolved::Ours(p)) => Ok(*p),
-            Ok(Resolved::Foreign(f)) => Err(format!(
-                "provider {}:{} is not served by virtseed (it serves driver libvirt)",
-                f.provider, f.driver
-            )),
-            Err(e) => Err(e.to_string()),
-        }
+        self.resolve(name, &p.file, m)
     }
 
     /// The profile `name`, or an error saying why it cannot be used.

@@ -24,12 +24,8 @@ pub struct HostInfo {
 impl Hypervisor {
     /// The domains that can serve as a base (shut off, without virtseed's metadata), sorted.
     pub fn bases(&self) -> Result<Vec<BaseDomain>, LibvirtError> {
-        let doms = self
-            .conn
-            .list_all_domains(0)
-            .map_err(self.err("list domains"))?;
         let mut out = Vec::new();
-        for d in doms {
+        for d in self.domains()? {
             if self.ownership(&d).is_some() {
                 continue;
             }

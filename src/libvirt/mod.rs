@@ -507,14 +507,17 @@ impl Hypervisor {
         })
     }
 
+    /// Every domain, ours or not.
+    fn domains(&self) -> Result<Vec<Domain>, LibvirtError> {
+        self.conn
+            .list_all_domains(0)
+            .map_err(self.err("list domains"))
+    }
+
     /// The domains virtseed made (those carrying its metadata), sorted by name.
     pub fn list(&self) -> Result<Vec<Instance>, LibvirtError> {
-        let doms = self
-            .conn
-            .list_all_domains(0)
-            .map_err(self.err("list domains"))?;
         let mut out = Vec::new();
-        for d in doms {
+        for d in self.domains()? {
             if let Some(o) = self.ownership(&d) {
                 match self.describe(&d, o) {
                     Ok(i) => out.push(i),
