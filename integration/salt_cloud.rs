@@ -180,7 +180,7 @@ fn scenario(version: &str) {
         "{z}"
     );
     let l = ok(&cloud(&m, &["--list-locations", "local-kvm"]).0);
-    let host = &l["local-kvm"]["libvirt"]["qemu:///system"];
+    let host = &l["local-kvm"]["libvirt"]["localhost"];
     assert!(host["free_memory_mib"].as_u64().unwrap() > 0, "{l}");
 
     // Actions.
@@ -262,7 +262,7 @@ fn scenario(version: &str) {
     assert!(ret["local-kvm"]["libvirt"].get("note").is_some(), "{ret}");
     let ret = run(&["cloud.list_locations", "provider=local-kvm"]);
     assert!(
-        ret["local-kvm"]["libvirt"].get("qemu:///system").is_some(),
+        ret["local-kvm"]["libvirt"].get("localhost").is_some(),
         "{ret}"
     );
     let ret = run(&["cloud.map_run", &format!("path={map_s}")]);

@@ -20,8 +20,9 @@ functions_only=0
 [ "${1:-}" = "--functions-only" ] && functions_only=1
 
 install_debs() {
+    # openssh-server: the tests' remote hypervisors (qemu+ssh:// to a private sshd on loopback).
     local want=(libvirt-daemon-system libvirt-dev pkg-config dosfstools mtools python3-venv
-                debootstrap ovmf qemu-system-x86 qemu-utils qemu-block-extra)
+                debootstrap ovmf qemu-system-x86 qemu-utils qemu-block-extra openssh-server)
     local missing=()
     for p in "${want[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
@@ -43,7 +44,7 @@ install_debs() {
     apt-get install -y -qq --allow-downgrades --no-install-recommends \
         -o Dpkg::Options::=--force-confold \
         libvirt-daemon-system libvirt-dev pkg-config dosfstools mtools python3-venv debootstrap ovmf \
-        "qemu-system-x86=$qv" "qemu-utils=$qv" "qemu-block-extra=$qv" >/dev/null
+        openssh-server "qemu-system-x86=$qv" "qemu-utils=$qv" "qemu-block-extra=$qv" >/dev/null
     ok "installed (qemu $qv)"
 }
 

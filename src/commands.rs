@@ -146,19 +146,20 @@ pub fn list(config_dir: &Path) -> Result<()> {
     }
     let mut failed = false;
     println!(
-        "{:<24} {:<10} {:<36} {:<16} ADDRESSES",
-        "NAME", "STATE", "UUID", "PROFILE"
+        "{:<24} {:<10} {:<36} {:<16} {:<16} ADDRESSES",
+        "NAME", "STATE", "UUID", "PROFILE", "HOST"
     );
     for (uri, r) in c.list() {
         match r {
             Ok(list) => {
                 for i in list {
                     println!(
-                        "{:<24} {:<10} {:<36} {:<16} {}",
+                        "{:<24} {:<10} {:<36} {:<16} {:<16} {}",
                         i.name,
                         i.state,
                         i.uuid,
                         i.ownership.profile,
+                        c.host_name(&uri),
                         if i.addresses.is_empty() {
                             "-".to_string()
                         } else {
@@ -192,7 +193,11 @@ pub fn check_config(config_dir: &Path) -> Result<()> {
                 "  {alias}:{} {}",
                 p.driver,
                 if p.driver == "libvirt" {
-                    p.url.clone().unwrap_or_default()
+                    p.hosts
+                        .iter()
+                        .map(|h| format!("{} ({})", h.uri, h.name))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 } else {
                     "(not served by virtseed)".into()
                 }

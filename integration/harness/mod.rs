@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod pool;
+pub mod remote;
 pub mod site;
 
 use std::io::Read;

@@ -10,20 +10,28 @@ use std::process::Command;
 pub const URI: &str = "qemu:///system";
 
 pub fn virsh(args: &[&str]) -> std::process::Output {
+    virsh_on(URI, args)
+}
+
+pub fn virsh_ok(args: &[&str]) -> String {
+    virsh_ok_on(URI, args)
+}
+
+pub fn virsh_on(uri: &str, args: &[&str]) -> std::process::Output {
     Command::new("virsh")
         .arg("-q")
         .arg("-c")
-        .arg(URI)
+        .arg(uri)
         .args(args)
         .output()
         .expect("virsh")
 }
 
-pub fn virsh_ok(args: &[&str]) -> String {
-    let out = virsh(args);
+pub fn virsh_ok_on(uri: &str, args: &[&str]) -> String {
+    let out = virsh_on(uri, args);
     assert!(
         out.status.success(),
-        "virsh {args:?}: {}{}",
+        "virsh -c {uri} {args:?}: {}{}",
         text(&out.stdout),
         text(&out.stderr)
     );
@@ -48,26 +56,69 @@ pub struct Pool {
     pub dir: PathBuf,
     /// Prefix of every domain and volume name a test makes here.
     pub prefix: String,
+    /// The libvirt daemon it is on (as seen from this host).
+    pub uri: String,
+    /// The user whose daemon it is (its files are that user's), root's when `None`.
+    owner: Option<String>,
+    /// Base domains get a VNC display (two daemons on one machine each pick "free" VNC
+    /// ports without knowing of the other's: tests with two turn it off).
+    pub vnc: bool,
 }
 
 impl Pool {
     pub fn new(tag: &str) -> Pool {
+        Self::on(URI, tag, None)
+    }
+
+    /// A pool on the daemon at `uri`; with `owner`, in that user's home and owned by it (an
+    /// unprivileged user's `qemu:///session`).
+    pub fn on(uri: &str, tag: &str, owner: Option<&str>) -> Pool {
         let r = &salt_proto::auth::new_nonce()[..6];
         let name = format!("vsit-{tag}-{r}");
-        let dir = std::env::temp_dir().join(&name);
+        let dir = match owner {
+            Some(u) => PathBuf::from(format!("/home/{u}")).join(&name),
+            None => std::env::temp_dir().join(&name),
+        };
         std::fs::create_dir_all(&dir).unwrap();
-        virsh_ok(&[
-            "pool-create-as",
-            &name,
-            "dir",
-            "--target",
-            dir.to_str().unwrap(),
-        ]);
-        Pool {
+        let p = Pool {
             prefix: format!("{tag}{r}"),
             name,
             dir,
+            uri: uri.into(),
+            owner: owner.map(str::to_string),
+            vnc: true,
+        };
+        p.chown();
+        virsh_ok_on(
+            uri,
+            &[
+                "pool-create-as",
+                &p.name,
+                "dir",
+                "--target",
+                p.dir.to_str().unwrap(),
+            ],
+        );
+        p
+    }
+
+    fn chown(&self) {
+        if let Some(u) = &self.owner {
+            let ok = Command::new("chown")
+                .args(["-R", &format!("{u}:{u}")])
+                .arg(&self.dir)
+                .status()
+                .unwrap();
+            assert!(ok.success());
         }
+    }
+
+    fn virsh(&self, args: &[&str]) -> std::process::Output {
+        virsh_on(&self.uri, args)
+    }
+
+    fn virsh_ok(&self, args: &[&str]) -> String {
+        virsh_ok_on(&self.uri, args)
     }
 
     /// A base volume made by qemu-img (`qcow2` or `raw`), `mib` MiB, known to the pool.
@@ -81,7 +132,8 @@ impl Pool {
             path.to_str().unwrap(),
             &format!("{mib}M"),
         ]);
-        virsh_ok(&["pool-refresh", &self.name]);
+        self.chown();
+        self.virsh_ok(&["pool-refresh", &self.name]);
         path
     }
 
@@ -109,12 +161,16 @@ impl Pool {
              <interface type='user'><mac address='52:54:00:00:00:01'/><model type='virtio'/></interface>\
              <interface type='user'><mac address='52:54:00:00:00:02'/><model type='virtio'/></interface>\
              <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>\
-             <graphics type='vnc' autoport='yes' listen='127.0.0.1'/>\
-             </devices></domain>"
+             {vnc}</devices></domain>",
+            vnc = if self.vnc {
+                "<graphics type='vnc' autoport='yes' listen='127.0.0.1'/>"
+            } else {
+                ""
+            }
         );
         let f = self.dir.join(format!("{name}.xml"));
         std::fs::write(&f, xml).unwrap();
-        virsh_ok(&["define", f.to_str().unwrap()]);
+        self.virsh_ok(&["define", f.to_str().unwrap()]);
         std::fs::remove_file(f).ok();
     }
 
@@ -128,7 +184,7 @@ impl Pool {
         std::fs::create_dir_all(d.join("cloud.profiles.d")).unwrap();
         std::fs::write(
             d.join("cloud.providers"),
-            format!("kvm:\n  driver: libvirt\n  url: {URI}\n"),
+            format!("kvm:\n  driver: libvirt\n  url: {}\n", self.uri),
         )
         .unwrap();
         std::fs::write(d.join("cloud.profiles.d/test.conf"), profiles).unwrap();
@@ -136,7 +192,7 @@ impl Pool {
     }
 
     pub fn domains(&self) -> Vec<String> {
-        virsh_ok(&["list", "--all", "--name"])
+        self.virsh_ok(&["list", "--all", "--name"])
             .lines()
             .map(|l| l.trim().to_string())
             .filter(|l| l.starts_with(&self.prefix))
@@ -146,12 +202,13 @@ impl Pool {
     pub fn volumes(&self) -> Vec<String> {
         // A refresh is refused while the pool has a volume being made: try again shortly.
         for _ in 0..50 {
-            if virsh(&["pool-refresh", &self.name]).status.success() {
+            if self.virsh(&["pool-refresh", &self.name]).status.success() {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        let mut v: Vec<String> = virsh_ok(&["vol-list", &self.name])
+        let mut v: Vec<String> = self
+            .virsh_ok(&["vol-list", &self.name])
             .lines()
             .filter_map(|l| l.split_whitespace().next().map(str::to_string))
             .collect();
@@ -172,21 +229,21 @@ impl Pool {
     }
 
     pub fn dumpxml(&self, dom: &str) -> String {
-        virsh_ok(&["dumpxml", dom])
+        self.virsh_ok(&["dumpxml", dom])
     }
 
     pub fn state(&self, dom: &str) -> String {
-        virsh_ok(&["domstate", dom]).trim().to_string()
+        self.virsh_ok(&["domstate", dom]).trim().to_string()
     }
 }
 
 impl Drop for Pool {
     fn drop(&mut self) {
         for d in self.domains() {
-            let _ = virsh(&["destroy", &d]);
-            let _ = virsh(&["undefine", "--nvram", &d]);
+            let _ = self.virsh(&["destroy", &d]);
+            let _ = self.virsh(&["undefine", "--nvram", &d]);
         }
-        let _ = virsh(&["pool-destroy", &self.name]);
+        let _ = self.virsh(&["pool-destroy", &self.name]);
         let _ = std::fs::remove_dir_all(&self.dir);
         let _ = std::fs::remove_dir_all(self.dir.with_extension("etc"));
     }

@@ -9,6 +9,7 @@
 
 pub mod autoaccept;
 pub mod create;
+pub mod hosts;
 pub mod journal;
 pub mod names;
 pub mod ready;
@@ -22,7 +23,7 @@ use create::runner::undo_in_reverse;
 use create::undo::{describe, Undoer};
 use journal::Journal;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 pub const DEFAULT_MAX_PARALLEL: usize = 8;
@@ -79,6 +80,8 @@ pub enum CloudError {
     Libvirt(#[from] LibvirtError),
     #[error("minion id {0:?} already has an accepted key on the master (another machine?); remove it with `salt-key -d {0}` or set `force: true` in the profile")]
     KeyTaken(String),
+    #[error("libvirt host {host} is unreachable: {msg}")]
+    HostDown { host: String, msg: String },
     #[error("injected failure after step {0}")]
     Injected(&'static str),
     #[error("internal: {0}")]
@@ -109,7 +112,7 @@ pub struct Cloud {
     keys: std::sync::OnceLock<Arc<crate::pki::KeyPool>>,
     max_parallel: usize,
     busy: Arc<Mutex<HashSet<String>>>,
-    hypervisors: Mutex<HashMap<String, Arc<Hypervisor>>>,
+    hypervisors: hosts::Connections,
     /// Creates in flight, for crash recovery (with a master: in its state dir).
     pub journal: Option<Journal>,
     pause_after: Option<String>,
@@ -239,18 +242,10 @@ impl Cloud {
 
     /// A connection to `uri`, opened once and reopened when it died.
     pub fn hypervisor(&self, uri: &str) -> Result<Arc<Hypervisor>, LibvirtError> {
-        let mut map = self.hypervisors.lock().expect("hypervisor map");
-        if let Some(h) = map.get(uri) {
-            if h.is_alive() {
-                return Ok(h.clone());
-            }
-        }
-        let h = Arc::new(Hypervisor::open(uri)?);
-        map.insert(uri.to_string(), h.clone());
-        Ok(h)
+        self.hypervisors.get(uri)
     }
 
-    /// The distinct libvirt URIs of all providers.
+    /// The distinct libvirt URIs of all providers' hosts.
     pub fn uris(&self) -> Vec<String> {
         let mut v: Vec<String> = self
             .config
@@ -258,11 +253,37 @@ impl Cloud {
             .values()
             .flatten()
             .filter(|p| p.driver == "libvirt" && self.serves(&p.alias))
-            .filter_map(|p| p.url.clone())
+            .flat_map(|p| p.hosts.iter().map(|h| h.uri.clone()))
             .collect();
         v.sort();
         v.dedup();
         v
+    }
+
+    /// The name a provider gives the host at `uri` (its alias in `url:`, else its host part).
+    pub fn host_name(&self, uri: &str) -> String {
+        self.config
+            .providers
+            .values()
+            .flatten()
+            .flat_map(|p| &p.hosts)
+            .find(|h| h.uri == uri)
+            .map_or_else(
+                || crate::config::cloud::hosts::uri_host(uri),
+                |h| h.name.clone(),
+            )
+    }
+
+    /// `f` on every host at once (a host that does not answer holds up no other), by URI.
+    pub fn on_each_host<T: Send>(&self, f: impl Fn(&str) -> T + Sync) -> BTreeMap<String, T> {
+        let uris = self.uris();
+        std::thread::scope(|s| {
+            let tasks: Vec<_> = uris.iter().map(|u| (u.clone(), s.spawn(|| f(u)))).collect();
+            tasks
+                .into_iter()
+                .filter_map(|(u, t)| t.join().ok().map(|r| (u, r)))
+                .collect()
+        })
     }
 
     fn lock_name(&self, name: &str) -> Result<NameLock, CloudError> {
@@ -362,15 +383,20 @@ impl Cloud {
         let mut found = Vec::new();
         let mut not_ours = None;
         let mut errors = Vec::new();
-        for uri in self.uris() {
-            let hv = match self.hypervisor(&uri) {
-                Ok(h) => h,
+        let shown = self.on_each_host(|uri| {
+            let hv = self.hypervisor(uri)?;
+            let shown = hv.show(name);
+            Ok::<_, LibvirtError>((hv, shown))
+        });
+        for r in shown.into_values() {
+            let (hv, shown) = match r {
+                Ok(x) => x,
                 Err(e) => {
                     errors.push(e.to_string());
                     continue;
                 }
             };
-            match hv.show(name) {
+            match shown {
                 Ok(i) if self.serves(&i.ownership.provider) => found.push((hv, i)),
                 Ok(_) => {}
                 Err(LibvirtError::NoDomain { .. }) => {}
@@ -459,21 +485,16 @@ impl Cloud {
 
     /// Every VM virtseed made, per provider URI.
     pub fn list(&self) -> BTreeMap<String, Result<Vec<Instance>, String>> {
-        self.uris()
-            .into_iter()
-            .map(|uri| {
-                let r = self
-                    .hypervisor(&uri)
-                    .and_then(|h| h.list())
-                    .map(|l| {
-                        l.into_iter()
-                            .filter(|i| self.serves(&i.ownership.provider))
-                            .collect()
-                    })
-                    .map_err(|e| e.to_string());
-                (uri, r)
-            })
-            .collect()
+        self.on_each_host(|uri| {
+            self.hypervisor(uri)
+                .and_then(|h| h.list())
+                .map(|l| {
+                    l.into_iter()
+                        .filter(|i| self.serves(&i.ownership.provider))
+                        .collect()
+                })
+                .map_err(|e| e.to_string())
+        })
     }
 
     /// `start`, `stop`, `reboot` or `show_instance` on one VM virtseed made.
@@ -491,7 +512,9 @@ impl Cloud {
                 )))
             }
         }
-        Ok(instance_json(&hv.show(name)?))
+        let mut v = instance_json(&hv.show(name)?);
+        v["host"] = json!(self.host_name(hv.uri()));
+        Ok(v)
     }
 }
 

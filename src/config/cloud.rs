@@ -6,6 +6,7 @@
 //! `extends:`), then its provider, then the main `cloud` file; mappings (`minion`, `grains`)
 //! are merged across those levels with the profile winning.
 
+pub mod hosts;
 mod resolve;
 
 use super::{yaml, ConfigError};
@@ -73,6 +74,7 @@ pub const PROFILE_KEYS: &[&str] = &[
     "pool",
     "max_parallel",
     "sidecar",
+    "host",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +115,10 @@ pub enum IpSource {
 pub struct Provider {
     pub alias: String,
     pub driver: String,
+    /// The first host's URI.
     pub url: Option<String>,
+    /// Every host `url:` names (one or several).
+    pub hosts: Vec<hosts::Host>,
     /// The sidecar (minion id) that serves this provider; `None`: any.
     pub sidecar: Option<String>,
     pub file: PathBuf,
@@ -127,7 +132,11 @@ pub struct Profile {
     pub file: PathBuf,
     pub provider: String,
     pub driver: String,
+    /// The host a clone goes to: the one `host:` names, the provider's only one, or (with
+    /// several) the first, until placement picks one per clone.
     pub url: String,
+    /// The hosts a clone may go to (`host:` pins one).
+    pub hosts: Vec<hosts::Host>,
     pub base_domain: String,
     pub clone_strategy: CloneStrategy,
     pub ip_source: IpSource,
@@ -246,18 +255,26 @@ fn provider_entry(file: &Path, alias: &str, entry: &Value) -> Result<Provider, C
             "is required (e.g. `driver: libvirt`)".into(),
         ));
     };
-    let url = m.get("url").and_then(yaml::as_text);
-    if driver == "libvirt" && url.is_none() {
-        return Err(key_err(
-            file,
-            format!("{alias}.url"),
-            "is required for driver libvirt (e.g. `url: qemu:///system`)".into(),
-        ));
-    }
+    let hosts = match (m.get("url"), driver == "libvirt") {
+        (Some(v), true) => hosts::parse(v).map_err(|e| key_err(file, format!("{alias}.url"), e))?,
+        (None, true) => {
+            return Err(key_err(
+                file,
+                format!("{alias}.url"),
+                "is required for driver libvirt (e.g. `url: qemu:///system`)".into(),
+            ))
+        }
+        (_, false) => vec![],
+    };
+    let url = match hosts.first() {
+        Some(h) => Some(h.uri.clone()),
+        None => m.get("url").and_then(yaml::as_text),
+    };
     Ok(Provider {
         alias: alias.to_string(),
         driver,
         url,
+        hosts,
         sidecar: m.get("sidecar").and_then(yaml::as_text),
         file: file.to_path_buf(),
         raw: m.clone(),

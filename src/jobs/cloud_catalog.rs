@@ -28,29 +28,41 @@ fn providers<'a>(svc: &'a Service, provider: &str) -> Vec<&'a Provider> {
         .iter()
         .filter(|(alias, _)| provider == "all" || provider == alias.as_str())
         .flat_map(|(_, ps)| ps)
-        .filter(|p| p.driver == "libvirt" && p.url.is_some() && svc.cloud.serves(&p.alias))
+        .filter(|p| p.driver == "libvirt" && !p.hosts.is_empty() && svc.cloud.serves(&p.alias))
         .collect()
 }
 
-fn images(svc: &Service, p: &Provider, url: &str) -> Value {
-    let bases = match svc.cloud.hypervisor(url).and_then(|h| h.bases()) {
-        Ok(b) => b,
-        Err(e) => return json!({"Error": e.to_string()}),
-    };
+/// The bases of every host of the provider, each with the hosts that have it.
+fn images(svc: &Service, p: &Provider) -> Value {
     let mut out = Map::new();
-    for b in bases {
-        let profiles: Vec<&str> = svc
-            .cloud
-            .config
-            .profiles
-            .values()
-            .filter(|pr| pr.provider == p.alias && pr.base_domain == b.name)
-            .map(|pr| pr.name.as_str())
-            .collect();
-        out.insert(
-            b.name.clone(),
-            json!({"name": b.name, "vcpus": b.vcpus, "memory_mib": b.memory_mib, "profiles": profiles}),
-        );
+    let mut errors = Vec::new();
+    for h in &p.hosts {
+        let bases = match svc.cloud.hypervisor(&h.uri).and_then(|hv| hv.bases()) {
+            Ok(b) => b,
+            Err(e) => {
+                errors.push(format!("{}: {e}", h.name));
+                continue;
+            }
+        };
+        for b in bases {
+            let profiles: Vec<&str> = svc
+                .cloud
+                .config
+                .profiles
+                .values()
+                .filter(|pr| pr.provider == p.alias && pr.base_domain == b.name)
+                .map(|pr| pr.name.as_str())
+                .collect();
+            let e = out.entry(b.name.clone()).or_insert_with(
+                || json!({"name": b.name, "vcpus": b.vcpus, "memory_mib": b.memory_mib, "profiles": profiles, "hosts": []}),
+            );
+            if let Some(hosts) = e["hosts"].as_array_mut() {
+                hosts.push(json!(h.name));
+            }
+        }
+    }
+    if out.is_empty() && !errors.is_empty() {
+        return json!({ "Error": errors });
     }
     Value::Object(out)
 }
@@ -69,24 +81,41 @@ fn sizes(svc: &Service, p: &Provider) -> Value {
     Value::Object(out)
 }
 
-fn locations(svc: &Service, url: &str) -> Value {
-    let r = svc.cloud.hypervisor(url).and_then(|h| {
-        let info = h.host_info()?;
-        let bases: Vec<String> = h.bases()?.into_iter().map(|b| b.name).collect();
-        Ok(json!({
-            "url": url,
-            "hostname": info.hostname,
-            "cpus": info.cpus,
-            "memory_mib": info.memory_mib,
-            "free_memory_mib": info.free_memory_mib,
-            "bases": bases,
-        }))
-    });
+/// Each host of the provider (by its name): free memory, and which of the provider's
+/// profiles' bases it has.
+fn locations(svc: &Service, p: &Provider) -> Value {
+    let wanted: Vec<&str> = svc
+        .cloud
+        .config
+        .profiles
+        .values()
+        .filter(|pr| pr.provider == p.alias)
+        .map(|pr| pr.base_domain.as_str())
+        .collect();
     let mut out = Map::new();
-    out.insert(
-        url.to_string(),
-        r.unwrap_or_else(|e| json!({"Error": e.to_string()})),
-    );
+    for h in &p.hosts {
+        let r = svc.cloud.hypervisor(&h.uri).and_then(|hv| {
+            let info = hv.host_info()?;
+            let bases: Vec<String> = hv.bases()?.into_iter().map(|b| b.name).collect();
+            let has: Map<String, Value> = wanted
+                .iter()
+                .map(|b| (b.to_string(), json!(bases.iter().any(|x| x == b))))
+                .collect();
+            Ok(json!({
+                "url": h.uri,
+                "hostname": info.hostname,
+                "cpus": info.cpus,
+                "memory_mib": info.memory_mib,
+                "free_memory_mib": info.free_memory_mib,
+                "bases": bases,
+                "has_base": has,
+            }))
+        });
+        out.insert(
+            h.name.clone(),
+            r.unwrap_or_else(|e| json!({"url": h.uri, "Error": e.to_string()})),
+        );
+    }
     Value::Object(out)
 }
 
@@ -98,11 +127,10 @@ pub async fn run(p: &Publication, svc: &Arc<Service>) -> Outcome {
     let r = tokio::task::spawn_blocking(move || -> Value {
         let mut out = Map::new();
         for pr in providers(&s, &provider) {
-            let url = pr.url.as_deref().unwrap_or_default();
             let v = match fun.as_str() {
-                LIST_IMAGES => images(&s, pr, url),
+                LIST_IMAGES => images(&s, pr),
                 LIST_SIZES => sizes(&s, pr),
-                _ => locations(&s, url),
+                _ => locations(&s, pr),
             };
             // A failed query is the alias's `Error` (the job fails); else salt-cloud's nesting.
             let entry = if v.get("Error").is_some() { v } else { json!({ "libvirt": v }) };

@@ -30,6 +30,7 @@ fn nodes(svc: &Service, full: bool, provider: &str) -> Value {
                     let alias = i.ownership.provider.clone();
                     let entry = out.entry(alias).or_insert_with(|| json!({"libvirt": {}}));
                     let mut v = instance_json(&i);
+                    v["host"] = json!(svc.cloud.host_name(&uri));
                     if !full {
                         if let Value::Object(m) = &mut v {
                             m.retain(|k, _| {
@@ -41,6 +42,7 @@ fn nodes(svc: &Service, full: bool, provider: &str) -> Value {
                                     "private_ips",
                                     "size",
                                     "image",
+                                    "host",
                                 ]
                                 .contains(&k.as_str())
                             });

@@ -46,6 +46,15 @@ impl Hypervisor {
         Ok(out)
     }
 
+    /// libvirt's keepalive on this connection: a probe every `interval` s, the connection
+    /// closed after `count` unanswered (needs libvirt's event loop running).
+    pub fn keep_alive(&self, interval: i32, count: u32) -> Result<(), LibvirtError> {
+        self.conn
+            .set_keep_alive(interval, count)
+            .map(|_| ())
+            .map_err(self.err("keepalive"))
+    }
+
     /// The host's name, CPUs and memory, as libvirt sees them.
     pub fn host_info(&self) -> Result<HostInfo, LibvirtError> {
         let node = self.conn.node_info().map_err(self.err("node info"))?;

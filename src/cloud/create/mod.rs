@@ -246,11 +246,31 @@ impl Cloud {
         names::check_all(names).map_err(CloudError::BadName)?;
         self.check_served(&prof)?;
         let limit = prof.max_parallel.unwrap_or(self.max_parallel);
+        // Several hosts: each clone's host is picked now, for the whole call at once.
+        let placed = if prof.hosts.len() > 1 {
+            let (me, p, n) = (self.clone(), prof.clone(), names.to_vec());
+            tokio::task::spawn_blocking(move || me.place_clones(&p, &n))
+                .await
+                .map_err(|e| CloudError::Internal(format!("placement failed: {e}")))?
+        } else {
+            Default::default()
+        };
         let me = self.clone();
-        Ok(per_name(names, limit, "clone", move |name| {
-            me.create_one(&prof, name, &opts, &*progress)
-        })
-        .await)
+        Ok(
+            per_name(names, limit, "clone", move |name| match placed.get(name) {
+                None => me.create_one(&prof, name, &opts, &*progress),
+                Some(Ok(uri)) => {
+                    let mut on_host = prof.clone();
+                    on_host.url = uri.clone();
+                    me.create_one(&on_host, name, &opts, &*progress)
+                }
+                Some(Err(e)) => {
+                    progress.step(name, "failed", json!({"error": e}));
+                    Err(CloudError::Config(e.clone()))
+                }
+            })
+            .await,
+        )
     }
 
     /// One clone, blocking. On error everything made is undone before returning. A create
@@ -362,7 +382,18 @@ impl Cloud {
                 prof.file.display()
             )));
         }
-        let hv = self.hypervisor(&prof.url)?;
+        // A remote host that cannot be reached fails the create at once (nothing is made
+        // yet); a local libvirtd that is restarting is waited for, as a lost connection is.
+        let hv = self.hypervisor(&prof.url).map_err(|e| {
+            if prof.url.contains(":///") {
+                CloudError::Libvirt(e)
+            } else {
+                CloudError::HostDown {
+                    host: self.host_name(&prof.url),
+                    msg: e.to_string(),
+                }
+            }
+        })?;
         hv.check_free(name)?;
         let base = hv.base(&prof.base_domain)?;
         let mints = self.master.is_some() && prof.accept == AcceptMode::Preseed;

@@ -83,6 +83,8 @@ pub(super) fn resolve_profile(
     // Where it is made, and by which sidecar.
     let pool = keys.text("pool")?;
     let sidecar = keys.sidecar()?;
+    let hosts = super::hosts::pick(&provider.hosts, keys.text("host")?.as_deref())
+        .map_err(|e| keys.err("host", e))?;
     let (unused, unknown) = unused_and_unknown(&prof);
 
     Ok(Resolved::Ours(Box::new(Profile {
@@ -90,7 +92,8 @@ pub(super) fn resolve_profile(
         file: file.to_path_buf(),
         provider: alias,
         driver: provider.driver.clone(),
-        url: provider.url.clone().unwrap_or_default(),
+        url: hosts.first().map(|h| h.uri.clone()).unwrap_or_default(),
+        hosts,
         base_domain,
         clone_strategy,
         ip_source,
