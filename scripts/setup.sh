@@ -39,12 +39,20 @@ install_debs() {
     step "apt-get install ${missing[*]:-qemu-utils (align with qemu-system-x86)}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
+    # No package may start its service here (e.g. openssh-server's sshd on port 22): the
+    # daemons virtseed needs are started below, by hand.
+    local policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        policy=/usr/sbin/policy-rc.d
+        printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy"
+    fi
     local qv
     qv=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
     apt-get install -y -qq --allow-downgrades --no-install-recommends \
         -o Dpkg::Options::=--force-confold \
         libvirt-daemon-system libvirt-dev pkg-config dosfstools mtools python3-venv debootstrap ovmf \
         openssh-server "qemu-system-x86=$qv" "qemu-utils=$qv" "qemu-block-extra=$qv" >/dev/null
+    [ -z "$policy" ] || rm -f "$policy"
     ok "installed (qemu $qv)"
 }
 
