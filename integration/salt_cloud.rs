@@ -29,12 +29,8 @@ fn guide_files(m: &Master, base: &str) {
         ),
     )
     .unwrap();
-    // salt-cloud's own log beside the master's, not in /var/log/salt.
-    std::fs::write(
-        m.dir.join("cloud"),
-        format!("log_file: {}\n", m.dir.join("log/cloud").display()),
-    )
-    .unwrap();
+    // No `cloud` file, as in the guide: salt-cloud then takes the master's for its own, and
+    // logs to /var/log/salt/cloud.
 }
 
 /// `salt-cloud -c DIR --out json -y ARGS`, with its wall time.
@@ -68,6 +64,7 @@ fn everything_written(m: &Master, events: &EventLog, sidecar: &Sidecar) -> Strin
         .args(["-r", "-a", "-h", "-e", ""])
         .arg(m.dir.join("cache/jobs"))
         .arg(m.dir.join("log"))
+        .arg("/var/log/salt/cloud")
         .output()
         .unwrap();
     all.push_str(&text(&out.stdout));

@@ -43,12 +43,20 @@ IDEMPOTENT = {
 FIRST_SIGN = 3
 
 
+_MASTER_OPTS = {}
+
+
 def master_opts(opts):
-    """The master's opts: a runner's own, or loaded beside salt-cloud's `cloud` file."""
-    if os.path.basename(opts.get("conf_file") or "") == "master" and "sock_dir" in opts:
-        return opts
-    confdir = os.path.dirname(opts["conf_file"])
-    return salt.config.master_config(os.path.join(confdir, "master"))
+    """
+    The master's own opts, loaded from `master` beside the caller's config file. salt-cloud's
+    opts hold the master's keys too, but not all of its values (its `cachedir` is
+    salt-cloud's; its `conf_file` is the master's when there is no `cloud` file), and the
+    LocalClient needs the master's.
+    """
+    path = os.path.join(os.path.dirname(opts["conf_file"]), "master")
+    if path not in _MASTER_OPTS:
+        _MASTER_OPTS[path] = salt.config.master_config(path)
+    return _MASTER_OPTS[path]
 
 
 def _confdir(opts):
