@@ -1,6 +1,6 @@
 #!/bin/sh
 # Installs the minion identity virtseed gave this clone into /etc/salt, early in boot and
-# before salt-minion starts. The same five files come by either seed channel:
+# before salt-minion starts. The same files come by either seed channel:
 #  - seed: smbios      systemd credentials from SMBIOS type 11 ($CREDENTIALS_DIRECTORY);
 #  - seed: cloud-init  files beside user-data on the NoCloud volume (the virtio disk with
 #                      serial `virtseed-seed`, or any volume labelled cidata). Read here at
@@ -10,6 +10,9 @@
 #                      (virtseed detaches it after the first ping).
 # The private key lands 0400. When virtseed sent no key (the operator chose
 # `accept: on_first_auth`), the minion makes its own and virtseed accepts that first key.
+# With the profile's `nameserver`, virtseed.resolv.conf becomes /etc/resolv.conf (a file in
+# place of systemd-resolved's stub link: DHCP's servers are no longer used); with `swap`,
+# virtseed.swap_mib is the size of /swapfile, made once, listed in /etc/fstab and turned on.
 #
 # VIRTSEED_ROOT installs into a scratch root; VIRTSEED_SEED names a directory to read instead
 # of the NoCloud volume (both for tests).
@@ -58,6 +61,27 @@ if [ -s "$src/virtseed.minion.pem" ]; then
     keys="its key"
 else
     keys="no key (the minion makes its own)"
+fi
+if [ -s "$src/virtseed.resolv.conf" ]; then
+    rm -f "$root/etc/resolv.conf"
+    install -m 0644 "$src/virtseed.resolv.conf" "$root/etc/resolv.conf"
+fi
+if [ -s "$src/virtseed.swap_mib" ] && [ ! -e "$root/swapfile" ]; then
+    IFS= read -r mib < "$src/virtseed.swap_mib" || true
+    case $mib in ''|*[!0-9]*) echo "virtseed: bad swap size ${mib:-(empty)}: no swap file"; mib= ;; esac
+    if [ -n "$mib" ]; then
+        # fallocate is instant (this runs before salt-minion); dd where it is not supported.
+        if { fallocate -l "${mib}M" "$root/swapfile.tmp" 2>/dev/null \
+                || dd if=/dev/zero of="$root/swapfile.tmp" bs=1M count="$mib" status=none; } \
+            && chmod 0600 "$root/swapfile.tmp" && mkswap "$root/swapfile.tmp" >/dev/null \
+            && mv "$root/swapfile.tmp" "$root/swapfile"; then
+            grep -qs '^/swapfile ' "$root/etc/fstab" || echo '/swapfile none swap sw 0 0' >> "$root/etc/fstab"
+            if [ -z "$root" ]; then swapon /swapfile || echo "virtseed: swapon /swapfile failed"; fi
+        else
+            rm -f "$root/swapfile.tmp"
+            echo "virtseed: could not make a ${mib} MiB /swapfile"
+        fi
+    fi
 fi
 if [ "$channel" = cloud-init ]; then
     seed=$root/var/lib/cloud/seed/nocloud

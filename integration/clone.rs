@@ -474,3 +474,91 @@ fn uefi_nvram_is_copied_and_removed() {
     virsh_ok(&["undefine", "--nvram", &base]);
     assert!(!base_nv.exists());
 }
+
+/// The guide's profile options on real, running domains: `cpuunits` (the CPU weight libvirt
+/// gives the domain's cgroup), `image` for `base_domain`, `onboot: 1`/`0`, `ip_source`
+/// recorded for list; check-config's account of each, and a Proxmox provider's options named
+/// in its "not served" message.
+#[test]
+fn the_guides_profile_options_on_real_domains() {
+    let (p, base) = pool_with_base("opts");
+    let cfg = p.config_dir(&format!(
+        "weighty:\n  provider: kvm\n  image: {base}\n  cpuunits: 1000\n  onboot: 1\n  ip_source: qemu-agent\n  desc: a weighty clone\n  memory: 64\n\
+         heaviest:\n  provider: kvm\n  base_domain: {base}\n  image: {base}\n  cpuunits: 10000\n  onboot: 0\n  memory: 64\n\
+         ct:\n  provider: pve\n  technology: lxc\n  host: pve1\n  clone_from: 100\n  password: s3cret\n"
+    ));
+    let providers = cfg.join("cloud.providers");
+    let mut text_p = std::fs::read_to_string(&providers).unwrap();
+    text_p.push_str("pve:\n  driver: proxmox\n  url: pve.example.com\n  user: root@pam\n  password: hunter2\n  verify_ssl: false\n");
+    std::fs::write(&providers, text_p).unwrap();
+
+    let out = virtseed(&cfg, &["check-config"]);
+    let cc = text(&out.stdout);
+    assert!(out.status.success(), "{cc}{}", text(&out.stderr));
+    assert!(
+        cc.contains("cpuunits: 1000 (cputune shares), memory: 64 MiB, disk: as base, onboot: true"),
+        "{cc}"
+    );
+    assert!(cc.contains("ip_source: qemu-agent"), "{cc}");
+    assert!(cc.contains("onboot: false"), "{cc}");
+    assert!(
+        cc.contains("Proxmox options recognised: url=pve.example.com, user=root@pam, password=********, verify_ssl=false, technology=lxc, host=pve1, clone_from=100"),
+        "{cc}"
+    );
+    assert!(!cc.contains("hunter2") && !cc.contains("s3cret"), "{cc}");
+    let out = virtseed(&cfg, &["profile", "ct", "x"]);
+    let said = text(&out.stdout) + &text(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("Proxmox options recognised"),
+        "{said}"
+    );
+
+    let (a, b) = (format!("{}a", p.prefix), format!("{}b", p.prefix));
+    for (prof, n) in [("weighty", &a), ("heaviest", &b)] {
+        let out = virtseed(&cfg, &["profile", prof, n]);
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        assert_eq!(p.state(n), "running", "{n} starts with its CPU weight");
+    }
+    let xml = p.dumpxml(&a);
+    assert!(xml.contains("<shares>1000</shares>"), "{xml}");
+    assert!(xml.contains("a weighty clone"), "{xml}");
+    assert!(xml.contains("ip_source>qemu-agent<"), "{xml}");
+    assert!(p.dumpxml(&b).contains("<shares>10000</shares>"));
+    // What the running domain's cgroup got, as libvirt reads it back.
+    assert!(
+        virsh_ok(&["schedinfo", &a]).contains("cpu_shares     : 1000"),
+        "{}",
+        virsh_ok(&["schedinfo", &a])
+    );
+    assert!(virsh_ok(&["schedinfo", &b]).contains("cpu_shares     : 10000"));
+    assert!(virsh_ok(&["dominfo", &a]).contains("Autostart:      enable"));
+    assert!(virsh_ok(&["dominfo", &b]).contains("Autostart:      disable"));
+    // No agent in a guest without an OS: list says so without failing.
+    let out = virtseed(&cfg, &["list"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(&a));
+
+    // Both names, different domains: an error naming both; the profile is not used.
+    std::fs::write(
+        cfg.join("cloud.profiles.d/test.conf"),
+        format!("both:\n  provider: kvm\n  base_domain: {base}\n  image: other\n"),
+    )
+    .unwrap();
+    let out = virtseed(&cfg, &["check-config"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("`both.base_domain`")
+            && err.contains(&format!("{base:?}"))
+            && err.contains("`image` is \"other\""),
+        "{err}"
+    );
+    let out = virtseed(&cfg, &["destroy", &a, &b]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(p.files(), ["base-vda.qcow2", "base-vdb.img"]);
+}

@@ -162,6 +162,31 @@ fn seeded_minion_answers_at_once(version: &str) {
     assert!(ok && v[&name] == true, "{v} {}", minion.log_text());
     let (_, g) = m.salt_json(&name, &["grains.get", "virtseed:base"], 30);
     assert!(g[&name].as_str().unwrap().ends_with("base"), "{g}");
+    // The addresses the minion reported (its grains, in the master's data cache: 3006/3007
+    // and 3008 keep them differently) are the clone's in `list`, loopback left out.
+    let (_, ips) = m.salt_json(&name, &["grains.get", "ipv4"], 30);
+    let ip = ips[&name]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .find(|a| !a.starts_with("127."))
+        .unwrap_or_else(|| panic!("no address but loopback in the minion's grains: {ips}"))
+        .to_string();
+    let row = || {
+        let out = virtseed(&m.dir, &["list"]);
+        text(&out.stdout)
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    wait_for(
+        "the minion's addresses in `list`",
+        Duration::from_secs(30),
+        || row().contains(&ip),
+    );
+    assert!(!row().contains("127.0.0.1"), "{}", row());
     // Never pending: the master went straight to accept.
     assert!(!m.pki().join("minions_pre").join(&name).exists());
     let auths: Vec<serde_json::Value> = events
@@ -528,4 +553,140 @@ fn manual_accept_leaves_the_key_to_the_operator_and_destroy_removes_it() {
     assert!(!m.pki().join("minions_pre").join(&b).exists());
     assert!(m.pki().join("minions").join(&other).exists());
     assert_eq!(p.domains(), [base], "only the base is left");
+}
+
+/// The guide's `nameserver` and `swap`, and `userdata_file`, through either seed channel: in
+/// the NoCloud volume as cloud-init reads it (user-data `swap:` and the user's keys,
+/// `network-config` matching the clone's MACs) and as the guest unit installs them
+/// (/etc/resolv.conf, a real swap file in /etc/fstab), and in the SMBIOS credentials.
+#[test]
+fn resolvers_swap_and_user_data_reach_the_guest() {
+    let (m, p, base) = setup("3007.17", "opt");
+    let ud = m.dir.join("userdata.yaml");
+    std::fs::write(
+        &ud,
+        "#cloud-config\npackages: [htop]\nsalt_minion: {conf: {master: elsewhere}}\nwrite_files:\n- {path: /etc/motd, content: hello}\n",
+    )
+    .unwrap();
+    harness::site::write_cloud(
+        &m,
+        &format!(
+            "opts:\n  provider: kvm\n  image: {base}\n  minion: {{master: 127.0.0.1}}\n  nameserver: 192.0.2.53 2001:db8::53\n  swap: 8\n  userdata_file: {}\nopts-smbios:\n  extends: opts\n  seed: smbios\n",
+            ud.display()
+        ),
+    );
+    let out = virtseed(&m.dir, &["check-config"]);
+    let cc = text(&out.stdout);
+    assert!(out.status.success(), "{cc}{}", text(&out.stderr));
+    assert!(
+        cc.contains("nameserver: 192.0.2.53 2001:db8::53, swap: 8 MiB swap file at first boot"),
+        "{cc}"
+    );
+    assert!(
+        cc.contains("userdata_file conflict: `salt_minion` is virtseed's"),
+        "{cc}"
+    );
+    assert!(
+        cc.contains(&format!(
+            "userdata_file: {}: unused (seed: smbios",
+            ud.display()
+        )),
+        "{cc}"
+    );
+
+    // seed: cloud-init.
+    let scratch = m.dir.join("guest-unit");
+    let name = format!("{}c", p.prefix);
+    let vol = scratch.join("volume");
+    profile_and_volume(&m, &p, "opts", &name, &vol);
+    let img = p.dir.join(format!("{name}-seed.img"));
+    let user: Y = yaml_serde::from_str(&mread(&img, "user-data")).unwrap();
+    assert_eq!(user["swap"]["filename"].as_str(), Some("/swapfile"));
+    assert_eq!(user["swap"]["size"].as_u64(), Some(8 << 20));
+    assert_eq!(user["packages"][0].as_str(), Some("htop"));
+    assert_eq!(
+        user["salt_minion"]["conf"]["master"].as_str(),
+        Some("127.0.0.1"),
+        "virtseed's salt_minion wins"
+    );
+    let wf = user["write_files"].as_sequence().unwrap();
+    assert_eq!(wf[0]["path"].as_str(), Some("/etc/motd"));
+    assert_eq!(
+        wf[1]["path"].as_str(),
+        Some("/etc/salt/pki/minion/minion_master.pub")
+    );
+    let net: Y = yaml_serde::from_str(&mread(&img, "network-config")).unwrap();
+    let xml = virsh_ok(&["dumpxml", &name]);
+    for (i, eth) in ["virtseed0", "virtseed1"].iter().enumerate() {
+        let mac = net["ethernets"][*eth]["match"]["macaddress"]
+            .as_str()
+            .unwrap();
+        assert!(
+            xml.contains(&format!("<mac address='{mac}'/>")),
+            "{mac}: {xml}"
+        );
+        assert_eq!(
+            net["ethernets"][*eth]["nameservers"]["addresses"][1].as_str(),
+            Some("2001:db8::53"),
+            "{i}"
+        );
+    }
+    let root = scratch.join("root-cloud-init");
+    guest_unit(&root, None, Some(&vol));
+    assert_resolvers_and_swap(&root);
+    assert_eq!(
+        std::fs::read_to_string(root.join("var/lib/cloud/seed/nocloud/network-config")).unwrap(),
+        mread(&img, "network-config")
+    );
+
+    // seed: smbios: the same two, as credentials; no user-data.
+    let sname = format!("{}s", p.prefix);
+    let out = virtseed(&m.dir, &["profile", "opts-smbios", &sname]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let creds = scratch.join("credentials");
+    std::fs::create_dir_all(&creds).unwrap();
+    let all = smbios_credentials(&sname);
+    assert_eq!(all["virtseed.swap_mib"], b"8");
+    for (k, v) in all {
+        std::fs::write(creds.join(k), v).unwrap();
+    }
+    let sroot = scratch.join("root-smbios");
+    guest_unit(&sroot, Some(&creds), None);
+    assert_resolvers_and_swap(&sroot);
+
+    // A userdata_file gone by create time is a clear error, and nothing is left.
+    std::fs::remove_file(&ud).unwrap();
+    let gone = format!("{}g", p.prefix);
+    let out = virtseed(&m.dir, &["profile", "opts", &gone]);
+    assert!(!out.status.success());
+    let said = text(&out.stdout) + &text(&out.stderr);
+    assert!(
+        said.contains("userdata_file") && said.contains("cannot read"),
+        "{said}"
+    );
+    let out = virtseed(&m.dir, &["check-config"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("`opts.userdata_file`"));
+    assert!(!p.domains().contains(&gone));
+
+    std::fs::write(&ud, "#cloud-config\n").unwrap();
+    for n in [&name, &sname] {
+        let out = virtseed(&m.dir, &["destroy", n]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+}
+
+fn assert_resolvers_and_swap(root: &Path) {
+    let resolv = std::fs::read_to_string(root.join("etc/resolv.conf")).unwrap();
+    assert!(
+        resolv.contains("nameserver 192.0.2.53\nnameserver 2001:db8::53\n"),
+        "{resolv}"
+    );
+    let swap = std::fs::read(root.join("swapfile")).unwrap();
+    assert_eq!(swap.len(), 8 << 20);
+    // mkswap's signature at the end of the first page.
+    assert_eq!(&swap[4096 - 10..4096], b"SWAPSPACE2");
+    assert_eq!(mode(&root.join("swapfile")), 0o600);
+    let fstab = std::fs::read_to_string(root.join("etc/fstab")).unwrap();
+    assert_eq!(fstab, "/swapfile none swap sw 0 0\n");
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use virtseed::bus::events::EventBus;
 use virtseed::cloud::{self, Cloud, CreateOptions, MasterCtx, Progress, Step};
-use virtseed::config::cloud::{masked, CloudConfig};
+use virtseed::config::cloud::{masked, CloudConfig, IpSource, Profile, SeedKind};
 use virtseed::config::master::MasterOpts;
 use virtseed::config::settings::Settings;
 
@@ -137,7 +137,17 @@ pub fn list(config_dir: &Path) -> Result<()> {
     for e in &cfg.errors {
         eprintln!("warning: {e}");
     }
-    let c = Cloud::new(cfg, None, 1);
+    // With the master's config, the addresses minions reported in their grains too.
+    let master = config_dir
+        .join("master")
+        .exists()
+        .then(|| -> Option<MasterCtx> {
+            let opts = MasterOpts::load(config_dir).ok()?;
+            let settings = Settings::load(config_dir).ok()?;
+            MasterCtx::from_opts(&opts, &settings).ok()
+        })
+        .flatten();
+    let c = Cloud::new(cfg, master, 1);
     if c.uris().is_empty() {
         anyhow::bail!(
             "no libvirt provider in {}/cloud.providers(.d)",
@@ -180,6 +190,84 @@ pub fn list(config_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+fn or_base<T: std::fmt::Display>(v: Option<T>, unit: &str) -> String {
+    v.map(|v| format!("{v}{unit}"))
+        .unwrap_or_else(|| "as base".into())
+}
+
+/// One resolved profile, as check-config shows it: what each key will do.
+fn print_profile(name: &str, p: &Profile) {
+    println!("  {name} ({})", p.file.display());
+    println!("    provider: {}:{} ({})", p.provider, p.driver, p.url);
+    println!("    base_domain: {}", p.base_domain);
+    println!(
+        "    clone_strategy: {:?}, seed: {:?}, accept: {:?}, ip_source: {}",
+        p.clone_strategy,
+        p.seed,
+        p.accept,
+        match p.ip_source {
+            IpSource::IpLearning => "ip-learning (DHCP leases, then ARP)",
+            IpSource::QemuAgent => "qemu-agent",
+        }
+    );
+    println!(
+        "    cpus: {}, cpuunits: {}, memory: {}, disk: {}, onboot: {}",
+        or_base(p.cpus, ""),
+        or_base(p.cpuunits, " (cputune shares)"),
+        or_base(p.memory_mib, " MiB"),
+        or_base(p.disk_gib, " GiB"),
+        p.onboot
+    );
+    println!(
+        "    nameserver: {}, swap: {}",
+        if p.nameservers.is_empty() {
+            "from DHCP".to_string()
+        } else {
+            p.nameservers
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        },
+        p.swap_mib
+            .map(|m| format!("{m} MiB swap file at first boot"))
+            .unwrap_or_else(|| "none".into())
+    );
+    if let Some(ud) = &p.userdata {
+        if p.seed == SeedKind::Smbios {
+            println!(
+                "    userdata_file: {}: unused (seed: smbios carries no cloud-init user-data)",
+                ud.path.display()
+            );
+        } else {
+            println!(
+                "    userdata_file: {} (merged under virtseed's user-data)",
+                ud.path.display()
+            );
+            for c in ud.conflicts(p.swap_mib.is_some()) {
+                println!("    userdata_file conflict: {c}");
+            }
+        }
+    }
+    if !p.unused.is_empty() {
+        println!(
+            "    unused (salt-cloud SSH deploy options; virtseed seeds the guest instead): {}",
+            p.unused.join(", ")
+        );
+    }
+    if !p.unknown.is_empty() {
+        println!(
+            "    unknown keys (ignored; typos?): {}",
+            p.unknown.join(", ")
+        );
+    }
+    let raw = yaml_serde::to_string(&masked(&p.raw)).unwrap_or_default();
+    println!("    as written (secrets masked):");
+    for line in raw.lines() {
+        println!("      {line}");
+    }
+}
+
 pub fn check_config(config_dir: &Path) -> Result<()> {
     let cfg = CloudConfig::load(config_dir);
     println!("files read:");
@@ -206,51 +294,10 @@ pub fn check_config(config_dir: &Path) -> Result<()> {
     }
     println!("profiles:");
     for (name, p) in &cfg.profiles {
-        println!("  {name} ({})", p.file.display());
-        println!("    provider: {}:{} ({})", p.provider, p.driver, p.url);
-        println!("    base_domain: {}", p.base_domain);
-        println!(
-            "    clone_strategy: {:?}, seed: {:?}, accept: {:?}",
-            p.clone_strategy, p.seed, p.accept
-        );
-        println!(
-            "    cpus: {}, memory: {}, disk: {}, onboot: {}",
-            p.cpus
-                .map(|c| c.to_string())
-                .unwrap_or_else(|| "as base".into()),
-            p.memory_mib
-                .map(|m| format!("{m} MiB"))
-                .unwrap_or_else(|| "as base".into()),
-            p.disk_gib
-                .map(|d| format!("{d} GiB"))
-                .unwrap_or_else(|| "as base".into()),
-            p.onboot
-        );
-        if !p.unused.is_empty() {
-            println!(
-                "    unused (salt-cloud SSH deploy options; virtseed seeds the guest instead): {}",
-                p.unused.join(", ")
-            );
-        }
-        if !p.unknown.is_empty() {
-            println!(
-                "    unknown keys (ignored; typos?): {}",
-                p.unknown.join(", ")
-            );
-        }
-        let raw = yaml_serde::to_string(&masked(&p.raw)).unwrap_or_default();
-        println!("    as written (secrets masked):");
-        for line in raw.lines() {
-            println!("      {line}");
-        }
+        print_profile(name, p);
     }
     for (name, f) in &cfg.foreign {
-        println!(
-            "  {name} ({}): provider {}:{}, not served by virtseed",
-            f.file.display(),
-            f.provider,
-            f.driver
-        );
+        println!("  {name} ({}): {}", f.file.display(), f.not_served());
     }
     if cfg.errors.is_empty() {
         println!("no errors");

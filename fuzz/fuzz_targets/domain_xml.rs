@@ -29,7 +29,9 @@ fuzz_target!(|data: &[u8]| {
             .collect(),
         nvram: base.nvram.as_ref().map(|_| "/nvram/clone1_VARS.fd".into()),
         cpus: Some(2),
+        cpu_shares: Some(1000),
         memory_mib: Some(512),
+        macs: vec![],
         ownership: Ownership {
             profile: "p".into(),
             provider: "kvm".into(),
@@ -41,6 +43,7 @@ fuzz_target!(|data: &[u8]| {
             files: vec![],
             accept: "preseed".into(),
             window: 600,
+            ip_source: "ip-learning".into(),
         },
         extra_devices: vec![],
         oem_strings: vec!["io.systemd.credential:x=y".into()],

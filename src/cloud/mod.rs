@@ -7,6 +7,7 @@
 //! exist), so a failed create leaves nothing behind. A process killed mid-create leaves the
 //! journal, which [`Cloud::reconcile`] finishes at next start.
 
+pub mod addresses;
 pub mod autoaccept;
 pub mod create;
 pub mod hosts;
@@ -491,10 +492,24 @@ impl Cloud {
                 .map(|l| {
                     l.into_iter()
                         .filter(|i| self.serves(&i.ownership.provider))
+                        .map(|i| self.with_minion_addresses(i))
                         .collect()
                 })
                 .map_err(|e| e.to_string())
         })
+    }
+
+    /// `i` with the addresses its minion reported in its grains, after libvirt's.
+    fn with_minion_addresses(&self, mut i: Instance) -> Instance {
+        if let Some(mc) = &self.master {
+            for a in addresses::from_grains_cache(&mc.cachedir, &i.name) {
+                let a = a.to_string();
+                if !i.addresses.contains(&a) {
+                    i.addresses.push(a);
+                }
+            }
+        }
+        i
     }
 
     /// `start`, `stop`, `reboot` or `show_instance` on one VM virtseed made.
@@ -512,7 +527,7 @@ impl Cloud {
                 )))
             }
         }
-        let mut v = instance_json(&hv.show(name)?);
+        let mut v = instance_json(&self.with_minion_addresses(hv.show(name)?));
         v["host"] = json!(self.host_name(hv.uri()));
         Ok(v)
     }
@@ -575,12 +590,13 @@ pub struct Recovered {
 
 /// An instance in salt-cloud's `list_nodes` shape plus virtseed's record.
 pub fn instance_json(i: &Instance) -> Value {
+    let (public_ips, private_ips) = addresses::split(&i.addresses);
     json!({
         "id": i.uuid,
         "name": i.name,
         "state": i.state,
-        "public_ips": i.addresses,
-        "private_ips": [],
+        "public_ips": public_ips,
+        "private_ips": private_ips,
         "size": format!("{} vCPU, {} MiB", i.vcpus, i.memory_kib / 1024),
         "image": i.ownership.base,
         "profile": i.ownership.profile,

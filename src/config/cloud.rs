@@ -53,14 +53,19 @@ pub const PROFILE_KEYS: &[&str] = &[
     "provider",
     "extends",
     "base_domain",
+    "image",
     "clone_strategy",
     "ip_source",
     "validate_xml",
     "cpus",
+    "cpuunits",
     "memory",
     "disk",
+    "swap",
     "onboot",
     "desc",
+    "nameserver",
+    "userdata_file",
     "minion",
     "grains",
     "keysize",
@@ -142,10 +147,18 @@ pub struct Profile {
     pub ip_source: IpSource,
     pub validate_xml: bool,
     pub cpus: Option<u32>,
+    /// The clone's CPU weight (`<cputune><shares>`); `None`: as the base.
+    pub cpuunits: Option<u32>,
     pub memory_mib: Option<u64>,
     pub disk_gib: Option<u64>,
+    /// A swap file of this size made in the guest at first boot.
+    pub swap_mib: Option<u64>,
     pub onboot: bool,
     pub desc: Option<String>,
+    /// The guest's resolvers (`nameserver: "8.8.8.8 8.8.4.4"`); empty: what DHCP gives.
+    pub nameservers: Vec<std::net::IpAddr>,
+    /// The user's own cloud-init user-data, merged with virtseed's (cloud-init clones).
+    pub userdata: Option<crate::seed::userdata::UserData>,
     pub minion: Mapping,
     pub grains: Mapping,
     pub keysize: usize,
@@ -176,7 +189,78 @@ pub struct ForeignProfile {
     pub file: PathBuf,
     pub provider: String,
     pub driver: String,
+    /// The options of that driver found in the provider and profile (`key=value`, secrets
+    /// masked), so the message shows what was understood.
+    pub recognised: Vec<String>,
 }
+
+impl ForeignProfile {
+    /// Why virtseed does not serve this profile, and what it recognised in it.
+    pub fn not_served(&self) -> String {
+        let mut s = format!(
+            "provider {}:{} is not served by virtseed (it serves driver libvirt)",
+            self.provider, self.driver
+        );
+        if !self.recognised.is_empty() {
+            s.push_str(&format!(
+                "; {} options recognised: {}",
+                driver_title(&self.driver),
+                self.recognised.join(", ")
+            ));
+        }
+        s
+    }
+}
+
+fn driver_title(driver: &str) -> String {
+    match driver {
+        "proxmox" => "Proxmox".into(),
+        other => other.into(),
+    }
+}
+
+/// The options salt-cloud's proxmox driver (and saltext-proxmox) reads, provider and profile.
+pub const PROXMOX_KEYS: &[&str] = &[
+    "url",
+    "user",
+    "password",
+    "token_name",
+    "token_value",
+    "verify_ssl",
+    "port",
+    "technology",
+    "host",
+    "image",
+    "vmid",
+    "clone",
+    "clone_from",
+    "clone_full",
+    "clone_format",
+    "clone_name",
+    "clone_description",
+    "desc",
+    "cpus",
+    "cpuunits",
+    "cpulimit",
+    "memory",
+    "swap",
+    "disk",
+    "onboot",
+    "nameserver",
+    "searchdomain",
+    "ip_address",
+    "gw",
+    "net0",
+    "use_dns",
+    "pool",
+    "storage",
+    "pubkey",
+    "agent_get_ip",
+    "ip_configuration",
+    "ssh_username",
+    "ssh_password",
+    "create",
+];
 
 /// Everything from salt-cloud's files.
 #[derive(Debug, Default)]
@@ -400,10 +484,7 @@ impl CloudConfig {
     fn resolve(&self, name: &str, file: &Path, m: Mapping) -> Result<Profile, String> {
         match resolve_profile(name, file, m, &self.providers, &self.main) {
             Ok(Resolved::Ours(p)) => Ok(*p),
-            Ok(Resolved::Foreign(f)) => Err(format!(
-                "provider {}:{} is not served by virtseed (it serves driver libvirt)",
-                f.provider, f.driver
-            )),
+            Ok(Resolved::Foreign(f)) => Err(f.not_served()),
             Err(e) => Err(e.to_string()),
         }
     }
@@ -427,10 +508,9 @@ impl CloudConfig {
         }
         if let Some(f) = self.foreign.get(name) {
             return Err(format!(
-                "profile {name:?} ({}) uses provider {}:{}, which virtseed does not serve (it serves driver libvirt)",
+                "profile {name:?} ({}): {}",
                 f.file.display(),
-                f.provider,
-                f.driver
+                f.not_served()
             ));
         }
         if let Some(e) = self
@@ -623,9 +703,75 @@ mod tests {
         assert!(cfg.errors.is_empty(), "{:?}", cfg.errors);
         let e = cfg.profile("ct").unwrap_err();
         assert!(
-            e.contains("pve:proxmox") && e.contains("does not serve"),
+            e.contains("pve:proxmox") && e.contains("not served by virtseed"),
             "{e}"
         );
+        assert!(
+            e.contains("Proxmox options recognised: url=pve.example.com, user=root@pam, password=********, image=local:vztmpl/debian.tar.gz"),
+            "{e}"
+        );
+        assert!(!e.contains("=x,") && !e.ends_with("=x"), "{e}");
+    }
+
+    /// The options of the guide's profile section, each with its meaning.
+    #[test]
+    fn the_guides_profile_options() {
+        let ud = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(ud.path(), "#cloud-config\npackages: [htop]\n").unwrap();
+        let d = dir_with(&[
+            ("cloud.providers", "kvm:\n  driver: libvirt\n  url: test:///default\n"),
+            (
+                "cloud.profiles",
+                &format!("a:\n  provider: kvm\n  image: t\n  cpuunits: 1000\n  nameserver: 8.8.8.8 2001:4860:4860::8844\n  swap: 256\n  onboot: 1\n  userdata_file: {}\nb:\n  provider: kvm\n  base_domain: t\n  image: t\n  onboot: 0\n  nameserver: [1.1.1.1]\n",
+                    ud.path().display()),
+            ),
+        ]);
+        let cfg = CloudConfig::load(d.path());
+        assert!(cfg.errors.is_empty(), "{:?}", cfg.errors);
+        let a = cfg.profile("a").unwrap();
+        assert_eq!(a.base_domain, "t");
+        assert_eq!(
+            (a.cpuunits, a.swap_mib, a.onboot),
+            (Some(1000), Some(256), true)
+        );
+        let ns: Vec<String> = a.nameservers.iter().map(|a| a.to_string()).collect();
+        assert_eq!(ns, ["8.8.8.8", "2001:4860:4860::8844"]);
+        assert_eq!(a.userdata.as_ref().unwrap().path, ud.path());
+        assert!(a.unknown.is_empty(), "{:?}", a.unknown);
+        let b = cfg.profile("b").unwrap();
+        assert_eq!(
+            (b.base_domain.as_str(), b.onboot, b.cpuunits),
+            ("t", false, None)
+        );
+        assert_eq!(b.nameservers.len(), 1);
+    }
+
+    #[test]
+    fn the_guides_profile_options_checked() {
+        let d = dir_with(&[
+            ("cloud.providers", "kvm:\n  driver: libvirt\n  url: test:///default\n"),
+            (
+                "cloud.profiles",
+                "a:\n  provider: kvm\n  base_domain: x\n  image: y\nb:\n  provider: kvm\n  image: t\n  cpuunits: 262144\nc:\n  provider: kvm\n  image: t\n  nameserver: 8.8.8.8 dns.google\nd:\n  provider: kvm\n  image: t\n  swap: big\ne:\n  provider: kvm\n  image: t\n  userdata_file: /nonexistent/ud\nf:\n  provider: kvm\n  image: t\n  onboot: 2x\ng:\n  provider: kvm\n  image: t\n  nameserver: ''\n",
+            ),
+        ]);
+        let cfg = CloudConfig::load(d.path());
+        let msgs: Vec<String> = cfg.errors.iter().map(|e| e.to_string()).collect();
+        let find = |needle: &str| {
+            msgs.iter()
+                .find(|m| m.contains(needle))
+                .unwrap_or_else(|| panic!("no error with {needle:?} in {msgs:#?}"))
+                .clone()
+        };
+        let a = find("`a.base_domain`");
+        assert!(a.contains("\"x\"") && a.contains("`image` is \"y\""), "{a}");
+        assert!(find("`b.cpuunits`").contains("from 2 to 10000"));
+        assert!(find("`c.nameserver`").contains("not \"dns.google\""));
+        assert!(find("`d.swap`").contains("whole number"));
+        assert!(find("`e.userdata_file`").contains("/nonexistent/ud: cannot read"));
+        assert!(find("`f.onboot`").contains("true or false"));
+        assert!(find("`g.nameserver`").contains("found none"));
+        assert!(cfg.profiles.is_empty());
     }
 
     #[test]

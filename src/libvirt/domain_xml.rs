@@ -136,6 +136,9 @@ pub struct Ownership {
     pub accept: String,
     /// For `on_first_auth`: seconds after `created` during which a first key is accepted.
     pub window: u64,
+    /// Where libvirt looks for the clone's addresses: `ip-learning` (DHCP leases, then the
+    /// host's ARP table) or `qemu-agent`; empty in clones made before it was recorded.
+    pub ip_source: String,
 }
 
 impl Ownership {
@@ -151,6 +154,9 @@ impl Ownership {
             .with_child(Element::new(&p("request")).with_text(&self.request))
             .with_child(Element::new(&p("accept")).with_text(&self.accept))
             .with_child(Element::new(&p("window")).with_text(&self.window.to_string()));
+        if !self.ip_source.is_empty() {
+            el = el.with_child(Element::new(&p("ip_source")).with_text(&self.ip_source));
+        }
         for v in &self.volumes {
             el = el.with_child(Element::new(&p("volume")).with_text(v));
         }
@@ -180,6 +186,7 @@ impl Ownership {
                 "request" => o.request = t,
                 "accept" => o.accept = t,
                 "window" => o.window = t.parse().unwrap_or(0),
+                "ip_source" => o.ip_source = t,
                 "volume" => o.volumes.push(t),
                 "file" => o.files.push(t),
                 _ => {}
@@ -207,12 +214,25 @@ pub struct CloneSpec {
     pub disks: Vec<CloneDisk>,
     pub nvram: Option<String>,
     pub cpus: Option<u32>,
+    /// The CPU weight, `<cputune><shares>`.
+    pub cpu_shares: Option<u32>,
     pub memory_mib: Option<u64>,
+    /// MACs for the interfaces, in order (chosen ahead for the seed's network config);
+    /// interfaces past the list get random ones.
+    pub macs: Vec<String>,
     pub ownership: Ownership,
     /// Extra devices (the seed disk), appended to `<devices>`.
     pub extra_devices: Vec<Element>,
     /// SMBIOS type 11 OEM strings (`<sysinfo type='smbios'><oemStrings>`).
     pub oem_strings: Vec<String>,
+}
+
+/// How many network interfaces the base has (each clone gets a MAC for each).
+pub fn interface_count(base: &BaseXml) -> usize {
+    base.root
+        .child("devices")
+        .map(|d| d.elements().filter(|e| e.name == "interface").count())
+        .unwrap_or(0)
 }
 
 /// A locally administered unicast MAC in QEMU's 52:54:00 range, random.
@@ -237,6 +257,11 @@ pub fn clone_xml(
     }
     if let Some(n) = spec.cpus {
         set_cpus(&mut root, n);
+    }
+    if let Some(shares) = spec.cpu_shares {
+        root.child_or_insert("cputune")
+            .child_or_insert("shares")
+            .set_text(&shares.to_string());
     }
     if let (Some(path), Some(os)) = (&spec.nvram, root.child_mut("os")) {
         if let Some(nv) = os.child_mut("nvram") {
@@ -267,7 +292,11 @@ pub fn clone_xml(
                 }
             }
             "interface" => {
-                let mac = random_mac();
+                let mac = spec
+                    .macs
+                    .get(macs.len())
+                    .cloned()
+                    .unwrap_or_else(random_mac);
                 d.child_or_insert("mac").set_attr("address", &mac);
                 // A host-side device name from the base would clash.
                 d.remove_children(|e| e.name == "target");
@@ -479,7 +508,9 @@ mod tests {
             ],
             nvram: Some("/var/lib/libvirt/qemu/nvram/web1_VARS.fd".into()),
             cpus: Some(4),
+            cpu_shares: None,
             memory_mib: Some(2048),
+            macs: vec![],
             ownership: Ownership {
                 profile: "p".into(),
                 provider: "kvm".into(),
@@ -491,6 +522,7 @@ mod tests {
                 files: vec![],
                 accept: "preseed".into(),
                 window: 0,
+                ip_source: "qemu-agent".into(),
             },
             extra_devices: vec![],
             oem_strings: vec![],
@@ -517,6 +549,25 @@ mod tests {
             b.nvram.as_deref(),
             Some("/var/lib/libvirt/qemu/nvram/base_VARS.fd")
         );
+    }
+
+    #[test]
+    fn cpu_weight_and_macs_chosen_ahead() {
+        let b = read_base("base", BASE).unwrap();
+        assert_eq!(interface_count(&b), 2);
+        let mut sp = spec();
+        sp.cpu_shares = Some(1000);
+        sp.macs = vec!["52:54:00:12:34:56".into()];
+        let (xml, macs) = clone_xml(&b, &sp).unwrap();
+        let root = dom::parse(&xml).unwrap();
+        let shares = root.child("cputune").and_then(|c| c.child("shares"));
+        assert_eq!(shares.map(|s| s.text()).as_deref(), Some("1000"));
+        assert_eq!(macs.len(), 2);
+        assert_eq!(macs[0], "52:54:00:12:34:56");
+        assert!(macs[1].starts_with("52:54:00:") && macs[1] != macs[0]);
+        // Without cpuunits, the base's cputune (if any) is left alone.
+        let (xml, _) = clone_xml(&b, &spec()).unwrap();
+        assert!(!xml.contains("<cputune>"), "{xml}");
     }
 
     #[test]

@@ -461,11 +461,22 @@ impl Hypervisor {
         let mut addresses = Vec::new();
         let mut macs = Vec::new();
         if dom.is_active().unwrap_or(false) {
-            for src in [
-                sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE,
-                sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT,
-                sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP,
-            ] {
+            // The profile's `ip_source`, as salt-cloud's driver reads it (leases for
+            // ip-learning, the guest agent for qemu-agent), with the ARP table after the
+            // leases (bridged networks have none); every source for older clones.
+            let sources: &[u32] = match own.ip_source.as_str() {
+                "ip-learning" => &[
+                    sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE,
+                    sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP,
+                ],
+                "qemu-agent" => &[sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT],
+                _ => &[
+                    sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE,
+                    sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT,
+                    sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP,
+                ],
+            };
+            for &src in sources {
                 if let Ok(ifs) = dom.interface_addresses(src, 0) {
                     for i in ifs {
                         for a in i.addrs {

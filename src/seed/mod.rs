@@ -5,6 +5,8 @@
 //! Both carry the private key: they are secrets. They are built in memory, handed to libvirt
 //! and never logged.
 
+pub mod userdata;
+
 use base64::Engine;
 use std::io::{Cursor, Write};
 use yaml_serde::{Mapping, Value};
@@ -22,7 +24,18 @@ pub struct Identity {
     /// The minion config (`id` and `master*` included).
     pub minion_conf: Mapping,
     pub grains: Mapping,
+    /// The guest's resolvers (profile `nameserver`); empty: what DHCP gives.
+    pub nameservers: Vec<std::net::IpAddr>,
+    /// The clone's MACs, one per interface in order: cloud-init's network config matches them.
+    pub macs: Vec<String>,
+    /// A swap file of this many MiB, made at first boot (profile `swap`).
+    pub swap_mib: Option<u64>,
+    /// The user's own cloud-config (profile `userdata_file`), under virtseed's.
+    pub userdata: Option<userdata::UserData>,
 }
+
+/// Where the swap file goes, for cloud-init's `swap:` and the guest unit alike.
+pub const SWAP_FILE: &str = "/swapfile";
 
 #[derive(Debug, thiserror::Error)]
 #[error("building the seed: {0}")]
@@ -58,8 +71,64 @@ impl Identity {
             "write_files".into(),
             Value::Sequence(vec![Value::Mapping(wf)]),
         );
+        if let Some(mib) = self.swap_mib {
+            // cloud-init's mounts module (cc_mounts): size and maxsize in bytes.
+            let bytes = Value::Number((mib * 1024 * 1024).into());
+            let mut swap = Mapping::new();
+            swap.insert("filename".into(), SWAP_FILE.into());
+            swap.insert("size".into(), bytes.clone());
+            swap.insert("maxsize".into(), bytes);
+            top.insert("swap".into(), Value::Mapping(swap));
+        }
+        if let Some(ud) = &self.userdata {
+            top = ud.merged_under(top);
+        }
         let body = Zeroizing::new(yaml(&Value::Mapping(top))?);
         Ok(Zeroizing::new(format!("#cloud-config\n{}", body.as_str())))
+    }
+
+    /// cloud-init `network-config` (v2) when the profile names resolvers: DHCP as before on
+    /// each interface (matched by the MAC virtseed gave it), DHCP's DNS servers replaced.
+    pub fn network_config(&self) -> Result<Option<String>, SeedError> {
+        if self.nameservers.is_empty() {
+            return Ok(None);
+        }
+        let addrs: Vec<Value> = self
+            .nameservers
+            .iter()
+            .map(|a| Value::String(a.to_string()))
+            .collect();
+        let mut ethernets = Mapping::new();
+        for (i, mac) in self.macs.iter().enumerate() {
+            let mut m = Mapping::new();
+            let mut matcher = Mapping::new();
+            matcher.insert("macaddress".into(), mac.clone().into());
+            m.insert("match".into(), Value::Mapping(matcher));
+            m.insert("dhcp4".into(), true.into());
+            let mut over = Mapping::new();
+            over.insert("use-dns".into(), false.into());
+            m.insert("dhcp4-overrides".into(), Value::Mapping(over));
+            let mut ns = Mapping::new();
+            ns.insert("addresses".into(), Value::Sequence(addrs.clone()));
+            m.insert("nameservers".into(), Value::Mapping(ns));
+            ethernets.insert(format!("virtseed{i}").into(), Value::Mapping(m));
+        }
+        let mut top = Mapping::new();
+        top.insert("version".into(), 2.into());
+        top.insert("ethernets".into(), Value::Mapping(ethernets));
+        yaml(&Value::Mapping(top)).map(Some)
+    }
+
+    /// The resolvers as `/etc/resolv.conf` text, for the guest unit.
+    pub fn resolv_conf(&self) -> Option<String> {
+        if self.nameservers.is_empty() {
+            return None;
+        }
+        let mut s = String::from("# from virtseed (profile `nameserver`)\n");
+        for a in &self.nameservers {
+            s.push_str(&format!("nameserver {a}\n"));
+        }
+        Some(s)
     }
 
     pub fn meta_data(&self) -> Result<String, SeedError> {
@@ -71,12 +140,13 @@ impl Identity {
 
     /// The NoCloud seed: a 1 MiB FAT12 image labelled `cidata` with a random volume serial,
     /// holding `meta-data` and `user-data` (for any cloud-init image), and beside them the
-    /// identity as the five `virtseed.*` files of [`Identity::files`] (for images with
+    /// identity as the `virtseed.*` files of [`Identity::files`] (for images with
     /// `guest/virtseed-credentials`, which install them without waiting for cloud-init).
     pub fn nocloud_image(&self) -> Result<Zeroizing<Vec<u8>>, SeedError> {
         let user = self.user_data()?;
         let meta = self.meta_data()?;
         let files = self.files()?;
+        let network = self.network_config()?;
         let e = |e: std::io::Error| SeedError(e.to_string());
         let mut img = Zeroizing::new(vec![0u8; 1024 * 1024]);
         {
@@ -95,6 +165,7 @@ impl Identity {
                 let all = [("meta-data", meta.as_str()), ("user-data", user.as_str())];
                 for (name, body) in all
                     .into_iter()
+                    .chain(network.as_deref().map(|n| ("network-config", n)))
                     .chain(files.iter().map(|(n, b)| (*n, b.as_str())))
                 {
                     root.create_file(name)
@@ -110,7 +181,8 @@ impl Identity {
 
     /// The identity as files, named as the guest unit reads them (systemd credential names
     /// for `seed: smbios`, file names on the NoCloud volume): id, minion config, the master's
-    /// key, and the minion's keypair unless the image makes its own.
+    /// key, and the minion's keypair unless the image makes its own; the resolvers and the
+    /// swap size when the profile sets them.
     pub fn files(&self) -> Result<Vec<(&'static str, Zeroizing<String>)>, SeedError> {
         let mut v = vec![
             ("virtseed.minion_id", Zeroizing::new(self.id.clone())),
@@ -126,6 +198,12 @@ impl Identity {
         if let (Some(public), Some(private)) = (&self.public_pem, &self.private_pem) {
             v.push(("virtseed.minion.pem", private.clone()));
             v.push(("virtseed.minion.pub", Zeroizing::new(public.clone())));
+        }
+        if let Some(r) = self.resolv_conf() {
+            v.push(("virtseed.resolv.conf", Zeroizing::new(r)));
+        }
+        if let Some(mib) = self.swap_mib {
+            v.push(("virtseed.swap_mib", Zeroizing::new(mib.to_string())));
         }
         Ok(v)
     }
@@ -174,6 +252,10 @@ mod tests {
             master_pub: "-----BEGIN PUBLIC KEY-----\nMMM\n-----END PUBLIC KEY-----\n".into(),
             minion_conf: conf,
             grains,
+            nameservers: Vec::new(),
+            macs: vec!["52:54:00:00:00:01".into()],
+            swap_mib: None,
+            userdata: None,
         }
     }
 
@@ -271,6 +353,68 @@ mod tests {
             **i.private_pem.as_ref().unwrap()
         );
         assert!(s[0].starts_with("io.systemd.credential.binary:virtseed.minion_id="));
+    }
+
+    #[test]
+    fn resolvers_swap_and_the_users_cloud_config() {
+        let mut i = ident();
+        assert!(i.network_config().unwrap().is_none());
+        i.nameservers = vec![
+            "8.8.8.8".parse().unwrap(),
+            "2001:4860:4860::8888".parse().unwrap(),
+        ];
+        i.swap_mib = Some(256);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("ud.yaml");
+        std::fs::write(
+            &f,
+            "#cloud-config\npackages: [htop]\nsalt_minion: {conf: {master: evil}}\n",
+        )
+        .unwrap();
+        i.userdata = Some(userdata::UserData::load(&f).unwrap());
+
+        let ud: Value = yaml_serde::from_str(&i.user_data().unwrap()).unwrap();
+        assert_eq!(ud["swap"]["filename"].as_str(), Some(SWAP_FILE));
+        assert_eq!(ud["swap"]["size"].as_u64(), Some(256 << 20));
+        assert_eq!(ud["packages"][0].as_str(), Some("htop"));
+        assert_eq!(
+            ud["salt_minion"]["conf"]["master"].as_str(),
+            Some("10.0.2.2")
+        );
+
+        let nc: Value = yaml_serde::from_str(&i.network_config().unwrap().unwrap()).unwrap();
+        let eth = &nc["ethernets"]["virtseed0"];
+        assert_eq!(nc["version"].as_u64(), Some(2));
+        assert_eq!(
+            eth["match"]["macaddress"].as_str(),
+            Some("52:54:00:00:00:01")
+        );
+        assert_eq!(eth["dhcp4"].as_bool(), Some(true));
+        assert_eq!(
+            eth["nameservers"]["addresses"][1].as_str(),
+            Some("2001:4860:4860::8888")
+        );
+
+        let files = i.files().unwrap();
+        let get = |n: &str| {
+            files
+                .iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, v)| v.to_string())
+        };
+        assert_eq!(
+            get("virtseed.resolv.conf")
+                .unwrap()
+                .lines()
+                .skip(1)
+                .collect::<Vec<_>>(),
+            ["nameserver 8.8.8.8", "nameserver 2001:4860:4860::8888"]
+        );
+        assert_eq!(get("virtseed.swap_mib").as_deref(), Some("256"));
+        let img = i.nocloud_image().unwrap();
+        let fs =
+            fatfs::FileSystem::new(Cursor::new(img.to_vec()), fatfs::FsOptions::new()).unwrap();
+        assert!(fs.root_dir().open_file("network-config").is_ok());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use super::runner::{Action, Intents};
 use super::{Made, Step, Vm};
 use crate::cloud::journal::Intent;
 use crate::cloud::CloudError;
-use crate::config::cloud::AcceptMode;
+use crate::config::cloud::{AcceptMode, IpSource};
 use crate::libvirt::domain_xml::{self, CloneSpec, Ownership};
 use crate::libvirt::{Hypervisor, LibvirtError};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -57,7 +57,9 @@ impl Define<'_> {
             disks: std::mem::take(&mut made.disks),
             nvram: made.nvram.clone(),
             cpus: prof.cpus,
+            cpu_shares: prof.cpuunits,
             memory_mib: prof.memory_mib,
+            macs: made.macs.clone(),
             ownership: Ownership {
                 profile: prof.name.clone(),
                 provider: prof.provider.clone(),
@@ -73,6 +75,10 @@ impl Define<'_> {
                     AcceptMode::Manual => "manual".into(),
                 },
                 window: prof.autoaccept_window_secs,
+                ip_source: match prof.ip_source {
+                    IpSource::IpLearning => "ip-learning".into(),
+                    IpSource::QemuAgent => "qemu-agent".into(),
+                },
             },
             extra_devices: std::mem::take(&mut made.extra_devices),
             oem_strings: std::mem::take(&mut made.oem_strings),

@@ -13,8 +13,10 @@ use super::{volume, Made, Step, Vm};
 use crate::cloud::{CloudError, MasterCtx};
 use crate::config::cloud::{Profile, SeedKind};
 use crate::libvirt::dom::Element;
+use crate::libvirt::domain_xml;
 use crate::libvirt::Base;
 use crate::pki::KeyPool;
+use crate::seed::userdata::UserData;
 
 pub struct Seed<'a> {
     pub vm: Vm<'a>,
@@ -26,21 +28,36 @@ pub struct Seed<'a> {
 
 impl Action<Made> for Seed<'_> {
     fn make(&self, made: &mut Made, intents: &mut Intents<'_>) -> Result<(), CloudError> {
-        let Some(mc) = self.master else {
-            return Ok(());
-        };
         let Vm {
             hv,
             base,
             prof,
             name,
         } = self.vm;
+        // The MACs are chosen here, before the domain's XML, so cloud-init's network config
+        // (profile `nameserver`) can match them.
+        made.macs = (0..domain_xml::interface_count(&base.xml))
+            .map(|_| domain_xml::random_mac())
+            .collect();
+        let Some(mc) = self.master else {
+            return Ok(());
+        };
         let key = self
             .keys
             .map(|pool| pool.take(prof.keysize))
             .transpose()
             .map_err(|e| CloudError::Internal(format!("minting a key: {e}")))?;
-        let ident = identity(prof, name, self.uuid, mc, key.as_ref());
+        let mut ident = identity(prof, name, self.uuid, mc, key.as_ref());
+        ident.macs = made.macs.clone();
+        if prof.seed == SeedKind::CloudInit {
+            // Read again: the file may have changed since the config was loaded.
+            ident.userdata = prof
+                .userdata
+                .as_ref()
+                .map(|u| UserData::load(&u.path))
+                .transpose()
+                .map_err(|e| CloudError::Config(e.to_string()))?;
+        }
         match prof.seed {
             SeedKind::CloudInit => {
                 let img = ident
@@ -111,6 +128,10 @@ fn identity(
         master_pub: mc.master_pub.clone(),
         minion_conf: conf,
         grains,
+        nameservers: prof.nameservers.clone(),
+        macs: Vec::new(),
+        swap_mib: prof.swap_mib,
+        userdata: None,
     }
 }
 

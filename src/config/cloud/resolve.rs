@@ -3,11 +3,13 @@
 //! profile and the key.
 
 use super::{
-    deep_merge, key_err, parse_mib, AcceptMode, CloneStrategy, ForeignProfile, IpSource, Profile,
-    Provider, SeedKind, PROFILE_KEYS, UNUSED_SALT_CLOUD_KEYS,
+    deep_merge, is_secret_key, key_err, parse_mib, AcceptMode, CloneStrategy, ForeignProfile,
+    IpSource, Profile, Provider, SeedKind, PROFILE_KEYS, PROXMOX_KEYS, UNUSED_SALT_CLOUD_KEYS,
 };
 use crate::config::{yaml, ConfigError};
+use crate::seed::userdata::UserData;
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::Path;
 use yaml_serde::{Mapping, Value};
 
@@ -51,6 +53,7 @@ pub(super) fn resolve_profile(
             file: file.to_path_buf(),
             provider: alias,
             driver: provider.driver.clone(),
+            recognised: recognised(provider, &prof),
         }));
     }
     let keys = Lookup {
@@ -62,24 +65,22 @@ pub(super) fn resolve_profile(
     };
     // Checked in this order: a profile with several wrong keys reports the first.
     // What to clone, and how.
-    let base_domain = keys
-        .text("base_domain")?
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| {
-            keys.err(
-                "base_domain",
-                "is required: the name of the shut-off libvirt domain to clone".into(),
-            )
-        })?;
+    let base_domain = keys.base_domain()?;
     let clone_strategy = keys.choice("clone_strategy", CLONE_STRATEGIES, "quick or full")?;
     let ip_source = keys.choice("ip_source", IP_SOURCES, "ip-learning or qemu-agent")?;
     let memory_mib = keys.memory()?;
+    // cgroup v1 takes shares from 2 to 262144, v2 weights from 1 to 10000 (libvirt writes
+    // `<shares>` to cpu.weight as is): 2 to 10000 works on both.
+    let cpuunits = keys.number("cpuunits", 2, 10000)?.map(|n| n as u32);
+    let swap_mib = keys.number("swap", 1, 1024 * 1024)?.map(|n| n as u64);
+    let nameservers = keys.nameservers()?;
     // The minion's identity, and how its key is accepted.
     let seed = keys.choice("seed", SEEDS, "cloud-init or smbios")?;
     let accept = keys.choice("accept", ACCEPT_MODES, "preseed, on_first_auth or manual")?;
     let keysize = keys.keysize()?;
     let minion = keys.mapping("minion")?;
     let grains = keys.mapping("grains")?;
+    let userdata = keys.userdata()?;
     // Where it is made, and by which sidecar.
     let pool = keys.text("pool")?;
     let sidecar = keys.sidecar()?;
@@ -99,10 +100,14 @@ pub(super) fn resolve_profile(
         ip_source,
         validate_xml: keys.boolean("validate_xml", true)?,
         cpus: keys.number("cpus", 1, 4096)?.map(|n| n as u32),
+        cpuunits,
         memory_mib,
         disk_gib: keys.number("disk", 1, 65536)?.map(|n| n as u64),
+        swap_mib,
         onboot: keys.boolean("onboot", false)?,
         desc: keys.text("desc")?,
+        nameservers,
+        userdata,
         minion,
         grains,
         keysize,
@@ -159,6 +164,29 @@ fn pick_provider<'p>(
         }
     };
     Ok((alias, provider))
+}
+
+/// The options of a foreign provider's driver found in it and the profile, as `key=value`
+/// (secrets masked), for the "not served" message. Only Proxmox's are known.
+fn recognised(provider: &Provider, prof: &Mapping) -> Vec<String> {
+    if provider.driver != "proxmox" {
+        return Vec::new();
+    }
+    let mut all = provider.raw.clone();
+    all.remove("driver");
+    deep_merge(&mut all, prof);
+    PROXMOX_KEYS
+        .iter()
+        .filter_map(|k| {
+            let v = all.get(*k)?;
+            let shown = if is_secret_key(k) {
+                "********".to_string()
+            } else {
+                yaml::as_text(v).unwrap_or_else(|| yaml::kind(v).to_string())
+            };
+            Some(format!("{k}={shown}"))
+        })
+        .collect()
 }
 
 /// The profile's keys that salt-cloud's deploy step reads and virtseed does not (unused),
@@ -286,6 +314,68 @@ impl Lookup<'_> {
                 ),
             )),
         }
+    }
+
+    /// `base_domain`, or its synonym `image` (the guide's name, from Proxmox); both may be
+    /// given only when they agree.
+    fn base_domain(&self) -> Result<String, ConfigError> {
+        let base = self.text("base_domain")?.filter(|s| !s.is_empty());
+        let image = self.text("image")?.filter(|s| !s.is_empty());
+        match (base, image) {
+            (Some(b), Some(i)) if b != i => Err(self.err(
+                "base_domain",
+                format!(
+                    "is {b:?} but `image` is {i:?}: `image` is another name for `base_domain`; \
+                     keep one, or give both the same domain"
+                ),
+            )),
+            (Some(b), _) | (None, Some(b)) => Ok(b),
+            (None, None) => Err(self.err(
+                "base_domain",
+                "(or its synonym `image`) is required: the name of the shut-off libvirt domain to clone"
+                    .into(),
+            )),
+        }
+    }
+
+    /// `nameserver`: IPv4/IPv6 addresses separated by spaces (or commas, or a list).
+    fn nameservers(&self) -> Result<Vec<IpAddr>, ConfigError> {
+        let words: Vec<String> = match self.value("nameserver") {
+            None | Some(Value::Null) => return Ok(Vec::new()),
+            Some(Value::Sequence(s)) => s
+                .iter()
+                .map(|v| yaml::as_text(v).unwrap_or_default())
+                .collect(),
+            Some(v) => yaml::as_text(&v)
+                .unwrap_or_default()
+                .split(|c: char| c.is_whitespace() || c == ',')
+                .filter(|w| !w.is_empty())
+                .map(str::to_string)
+                .collect(),
+        };
+        let bad = |what: String| {
+            self.err(
+                "nameserver",
+                format!("must be IPv4 or IPv6 addresses separated by spaces (e.g. \"8.8.8.8 8.8.4.4\"), {what}"),
+            )
+        };
+        if words.is_empty() {
+            return Err(bad("found none".into()));
+        }
+        words
+            .iter()
+            .map(|w| w.parse().map_err(|_| bad(format!("not {w:?}"))))
+            .collect()
+    }
+
+    /// `userdata_file`: read and checked now, so check-config reports a bad file.
+    fn userdata(&self) -> Result<Option<UserData>, ConfigError> {
+        let Some(path) = self.text("userdata_file")?.filter(|s| !s.is_empty()) else {
+            return Ok(None);
+        };
+        UserData::load(Path::new(&path))
+            .map(Some)
+            .map_err(|e| self.err("userdata_file", format!("{}: {}", e.path, e.msg)))
     }
 
     fn keysize(&self) -> Result<usize, ConfigError> {

@@ -1,0 +1,202 @@
+//! A VM's addresses beyond what libvirt sees: those its minion reports in its grains (`ipv4`,
+//! `ipv6`), read from the master's minion data cache once the minion has sent them, so
+//! `list_nodes` shows real addresses under any networking (bridged, user-mode, no agent);
+//! and salt-cloud's split of addresses into `public_ips` and `private_ips`.
+//!
+//! Where the master keeps grains (with `minion_data_cache`, on by default), msgpack:
+//! - 3006, 3007: `cachedir/minions/<id>/data.p`, `{grains: {...}, pillar: {...}}`
+//!   (`salt.master.AESFuncs._pillar` storing bank `minions/<id>`, key `data`);
+//! - 3008: `cachedir/grains/<id>.p`, the grains themselves (bank `grains`, key `<id>`).
+
+use rmpv::Value;
+use std::net::IpAddr;
+use std::path::Path;
+
+/// The addresses minion `id` reported in its cached grains, loopback excluded; none when the
+/// master has no grains for it (yet).
+pub fn from_grains_cache(cachedir: &Path, id: &str) -> Vec<IpAddr> {
+    let older = cachedir.join("minions").join(id).join("data.p");
+    let newer = cachedir.join("grains").join(format!("{id}.p"));
+    let grains = read_msgpack(&older)
+        .and_then(|v| field(&v, "grains").cloned())
+        .or_else(|| read_msgpack(&newer));
+    grains.map(|g| grain_addresses(&g)).unwrap_or_default()
+}
+
+fn read_msgpack(path: &Path) -> Option<Value> {
+    let bytes = std::fs::read(path).ok()?;
+    rmpv::decode::read_value(&mut &bytes[..]).ok()
+}
+
+fn field<'v>(map: &'v Value, key: &str) -> Option<&'v Value> {
+    map.as_map()?.iter().find_map(|(k, v)| {
+        let name = match k {
+            Value::String(s) => s.as_str(),
+            Value::Binary(b) => std::str::from_utf8(b).ok(),
+            _ => None,
+        };
+        (name == Some(key)).then_some(v)
+    })
+}
+
+fn grain_addresses(grains: &Value) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    for key in ["ipv4", "ipv6"] {
+        for v in field(grains, key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let text = match v {
+                Value::String(s) => s.as_str().map(str::to_string),
+                Value::Binary(b) => std::str::from_utf8(b).ok().map(str::to_string),
+                _ => None,
+            };
+            if let Some(a) = text.and_then(|t| t.parse::<IpAddr>().ok()) {
+                if !a.is_loopback() && !a.is_unspecified() && !out.contains(&a) {
+                    out.push(a);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether `a` is reachable only within a site: RFC 1918, shared (100.64/10) and link-local
+/// IPv4; unique-local (fc00::/7) and link-local (fe80::/10) IPv6. salt-cloud's drivers put
+/// these in `private_ips` (`salt.utils.cloud.is_public_ip`).
+pub fn is_private(a: &IpAddr) -> bool {
+    match a {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_private() || v4.is_link_local() || (o[0] == 100 && (o[1] & 0xc0) == 64)
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments()[0];
+            (s & 0xfe00) == 0xfc00 || (s & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// `addresses` (text, as libvirt and the cache give them) split into public and private;
+/// loopback and what is not an address are dropped.
+pub fn split(addresses: &[String]) -> (Vec<String>, Vec<String>) {
+    let mut public = Vec::new();
+    let mut private = Vec::new();
+    for t in addresses {
+        let Ok(a) = t.parse::<IpAddr>() else {
+            continue;
+        };
+        if a.is_loopback() {
+            continue;
+        }
+        if is_private(&a) {
+            private.push(t.clone());
+        } else {
+            public.push(t.clone());
+        }
+    }
+    (public, private)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(x: &str) -> Value {
+        Value::String(x.into())
+    }
+
+    fn grains() -> Value {
+        Value::Map(vec![
+            (s("id"), s("web1")),
+            (
+                s("ipv4"),
+                Value::Array(vec![s("127.0.0.1"), s("10.0.2.15"), s("203.0.113.7")]),
+            ),
+            (
+                s("ipv6"),
+                Value::Array(vec![
+                    s("::1"),
+                    s("fe80::5054:ff:fe12:3456"),
+                    s("2001:db8::7"),
+                ]),
+            ),
+        ])
+    }
+
+    fn write(path: &Path, v: &Value) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let mut buf = Vec::new();
+        rmpv::encode::write_value(&mut buf, v).unwrap();
+        std::fs::write(path, buf).unwrap();
+    }
+
+    #[test]
+    fn reads_either_cache_layout() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(from_grains_cache(d.path(), "web1").is_empty());
+        // 3008: the grains alone.
+        write(&d.path().join("grains/web1.p"), &grains());
+        let want: Vec<IpAddr> = [
+            "10.0.2.15",
+            "203.0.113.7",
+            "fe80::5054:ff:fe12:3456",
+            "2001:db8::7",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        assert_eq!(from_grains_cache(d.path(), "web1"), want);
+        // 3006/3007: under `grains`, beside the pillar; preferred when both exist.
+        let data = Value::Map(vec![
+            (
+                s("grains"),
+                Value::Map(vec![(s("ipv4"), Value::Array(vec![s("192.0.2.1")]))]),
+            ),
+            (s("pillar"), Value::Map(vec![])),
+        ]);
+        write(&d.path().join("minions/web1/data.p"), &data);
+        assert_eq!(
+            from_grains_cache(d.path(), "web1"),
+            ["192.0.2.1".parse::<IpAddr>().unwrap()]
+        );
+        std::fs::write(d.path().join("minions/web1/data.p"), b"\xc1junk").unwrap();
+        assert_eq!(from_grains_cache(d.path(), "web1").len(), 4);
+    }
+
+    #[test]
+    fn public_and_private_as_salt_cloud_splits_them() {
+        let all: Vec<String> = [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.122.5",
+            "100.64.0.1",
+            "169.254.1.1",
+            "8.8.8.8",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "2001:db8::1",
+            "not-an-ip",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let (public, private) = split(&all);
+        assert_eq!(public, ["8.8.8.8", "2001:db8::1"]);
+        assert_eq!(
+            private,
+            [
+                "10.1.2.3",
+                "172.16.0.1",
+                "192.168.122.5",
+                "100.64.0.1",
+                "169.254.1.1",
+                "fd00::1",
+                "fe80::1"
+            ]
+        );
+    }
+}
