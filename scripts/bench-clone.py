@@ -76,7 +76,7 @@ def floor_start(names):
     return t0, threads
 
 def run(tool, n, r):
-    prefix = f"{tool[:2]}{n}r{r}x"
+    prefix = f"{ {'floor': 'fl', 'virtseed': 'vs', 'salt-cloud': 'sc', 'virtseed-run': 'vr'}[tool] }{n}r{r}x"
     names = [f"{prefix}{i}" for i in range(n)]
     if tool == "floor":
         t0, threads = floor_start(names)

@@ -66,6 +66,7 @@ bench:
   wait_for_ip_timeout: 1
   wait_for_ip_interval: 1
   max_parallel: 50
+  wait_for_minion: false
   minion:
     master: 10.0.2.2
 CONF

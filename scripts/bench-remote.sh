@@ -67,7 +67,7 @@ for mode in local remote; do
     printf 'bench:\n  provider: kvm\n  base_domain: %sbase\n  max_parallel: 20\n' "$pool" > "$d/$mode/cloud.profiles"
 done
 
-echo "bench: $(nproc) CPUs, libvirt $(virsh -c qemu:///system version | awk '/Running hypervisor/{print $4}'); sizes $SIZES, $ROUNDS rounds"
+echo "bench: $(nproc) CPUs, QEMU $(virsh -c qemu:///system version | awk '/Running hypervisor/{print $4}'); sizes $SIZES, $ROUNDS rounds"
 results=$d/results
 for n in ${SIZES//,/ }; do
     for r in $(seq "$ROUNDS"); do
