@@ -179,6 +179,7 @@ fn scenario(version: &str) {
     let l = ok(&cloud(&m, &["--list-locations", "local-kvm"]).0);
     let host = &l["local-kvm"]["libvirt"]["localhost"];
     assert!(host["free_memory_mib"].as_u64().unwrap() > 0, "{l}");
+    assert_eq!(host["has_base"][&base], true, "{l}");
 
     // Actions.
     let r = ok(&cloud(&m, &["-a", "stop", &b]).0);
