@@ -440,10 +440,10 @@ fn rename_console_log(d: &mut Element, base_name: &str, name: &str) {
 const QEMU_NS: &str = "http://libvirt.org/schemas/domain/qemu/1.0";
 
 /// Replaces the first user-mode interface by the same NIC (model and MAC) on a QEMU user
-/// netdev with `hostfwd=tcp:127.0.0.1:PORT-:22`. libvirt 9.0 forwards ports only with the
-/// passt backend (`<portForward>`), which Debian 12's libvirt runs under AppArmor and a
-/// package of its own; slirp's `hostfwd` needs neither, through `<qemu:commandline>` (libvirt
-/// marks the domain tainted: custom-argv). Only loopback is ever bound.
+/// netdev with `hostfwd=tcp:127.0.0.1:PORT-:22`. libvirt 9.0's own `<portForward>` needs
+/// the passt backend (package `passt`, not tried here); slirp's `hostfwd` needs nothing more
+/// than QEMU, through `<qemu:commandline>` (libvirt marks the domain tainted: custom-argv).
+/// Only loopback is ever bound.
 fn forward_ssh(root: &mut Element, port: u16) -> Result<(), DomainXmlError> {
     let devices = root.child_or_insert("devices");
     let user = devices
