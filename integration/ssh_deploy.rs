@@ -82,7 +82,7 @@ fn everything_written(m: &Master, events: &EventLog, sidecar: &Sidecar) -> Strin
 #[test]
 fn salt_cloud_deploys_a_plain_template_over_ssh_and_leaves_nothing_on_failure() {
     plain_image();
-    let m = Master::start("3007.17");
+    let m = Master::start_with("3007.17", "file_recv: True\n");
     write_cloud(&m, &profiles());
     let sidecar = Sidecar::start(&m, "virtseed");
     sidecar.wait_log("serving cloud.* jobs", Duration::from_secs(10));
@@ -112,8 +112,17 @@ fn salt_cloud_deploys_a_plain_template_over_ssh_and_leaves_nothing_on_failure() 
     let accepted = std::fs::read_to_string(m.pki().join("minions").join(&a)).unwrap();
     let (_, k) = m.salt_json(&a, &["cmd.run", "cat /etc/salt/pki/minion/minion.pub"], 60);
     assert_eq!(k[&a].as_str().unwrap_or_default().trim(), accepted.trim());
-    let (_, pem) = m.salt_json(&a, &["cmd.run", "cat /etc/salt/pki/minion/minion.pem"], 60);
-    let guest_key = pem[&a].as_str().unwrap_or_default().to_string();
+    // The guest's private key, for the secrets search, by `cp.push` (file_recv): a
+    // `cmd.run cat` would put it in the job cache itself.
+    let (pushed, _) = m.salt_json(&a, &["cp.push", "/etc/salt/pki/minion/minion.pem"], 60);
+    assert!(pushed);
+    let guest_key = std::fs::read_to_string(
+        m.dir
+            .join("cache/minions")
+            .join(&a)
+            .join("files/etc/salt/pki/minion/minion.pem"),
+    )
+    .unwrap_or_default();
     assert!(guest_key.contains("PRIVATE KEY"), "{guest_key}");
     for step in [
         "key_accepted",
