@@ -12,14 +12,29 @@
 # a second run takes seconds.
 #
 #   scripts/build-golden-image.sh          (SALT_VERSION=3007.17 by default)
+#   scripts/build-golden-image.sh --plain  (base domain `virtseed-plain`)
+#
+# --plain: a TEST image of a template without a seed channel, as salt-cloud's libvirt guide
+# assumes one (a plain VM with SSH): sshd (password login for root, whose password is
+# `plain`), salt-minion in /opt/salt that starts only once it has a key, no cloud-init, no
+# virtseed guest unit. Clones get their identity by SSH deploy (`seed: ssh`). Never use it
+# beyond tests: everyone knows its root password.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd); root=$(dirname "$here")
 SALT_VERSION=${SALT_VERSION:-3007.17}
 OUT=${VIRTSEED_GOLDEN_DIR:-/var/lib/virtseed/golden}
-NAME=${VIRTSEED_GOLDEN_NAME:-virtseed-golden}
+PLAIN=
+[ "${1:-}" = --plain ] && PLAIN=1
+# What differs: the base domain's name, the package that gives it a way in, its description.
+if [ -n "$PLAIN" ]; then
+    NAME=${VIRTSEED_GOLDEN_NAME:-virtseed-plain}; WAY_IN=openssh-server
+    WHAT="plain test image: sshd, root password plain, no seed channel"
+else
+    NAME=${VIRTSEED_GOLDEN_NAME:-virtseed-golden}; WAY_IN=cloud-init; WHAT="cloud-init NoCloud"
+fi
 step() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
-key=$( (cat "$0" "$root"/guest/*; echo "$SALT_VERSION") | sha256sum | cut -c1-12)
+key=$( (cat "$0" "$root"/guest/*; echo "$SALT_VERSION${PLAIN:+-plain}") | sha256sum | cut -c1-12)
 img=$OUT/$key
 mkdir -p "$OUT"; chmod 755 "$(dirname "$OUT")" "$OUT"
 
@@ -63,7 +78,7 @@ define_domain() {
     cat > "$img/domain.xml" <<XML
 <domain type='$type'>
   <name>$NAME</name>
-  <description>virtseed golden image $key (Debian 12, salt-minion $SALT_VERSION, cloud-init NoCloud)</description>
+  <description>virtseed golden image $key (Debian 12, salt-minion $SALT_VERSION, $WHAT)</description>
   <memory unit='MiB'>512</memory>
   <vcpu>1</vcpu>
   <os>
@@ -109,7 +124,7 @@ t0=$(date +%s)
 step "debootstrap bookworm (minbase)"
 # The host's environment (pip settings and the like) must not leak into the chroot.
 env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 debootstrap --variant=minbase \
-    --include=systemd-sysv,udev,dbus,init-system-helpers,netbase,iproute2,ca-certificates,python3,python3-cffi-backend,cloud-init \
+    --include=systemd-sysv,udev,dbus,init-system-helpers,netbase,iproute2,ca-certificates,python3,python3-cffi-backend,$WAY_IN \
     bookworm "$rootfs" http://deb.debian.org/debian >"$work/debootstrap.log" 2>&1 \
     || { tail -30 "$work/debootstrap.log"; grep -B5 -A20 "rror" "$rootfs/debootstrap/debootstrap.log" | tail -40; exit 1; }
 
@@ -160,15 +175,47 @@ mkdir -p "$rootfs/opt"
 cp -a /opt/salt "$rootfs/opt/salt"
 rm -rf /opt/salt
 
-step "configuration: cloud-init NoCloud, salt-minion unit, credentials unit, DHCP"
+step "configuration: $WHAT, salt-minion unit, DHCP"
 R=$rootfs
-echo virtseed-golden > "$R/etc/hostname"
+
+# The plain template (--plain): a minion that waits for a key from an SSH deploy, and sshd
+# with password login for root and a host key made at first boot (one per clone).
+plain_config() {
+    sed -i -e '/virtseed-credentials/d' -e 's|^ConditionPathExists=.*|ConditionPathExists=/etc/salt/pki/minion/minion.pem|' \
+        -e 's|^Description=.*|Description=Salt minion (virtseed plain test image)|' \
+        "$R/etc/systemd/system/salt-minion.service"
+    ln -sf /etc/systemd/system/salt-minion.service "$R/etc/systemd/system/multi-user.target.wants/salt-minion.service"
+    rm -f "$R"/etc/ssh/ssh_host_*
+    cat > "$R/etc/ssh/sshd_config.d/virtseed-plain.conf" <<'F'
+# virtseed's plain TEST image: root logs in with the password `plain`.
+PermitRootLogin yes
+PasswordAuthentication yes
+UseDNS no
+HostKey /etc/ssh/ssh_host_ed25519_key
+F
+    cat > "$R/etc/systemd/system/ssh-hostkey.service" <<'F'
+[Unit]
+Description=This clone's own SSH host key (ed25519: instant even under TCG)
+Before=ssh.service
+ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -q -t ed25519 -N "" -f /etc/ssh/ssh_host_ed25519_key
+[Install]
+WantedBy=ssh.service
+F
+    mkdir -p "$R/etc/systemd/system/ssh.service.wants"
+    ln -sf /etc/systemd/system/ssh-hostkey.service "$R/etc/systemd/system/ssh.service.wants/ssh-hostkey.service"
+    ln -sf /lib/systemd/system/ssh.service "$R/etc/systemd/system/multi-user.target.wants/ssh.service"
+}
+echo "$NAME" > "$R/etc/hostname"
 : > "$R/etc/machine-id"
 rm -f "$R/etc/resolv.conf"
 ln -sf /run/systemd/resolve/stub-resolv.conf "$R/etc/resolv.conf" 2>/dev/null || true
 cat > "$R/etc/fstab" <<'F'
 /dev/vda / ext4 rw,relatime 0 1
 F
+if [ -z "$PLAIN" ]; then
 # cloud-init: NoCloud only, no network config of its own (networkd does DHCP), no SSH keys.
 # Two datasources, not one: with a single entry ds-identify enables cloud-init without
 # looking; with two it searches, and a clone without a NoCloud seed (`seed: smbios`) boots
@@ -187,6 +234,7 @@ cloud_final_modules: [scripts-per-once, scripts-per-boot, scripts-per-instance, 
 ssh_genkeytypes: []
 ssh_deletekeys: false
 F
+fi
 mkdir -p "$R/etc/systemd/network"
 cat > "$R/etc/systemd/network/20-dhcp.network" <<'F'
 [Match]
@@ -200,6 +248,7 @@ F
 # cloud-init's salt_minion module runs `apt-get install salt-minion`: an empty sources list
 # and a local shim package make that a no-op (salt lives in /opt/salt).
 : > "$R/etc/apt/sources.list"
+if [ -z "$PLAIN" ]; then
 mkdir -p "$work/shim/DEBIAN"
 cat > "$work/shim/DEBIAN/control" <<'F'
 Package: salt-minion
@@ -211,6 +260,7 @@ F
 dpkg-deb -b "$work/shim" "$R/var/tmp/salt-minion-shim.deb" >/dev/null
 env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin chroot "$R" dpkg -i /var/tmp/salt-minion-shim.deb >/dev/null
 rm -f "$R/var/tmp/salt-minion-shim.deb"
+fi
 mkdir -p "$R/etc/salt/pki/minion" "$R/etc/salt/minion.d"
 chmod 700 "$R/etc/salt/pki/minion"
 cat > "$R/etc/salt/minion.d/00-golden.conf" <<'F'
@@ -264,6 +314,9 @@ F
 # takes up to half the vCPU while it starts the other units.
 mkdir -p "$R/etc/systemd/system/system.slice.d"
 printf '[Slice]\nStartupCPUWeight=1000\n' > "$R/etc/systemd/system/system.slice.d/virtseed.conf"
+if [ -n "$PLAIN" ]; then
+    plain_config
+else
 mkdir -p "$R/etc/systemd/system/cloud-init.service.d"
 # virtseed-credentials copies the NoCloud seed for cloud-init; once cloud-init's network stage
 # has read it (the last to), it goes: cloud-init keeps its own copy in /var/lib/cloud/instance.
@@ -273,6 +326,7 @@ install -D -m 0755 "$root/guest/virtseed-credentials.sh" "$R/usr/local/lib/virts
 for u in salt-minion.service virtseed-credentials.service; do
     ln -sf "/etc/systemd/system/$u" "$R/etc/systemd/system/multi-user.target.wants/$u"
 done
+fi
 ln -sf /lib/systemd/system/systemd-networkd.service "$R/etc/systemd/system/multi-user.target.wants/systemd-networkd.service"
 # Not needed in a clone and slow under TCG.
 # Logins (logind, gettys, utmp): the image has no SSH and root's password is locked, so no
@@ -284,8 +338,8 @@ for u in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.
          modprobe@efi_pstore.service modprobe@configfs.service systemd-binfmt.service \
          proc-sys-fs-binfmt_misc.automount sys-kernel-debug.mount sys-kernel-tracing.mount \
          sys-fs-fuse-connections.mount sys-kernel-config.mount dev-hugepages.mount \
-         systemd-logind.service getty@.service serial-getty@.service systemd-user-sessions.service \
-         systemd-update-utmp.service systemd-update-utmp-runlevel.service; do
+         getty@.service serial-getty@.service systemd-update-utmp.service systemd-update-utmp-runlevel.service \
+         $([ -n "$PLAIN" ] || echo systemd-logind.service systemd-user-sessions.service); do
     ln -sf /dev/null "$R/etc/systemd/system/$u"
 done
 # systemd's generators run one after another before any unit starts, each ~0.1 s under TCG:
@@ -298,7 +352,11 @@ for g in systemd-cryptsetup-generator systemd-veritysetup-generator systemd-inte
          systemd-debug-generator systemd-run-generator; do
     ln -sf /dev/null "$R/etc/systemd/system-generators/$g"
 done
-echo 'root:*' | chroot "$R" chpasswd -e 2>/dev/null || true
+if [ -n "$PLAIN" ]; then
+    echo 'root:plain' | chroot "$R" chpasswd
+else
+    echo 'root:*' | chroot "$R" chpasswd -e 2>/dev/null || true
+fi
 env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin chroot "$R" apt-get clean
 rm -rf "$R/var/lib/apt/lists/"* "$R/usr/share/doc/"* "$R/usr/share/man/"* "$R/var/cache/debconf/"*-old
 

@@ -95,6 +95,7 @@ pub async fn profile(
         request: request.clone(),
         fail_after,
         job: None,
+        minion_pub: None,
     };
     let results = c.profile(profile, names, opts, Arc::new(lines)).await?;
     for n in names {

@@ -96,6 +96,8 @@ impl Progress for BusProgress {
 pub struct Overrides {
     pub wait_for_minion: Option<bool>,
     pub minion_timeout: Option<u64>,
+    /// `seed: ssh`: the public key the driver deploys (validated PEM).
+    pub minion_pub: Option<salt_proto::keys::PublicKey>,
 }
 
 impl Service {
@@ -151,6 +153,7 @@ impl Service {
                     request: request.clone(),
                     fail_after: None,
                     job: Some(job),
+                    minion_pub: ov.minion_pub.clone(),
                 },
                 progress.clone(),
             )
@@ -171,7 +174,9 @@ impl Service {
                     Err(e) => return (name, json!({"Error": e.to_string()})),
                 };
                 let mut v = serde_json::to_value(&c).unwrap_or_default();
-                if wait && c.seed.is_some() {
+                // `seed: ssh`: the driver deploys, waits for the minion and fires `created`.
+                let deployed_later = c.seed == Some("ssh");
+                if wait && c.seed.is_some() && !deployed_later {
                     match ready::wait_minion(&me.clear, &mut rx, &name, t0, deadline).await {
                         Ok(ready) => {
                             progress.step(
@@ -199,7 +204,9 @@ impl Service {
                     }
                 }
                 me.cloud.journal_done(&request, &name, &v);
-                progress.step(&name, "created", json!({"event": "created instance"}));
+                if !deployed_later {
+                    progress.step(&name, "created", json!({"event": "created instance"}));
+                }
                 (name, v)
             }));
         }

@@ -80,6 +80,7 @@ pub const PROFILE_KEYS: &[&str] = &[
     "max_parallel",
     "sidecar",
     "host",
+    "ssh_forward",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +97,20 @@ pub enum SeedKind {
     CloudInit,
     /// systemd credentials in SMBIOS type 11 OEM strings.
     Smbios,
+    /// No seed: salt-cloud's SSH deploy gives the clone its identity (templates with
+    /// neither cloud-init nor virtseed's guest unit). virtseed's driver deploys; the sidecar
+    /// pre-accepts the public key the driver hands it and clones without a seed.
+    Ssh,
+}
+
+impl SeedKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            SeedKind::CloudInit => "cloud-init",
+            SeedKind::Smbios => "smbios",
+            SeedKind::Ssh => "ssh",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,6 +189,9 @@ pub struct Profile {
     pub pool: Option<String>,
     pub max_parallel: Option<usize>,
     pub sidecar: Option<String>,
+    /// Forward a free port on 127.0.0.1 to the guest's port 22 (QEMU user networking, where
+    /// the host cannot reach the guest otherwise), for `seed: ssh`.
+    pub ssh_forward: bool,
     /// salt-cloud deploy keys present in the profile that virtseed does not use.
     pub unused: Vec<String>,
     /// Keys neither salt-cloud's libvirt driver nor virtseed know (typos?).

@@ -92,3 +92,16 @@ pub fn job_ref(p: &Publication) -> crate::cloud::journal::JobRef {
         user: p.user.clone(),
     }
 }
+
+/// `minion_pub=PEM` (`seed: ssh`): an RSA public key, checked here. Only a public key is
+/// ever taken: a job's arguments reach the job cache.
+pub fn minion_pub(v: Option<&Value>) -> Result<Option<salt_proto::keys::PublicKey>, String> {
+    let Some(v) = v else { return Ok(None) };
+    let pem = v.as_str().ok_or("minion_pub must be a public key in PEM")?;
+    if pem.contains("PRIVATE KEY") {
+        return Err("minion_pub must be a public key; a private key is never sent".into());
+    }
+    salt_proto::keys::PublicKey::from_pem(pem)
+        .map(Some)
+        .map_err(|e| format!("minion_pub: {e}"))
+}

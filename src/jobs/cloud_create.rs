@@ -28,6 +28,7 @@ pub async fn run(p: &Publication, svc: &Arc<Service>) -> Outcome {
             "names",
             "wait_for_minion",
             "minion_timeout",
+            "minion_pub",
         ],
     ) {
         Ok(k) => k,
@@ -37,9 +38,14 @@ pub async fn run(p: &Publication, svc: &Arc<Service>) -> Outcome {
         Ok(p) => p,
         Err(e) => return Outcome::error(format!("cloud.create: {e}")),
     };
+    let minion_pub = match a::minion_pub(p.kwarg("minion_pub")) {
+        Ok(k) => k,
+        Err(e) => return Outcome::error(format!("cloud.create: {e}")),
+    };
     let ov = Overrides {
         wait_for_minion: a::boolean(p.kwarg("wait_for_minion")),
         minion_timeout: a::number(p.kwarg("minion_timeout")),
+        minion_pub,
     };
     match svc.create(prof, &names, a::job_ref(p), ov).await {
         Ok(map) => a::report(serde_json::Value::Object(map.into_iter().collect())),

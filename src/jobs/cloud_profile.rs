@@ -27,9 +27,14 @@ pub async fn run(p: &Publication, svc: &Arc<Service>) -> Outcome {
     let Some(profile) = profile else {
         return Outcome::error("cloud.profile: a profile (or prof) must be given");
     };
+    let minion_pub = match a::minion_pub(p.kwarg("minion_pub")) {
+        Ok(k) => k,
+        Err(e) => return Outcome::error(format!("cloud.profile: {e}")),
+    };
     let ov = Overrides {
         wait_for_minion: a::boolean(p.kwarg("wait_for_minion")),
         minion_timeout: a::number(p.kwarg("minion_timeout")),
+        minion_pub,
     };
     let keys = match a::profile_keys(
         p,
@@ -40,6 +45,7 @@ pub async fn run(p: &Publication, svc: &Arc<Service>) -> Outcome {
             "names",
             "wait_for_minion",
             "minion_timeout",
+            "minion_pub",
         ],
     ) {
         Ok(k) => k,

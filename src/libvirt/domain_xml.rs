@@ -43,6 +43,8 @@ pub enum DomainXmlError {
     },
     #[error("base domain {base:?} has no disk to clone")]
     NoDisk { base: String },
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl From<dom::XmlError> for DomainXmlError {
@@ -225,6 +227,8 @@ pub struct CloneSpec {
     pub extra_devices: Vec<Element>,
     /// SMBIOS type 11 OEM strings (`<sysinfo type='smbios'><oemStrings>`).
     pub oem_strings: Vec<String>,
+    /// Forward this port on 127.0.0.1 to the guest's port 22 (QEMU user networking).
+    pub ssh_forward_port: Option<u16>,
 }
 
 /// How many network interfaces the base has (each clone gets a MAC for each).
@@ -314,6 +318,9 @@ pub fn clone_xml(
     }
     for extra in &spec.extra_devices {
         devices.append(extra.clone());
+    }
+    if let Some(port) = spec.ssh_forward_port {
+        forward_ssh(&mut root, port)?;
     }
     let meta = root.child_or_insert("metadata");
     meta.remove_children(|e| {
@@ -429,6 +436,51 @@ fn rename_console_log(d: &mut Element, base_name: &str, name: &str) {
     }
 }
 
+/// QEMU's namespace for `<qemu:commandline>`.
+const QEMU_NS: &str = "http://libvirt.org/schemas/domain/qemu/1.0";
+
+/// Replaces the first user-mode interface by the same NIC (model and MAC) on a QEMU user
+/// netdev with `hostfwd=tcp:127.0.0.1:PORT-:22`. libvirt 9.0's own `<portForward>` needs
+/// the passt backend (package `passt`, not tried here); slirp's `hostfwd` needs nothing more
+/// than QEMU, through `<qemu:commandline>` (libvirt marks the domain tainted: custom-argv).
+/// Only loopback is ever bound.
+fn forward_ssh(root: &mut Element, port: u16) -> Result<(), DomainXmlError> {
+    let devices = root.child_or_insert("devices");
+    let user = devices
+        .elements()
+        .find(|e| e.name == "interface" && e.attr("type").as_deref() == Some("user"))
+        .cloned()
+        .ok_or_else(|| {
+            DomainXmlError::Unsupported("ssh_forward needs a user-mode interface (`<interface type='user'>`) in the base domain; on a real network leave it out and the address comes from ip_source".into())
+        })?;
+    let mut seen = false;
+    devices.remove_children(|e| {
+        let first = !seen && e.name == "interface" && e.attr("type").as_deref() == Some("user");
+        seen |= first;
+        first
+    });
+    let mac = user
+        .child("mac")
+        .and_then(|m| m.attr("address"))
+        .unwrap_or_else(random_mac);
+    let model = match user.child("model").and_then(|m| m.attr("type")).as_deref() {
+        None | Some("virtio") => "virtio-net-pci".to_string(),
+        Some(other) => other.to_string(),
+    };
+    root.set_attr("xmlns:qemu", QEMU_NS);
+    let arg = |v: &str| Element::new("qemu:arg").with_attr("value", v);
+    root.append(
+        Element::new("qemu:commandline")
+            .with_child(arg("-netdev"))
+            .with_child(arg(&format!(
+                "user,id=vsfwd0,hostfwd=tcp:127.0.0.1:{port}-:22"
+            )))
+            .with_child(arg("-device"))
+            .with_child(arg(&format!("{model},netdev=vsfwd0,mac={mac}"))),
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -526,7 +578,33 @@ mod tests {
             },
             extra_devices: vec![],
             oem_strings: vec![],
+            ssh_forward_port: None,
         }
+    }
+
+    #[test]
+    fn ssh_forward_replaces_the_user_nic_by_a_loopback_hostfwd() {
+        let b = read_base("b", BASE).unwrap();
+        let mut sp = spec();
+        sp.ssh_forward_port = Some(40022);
+        let (xml, macs) = clone_xml(&b, &sp).unwrap();
+        let root = dom::parse(&xml).unwrap();
+        assert_eq!(root.attr("xmlns:qemu").as_deref(), Some(QEMU_NS));
+        let devs = root.child("devices").unwrap();
+        assert!(!devs
+            .elements()
+            .any(|e| e.name == "interface" && e.attr("type").as_deref() == Some("user")));
+        let args: Vec<String> = root
+            .child("qemu:commandline")
+            .unwrap()
+            .elements()
+            .filter_map(|a| a.attr("value"))
+            .collect();
+        assert_eq!(args[1], "user,id=vsfwd0,hostfwd=tcp:127.0.0.1:40022-:22");
+        assert_eq!(
+            args[3],
+            format!("virtio-net-pci,netdev=vsfwd0,mac={}", macs[0])
+        );
     }
 
     #[test]

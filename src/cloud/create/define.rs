@@ -24,6 +24,9 @@ pub struct Define<'a> {
 impl Action<Made> for Define<'_> {
     fn make(&self, made: &mut Made, intents: &mut Intents<'_>) -> Result<(), CloudError> {
         let vm = self.vm;
+        if vm.prof.ssh_forward {
+            made.ssh_port = Some(free_loopback_port()?);
+        }
         let spec = self.spec(made);
         let (xml, macs) = domain_xml::clone_xml(&vm.base.xml, &spec).map_err(LibvirtError::from)?;
         intents.intend(Intent::Domain {
@@ -82,6 +85,7 @@ impl Define<'_> {
             },
             extra_devices: std::mem::take(&mut made.extra_devices),
             oem_strings: std::mem::take(&mut made.oem_strings),
+            ssh_forward_port: made.ssh_port,
         }
     }
 }
@@ -99,4 +103,15 @@ fn now_secs() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// A TCP port on 127.0.0.1 free now (the kernel's pick), for `ssh_forward`. Another process
+/// may take it before QEMU binds it: then the domain fails to start and the create is undone.
+fn free_loopback_port() -> Result<u16, CloudError> {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| {
+            CloudError::Internal(format!("finding a free loopback port for ssh_forward: {e}"))
+        })
 }

@@ -1,7 +1,8 @@
 //! Step `key_accepted`: the minted key pre-accepted on the master, before the guest can ask:
 //! `pki_dir/minions/<name>` written atomically in the exact text the minion will send, never
 //! over another machine's key (unless `force: true`), then `salt/key` fired. Makes nothing
-//! without a master or without a minted key (`accept: on_first_auth` or `manual`).
+//! without a master or without a minted key (`accept: on_first_auth` or `manual`). With
+//! `seed: ssh` the key is the public half of the pair the driver deploys over SSH.
 //!
 //! An [`Intent::Key`], undone by revoking the key only while it has this fingerprint, with
 //! the master's cache for the id ([`undo`]).
@@ -24,11 +25,11 @@ pub struct Key<'a> {
 
 impl Action<Made> for Key<'_> {
     fn make(&self, made: &mut Made, intents: &mut Intents<'_>) -> Result<(), CloudError> {
-        let (Some(mc), Some(key)) = (self.master, &made.key) else {
+        let (Some(mc), Some(key)) = (self.master, made.public_key()) else {
             return Ok(());
         };
         let name = self.name;
-        let pem = key.public_key().pem();
+        let pem = key.pem();
         intents.intend(Intent::Key {
             id: name.into(),
             finger: made.fingerprint(),

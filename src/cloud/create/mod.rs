@@ -79,6 +79,9 @@ pub struct CreateOptions {
     pub fail_after: Option<Step>,
     /// The Salt job this create answers (recorded in the journal for a late return).
     pub job: Option<JobRef>,
+    /// `seed: ssh`: the public key to pre-accept, minted by the caller (virtseed's salt-cloud
+    /// driver), which deploys its private half over SSH. Only the public half is ever here.
+    pub minion_pub: Option<salt_proto::keys::PublicKey>,
 }
 
 /// Testing the crash recovery: a create stops dead after this step (named as in
@@ -100,6 +103,9 @@ pub struct Created {
     /// The minion key's fingerprint (`salt-key -f` form), empty without identity.
     pub fingerprint: String,
     pub seed: Option<&'static str>,
+    /// `ssh_forward`: the loopback port forwarded to the guest's port 22.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssh_port: Option<u16>,
     pub timings_ms: BTreeMap<String, u64>,
 }
 
@@ -116,6 +122,10 @@ pub struct Made {
     pub nvram: Option<String>,
     /// The minted minion key (`accept: preseed`).
     pub key: Option<salt_proto::keys::PrivateKey>,
+    /// The caller's public key to pre-accept (`seed: ssh`).
+    pub given_pub: Option<salt_proto::keys::PublicKey>,
+    /// `ssh_forward`: the loopback port forwarded to the guest's port 22.
+    pub ssh_port: Option<u16>,
     /// Devices added to the clone's XML (the seed's disk).
     pub extra_devices: Vec<Element>,
     /// SMBIOS OEM strings for the clone's XML (`seed: smbios`).
@@ -127,10 +137,17 @@ pub struct Made {
 impl Made {
     /// The minted key's fingerprint (`salt-key -f` form), empty without one.
     pub fn fingerprint(&self) -> String {
+        self.public_key()
+            .map(|k| k.fingerprint())
+            .unwrap_or_default()
+    }
+
+    /// The public key to pre-accept: the minted key's, or the one given (`seed: ssh`).
+    pub fn public_key(&self) -> Option<&salt_proto::keys::PublicKey> {
         self.key
             .as_ref()
-            .map(|k| k.public_key().fingerprint())
-            .unwrap_or_default()
+            .map(|k| k.public_key())
+            .or(self.given_pub.as_ref())
     }
 }
 
@@ -155,6 +172,8 @@ struct Plan<'a> {
     master: Option<&'a MasterCtx>,
     /// Where minted keys come from, when this create mints one (`accept: preseed`).
     keys: Option<&'a KeyPool>,
+    /// The caller's public key (`seed: ssh`).
+    given_pub: Option<&'a salt_proto::keys::PublicKey>,
     progress: &'a dyn Progress,
 }
 
@@ -177,6 +196,7 @@ impl Plan<'_> {
                     uuid,
                     master: self.master,
                     keys: self.keys,
+                    given_pub: self.given_pub,
                 },
                 &define::Define {
                     vm,
@@ -208,10 +228,8 @@ impl Plan<'_> {
             fingerprint: made.fingerprint(),
             macs: made.macs,
             volumes: made.volumes,
-            seed: self.master.map(|_| match prof.seed {
-                SeedKind::CloudInit => "cloud-init",
-                SeedKind::Smbios => "smbios",
-            }),
+            seed: self.master.map(|_| prof.seed.name()),
+            ssh_port: made.ssh_port,
             timings_ms: timings.clone(),
         }
     }
@@ -394,9 +412,12 @@ impl Cloud {
                 }
             }
         })?;
+        check_given_key(prof, self.master.is_some(), opts.minion_pub.is_some())?;
         hv.check_free(name)?;
         let base = hv.base(&prof.base_domain)?;
-        let mints = self.master.is_some() && prof.accept == AcceptMode::Preseed;
+        let mints = self.master.is_some()
+            && prof.accept == AcceptMode::Preseed
+            && prof.seed != SeedKind::Ssh;
         Ok(Plan {
             prof,
             name,
@@ -406,7 +427,35 @@ impl Cloud {
             uuid: uuid::Uuid::new_v4().to_string(),
             master: self.master.as_ref(),
             keys: mints.then(|| self.key_pool()),
+            given_pub: opts.minion_pub.as_ref(),
             progress,
         })
     }
+}
+
+/// `seed: ssh` needs the public key of the pair its deployer (virtseed's salt-cloud driver)
+/// sends over SSH; no other seed takes one.
+fn check_given_key(prof: &Profile, master: bool, given: bool) -> Result<(), CloudError> {
+    let ssh = prof.seed == SeedKind::Ssh;
+    if ssh && master && !given {
+        return Err(CloudError::Config(format!(
+            "profile {:?} ({}) has `seed: ssh`: its clones get their identity by salt-cloud's SSH deploy, which only virtseed's salt-cloud driver runs: use `salt-cloud -p {} NAME` (not `virtseed profile` or `salt-run cloud.profile`)",
+            prof.name,
+            prof.file.display(),
+            prof.name
+        )));
+    }
+    if given && !ssh {
+        return Err(CloudError::Config(format!(
+            "minion_pub is only taken for `seed: ssh`; profile {:?} seeds its own key",
+            prof.name
+        )));
+    }
+    if given && prof.accept != AcceptMode::Preseed {
+        return Err(CloudError::Config(format!(
+            "profile {:?}: `seed: ssh` pre-accepts the deployed key: `accept: preseed` (the default) is required",
+            prof.name
+        )));
+    }
+    Ok(())
 }

@@ -24,6 +24,8 @@ pub struct Seed<'a> {
     pub master: Option<&'a MasterCtx>,
     /// Where the key comes from, when this create mints one (`accept: preseed`).
     pub keys: Option<&'a KeyPool>,
+    /// The caller's public key (`seed: ssh`): no seed is made, only this key accepted.
+    pub given_pub: Option<&'a salt_proto::keys::PublicKey>,
 }
 
 impl Action<Made> for Seed<'_> {
@@ -42,6 +44,10 @@ impl Action<Made> for Seed<'_> {
         let Some(mc) = self.master else {
             return Ok(());
         };
+        if prof.seed == SeedKind::Ssh {
+            made.given_pub = self.given_pub.cloned();
+            return Ok(());
+        }
         let key = self
             .keys
             .map(|pool| pool.take(prof.keysize))
@@ -75,6 +81,7 @@ impl Action<Made> for Seed<'_> {
                 made.extra_devices
                     .push(seed_disk(&path, &free_virtio_target(base)));
             }
+            SeedKind::Ssh => {}
             SeedKind::Smbios => {
                 made.oem_strings = ident
                     .smbios_strings()

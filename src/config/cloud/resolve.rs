@@ -27,6 +27,7 @@ const SEEDS: &[(&str, SeedKind)] = &[
     ("cloudinit", SeedKind::CloudInit),
     ("nocloud", SeedKind::CloudInit),
     ("smbios", SeedKind::Smbios),
+    ("ssh", SeedKind::Ssh),
 ];
 const ACCEPT_MODES: &[(&str, AcceptMode)] = &[
     ("preseed", AcceptMode::Preseed),
@@ -75,7 +76,7 @@ pub(super) fn resolve_profile(
     let swap_mib = keys.number("swap", 1, 1024 * 1024)?.map(|n| n as u64);
     let nameservers = keys.nameservers()?;
     // The minion's identity, and how its key is accepted.
-    let seed = keys.choice("seed", SEEDS, "cloud-init or smbios")?;
+    let seed = keys.choice("seed", SEEDS, "cloud-init, smbios or ssh")?;
     let accept = keys.choice("accept", ACCEPT_MODES, "preseed, on_first_auth or manual")?;
     let keysize = keys.keysize()?;
     let minion = keys.mapping("minion")?;
@@ -121,6 +122,7 @@ pub(super) fn resolve_profile(
         pool,
         max_parallel: keys.number("max_parallel", 1, 1024)?.map(|n| n as usize),
         sidecar,
+        ssh_forward: keys.boolean("ssh_forward", false)?,
         unused,
         unknown,
         raw: prof,

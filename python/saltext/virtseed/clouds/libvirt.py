@@ -22,17 +22,31 @@ exactly Salt's key (should the skip not apply), and never forwards the private k
 sidecar mints its own key, gives it to the guest through the seed and pre-accepts it
 atomically, never over another machine's key. A private key so never leaves the master's
 host nor reaches the bus, an event, the job cache or a log.
+
+``seed: ssh`` (templates with neither cloud-init nor virtseed's guest unit, as salt-cloud's
+libvirt guide assumes): here Salt's pair is kept. Only its public half goes to the sidecar
+(job argument ``minion_pub``), which pre-accepts exactly that key, atomically, and clones
+and starts the VM without a seed (with ``ssh_forward: true``, a loopback port forwarded to
+the guest's port 22). Then this driver, in salt-cloud's process, finds the address, waits
+for SSH and runs Salt's own ``salt.utils.cloud.bootstrap`` (``deploy_script``: the guide's
+``deploy_command``/``script``/``script_args``/``file_map``/``sudo`` as users wrote them),
+which sends the private key to the guest over SSH only, waits for the minion, and on any
+failure asks the sidecar to destroy the clone, which removes the key.
 """
 
 import logging
 import os
+import socket
 import sys
+import time
 
+import salt.client
 import salt.cloud
 import salt.config as config
+import salt.utils.event
 import salt.utils.cloud
 import salt.utils.yaml
-from salt.exceptions import SaltCloudSystemExit
+from salt.exceptions import SaltCloudPasswordError, SaltCloudSystemExit
 
 try:
     import virtseed_client as vc  # extension_modules/utils, or a Salt extension's utils/
@@ -191,16 +205,27 @@ def create(vm_):
     """
     Clone one VM through the sidecar: from its profile with this VM's own keys on top (a map
     entry's, `vm_overrides`), or from the provider and the given keys (`cloud.create`).
+    `seed: ssh`: then deploy over SSH (`_create_by_ssh`).
     """
-    name = vm_["name"]
+    if str(vm_.get("seed", "")) == "ssh":
+        return _create_by_ssh(vm_)
     _discard_salt_key(vm_)
+    return _clone(vm_)
+
+
+def _clone(vm_, extra=None):
+    """Asks the sidecar for the clone; returns its report, raises on its error."""
+    name = vm_["name"]
     profile = vm_.get("profile")
     if profile and profile in __opts__.get("profiles", {}):
         over = _overrides(vm_, profile)
+        over.update(extra or {})
         ret = _forward("cloud.profile", [profile, [name]], over, [name],
                        sidecar=vc.sidecar_for_profile(__opts__, profile))
     else:
-        ret = _forward("cloud.create", [_alias(), [name]], _forwardable(vm_), [name])
+        kw = _forwardable(vm_)
+        kw.update(extra or {})
+        ret = _forward("cloud.create", [_alias(), [name]], kw, [name])
     out = ret.get(name)
     if not isinstance(out, dict):
         raise SaltCloudSystemExit(f"the virtseed sidecar made no report for {name}: {ret!r}")
@@ -291,3 +316,187 @@ def stop(name, kwargs=None, call=None):
 def reboot(name, kwargs=None, call=None):
     _must_be_action(call, "reboot")
     return _action("reboot", name)
+
+
+# --- seed: ssh ---------------------------------------------------------------------------
+
+# Keys of salt-cloud's deploy events that hold secrets, dropped whatever their value.
+SECRET_EVENT_KEYS = ("password", "passwd", "priv_key", "private_key", "minion_pem", "master_pem")
+
+
+class DeployFailed(Exception):
+    """A step of the SSH deploy failed; the message names it."""
+
+
+def _create_by_ssh(vm_):
+    """
+    `seed: ssh`: Salt's keypair (made by `Cloud.create`, or here) is deployed over SSH by
+    Salt's own `bootstrap`; the sidecar clones without a seed and pre-accepts exactly its
+    public half. Any failure after the clone destroys it, key and all.
+    """
+    name = vm_["name"]
+    if not vm_.get("pub_key") or not vm_.get("priv_key"):
+        keysize = config.get_cloud_config_value("keysize", vm_, __opts__, default=2048)
+        vm_["priv_key"], vm_["pub_key"] = salt.utils.cloud.gen_keys(keysize)
+    _unaccept_salt_key(vm_)
+    out = _clone(vm_, {"minion_pub": vm_["pub_key"], "wait_for_minion": False})
+    # As the seeded clones: the master's own ports unless the profile's `minion:` says.
+    mopts = vc.master_opts(__opts__)
+    minion = dict(vm_.get("minion") or {})
+    minion.setdefault("master_port", mopts.get("ret_port", 4506))
+    minion.setdefault("publish_port", mopts.get("publish_port", 4505))
+    vm_["minion"] = minion
+    t0 = time.time()
+    try:
+        _deploy_and_wait(vm_, out)
+    except Exception as exc:  # pylint: disable=broad-except
+        why = str(exc) if isinstance(exc, DeployFailed) else f"SSH deploy: {exc}"
+        try:
+            _forward("cloud.destroy", [[name]], {}, [name])
+            done = "the clone was destroyed with its key"
+        except Exception as derr:  # pylint: disable=broad-except
+            done = f"destroying the clone failed too ({derr}): see `salt-cloud -Q`"
+        _fire(name, "failed", {"error": f"{why}; {done}"})
+        raise SaltCloudSystemExit(f"{name}: {why}; {done}") from None
+    out.setdefault("timings_ms", {})["deployed_and_up"] = int((time.time() - t0) * 1000)
+    out["deployed"] = True
+    out["minion_up"] = True
+    _fire(name, "created", {"event": "created instance"})
+    return out
+
+
+def _unaccept_salt_key(vm_):
+    """`_discard_salt_key` without dropping the pair: the sidecar accepts it, atomically."""
+    pair = (vm_.get("pub_key"), vm_.get("priv_key"))
+    _discard_salt_key(vm_)
+    vm_["pub_key"], vm_["priv_key"] = pair
+
+
+def _deploy_and_wait(vm_, out):
+    name = vm_["name"]
+    value = lambda key, default=None: config.get_cloud_config_value(key, vm_, __opts__, default=default)
+    host, port = _address(vm_, out, int(value("wait_for_ip_timeout", 300)))
+    vm_["ssh_host"], vm_["ssh_port"] = host, port
+    _wait_for_ssh(host, port, int(value("wait_for_ip_timeout", 300)))
+    mopts = vc.master_opts(__opts__)
+    event = salt.utils.event.get_master_event(mopts, mopts["sock_dir"], listen=True)
+    try:
+        event.subscribe("")
+        ret = _bootstrap(vm_)
+        if isinstance(ret, dict) and "Error" in ret:
+            user = value("ssh_username", "root")
+            raise DeployFailed(
+                f"SSH login to {host}:{port} as {user} failed (password or key refused?): "
+                f"{_text(ret['Error'])}"
+            )
+        _wait_minion(event, mopts, name, int(value("minion_timeout", 300)))
+    finally:
+        event.destroy()
+
+
+def _address(vm_, out, timeout):
+    """Where SSH is: the forwarded loopback port, or an address of the VM (ip_source)."""
+    if out.get("ssh_port"):
+        return "127.0.0.1", int(out["ssh_port"])
+    port = int(config.get_cloud_config_value("ssh_port", vm_, __opts__, default=22))
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        node = _action("show_instance", vm_["name"]) or {}
+        ips = list(node.get("public_ips") or []) + list(node.get("private_ips") or [])
+        if ips:
+            return ips[0], port
+        time.sleep(3)
+    raise DeployFailed(
+        f"no address for {vm_['name']} within {timeout} s (ip_source); under QEMU user "
+        "networking set `ssh_forward: true`"
+    )
+
+
+def _wait_for_ssh(host, port, timeout):
+    """
+    Until an SSH server greets on host:port. A bare TCP connect is not enough: QEMU's
+    forwarded port accepts at once, long before the guest's sshd runs.
+    """
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=5) as sock:
+                sock.settimeout(10)
+                if sock.recv(64).startswith(b"SSH-"):
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise DeployFailed(f"no SSH server answered on {host}:{port} within {timeout} s")
+
+
+def _bootstrap(vm_):
+    """
+    Salt's `bootstrap`, with secrets kept out of its events: its `deploying` event carries
+    the whole `vm_` (Salt 3006-3008 drop `password` and `minion_pem` from the top level
+    only), which holds the private key and the password.
+    """
+    secrets = [str(vm_[k]) for k in ("priv_key", "password", "sudo_password", "private_key") if vm_.get(k)]
+    salt_fire = salt.utils.cloud.fire_event
+
+    def fire(key, msg, tag, sock_dir=None, args=None, transport="zeromq"):
+        return salt_fire(key, msg, tag, sock_dir, args=_scrub(args, secrets), transport=transport)
+
+    # Imported, not loaded: `bootstrap` reads the loader's `__opts__` (a default argument of
+    # its `fire_event` calls, evaluated eagerly), which the loader would have injected.
+    had_opts = hasattr(salt.utils.cloud, "__opts__")
+    if not had_opts:
+        salt.utils.cloud.__opts__ = __opts__
+    salt.utils.cloud.fire_event = fire
+    try:
+        return salt.utils.cloud.bootstrap(vm_, __opts__)
+    except SaltCloudPasswordError as exc:
+        user = config.get_cloud_config_value("ssh_username", vm_, __opts__, default="root")
+        raise DeployFailed(
+            f"SSH login to {vm_['ssh_host']}:{vm_['ssh_port']} as {user} failed: {exc}"
+        ) from None
+    except SaltCloudSystemExit as exc:
+        raise DeployFailed(f"the deploy failed on the guest: {exc}") from None
+    finally:
+        salt.utils.cloud.fire_event = salt_fire
+        if not had_opts:
+            del salt.utils.cloud.__opts__
+
+
+def _scrub(data, secrets):
+    if isinstance(data, dict):
+        return {
+            k: _scrub(v, secrets) for k, v in data.items()
+            if not any(part in str(k).lower() for part in SECRET_EVENT_KEYS)
+        }
+    if isinstance(data, (list, tuple)):
+        return [_scrub(v, secrets) for v in data]
+    if isinstance(data, str) and any(s and s in data for s in secrets):
+        return "********"
+    return data
+
+
+def _wait_minion(event, mopts, name, timeout):
+    """Until the deployed minion starts (its start event), then one `test.ping`."""
+    deadline = time.time() + timeout
+    tag = f"salt/minion/{name}/start"
+    while time.time() < deadline:
+        ev = event.get_event(wait=1, full=True)
+        if ev and ev["tag"] in (tag, f"minion_start"):
+            if ev["tag"] == tag or ev["data"].get("id") == name:
+                break
+    else:
+        raise DeployFailed(f"the deployed minion {name} did not start within {timeout} s")
+    client = salt.client.get_local_client(mopts=mopts)
+    left = max(10, int(deadline - time.time()))
+    if client.cmd(name, "test.ping", timeout=left).get(name) is not True:
+        raise DeployFailed(f"the deployed minion {name} started but did not answer test.ping")
+
+
+def _fire(name, step, data):
+    mopts = vc.master_opts(__opts__)
+    data = dict(data, name=name, provider=_active(), driver=__virtualname__)
+    salt.utils.cloud.fire_event(
+        "event", step, f"salt/cloud/{name}/{step}", mopts["sock_dir"], args=data,
+        transport=__opts__.get("transport", "zeromq"),
+    )
