@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 pub struct Service {
     pub cloud: Arc<Cloud>,
@@ -165,6 +166,7 @@ impl Service {
             let request = request.clone();
             let keep_on_timeout = prof.keep_on_timeout;
             let mut rx = rxs.remove(&name).expect("a receiver per name");
+            let span = tracing::info_span!("vm", name = %name);
             tasks.push(tokio::spawn(async move {
                 let c = match r {
                     Ok(c) => c,
@@ -201,7 +203,7 @@ impl Service {
                 me.cloud.journal_done(&request, &name, &v);
                 progress.step(&name, "created", json!({"event": "created instance"}));
                 (name, v)
-            }));
+            }.instrument(span)));
         }
         let mut out = BTreeMap::new();
         for t in tasks {
