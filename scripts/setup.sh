@@ -21,7 +21,8 @@ functions_only=0
 
 install_debs() {
     local want=(libvirt-daemon-system libvirt-dev pkg-config dosfstools mtools python3-venv
-                debootstrap ovmf qemu-system-x86 qemu-utils qemu-block-extra)
+                debootstrap ovmf qemu-system-x86 qemu-utils qemu-block-extra
+                systemd)  # systemd: only its systemd-analyze, to verify dist/systemd units
     local missing=()
     for p in "${want[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
@@ -42,7 +43,7 @@ install_debs() {
     qv=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
     apt-get install -y -qq --allow-downgrades --no-install-recommends \
         -o Dpkg::Options::=--force-confold \
-        libvirt-daemon-system libvirt-dev pkg-config dosfstools mtools python3-venv debootstrap ovmf \
+        libvirt-daemon-system libvirt-dev pkg-config dosfstools mtools python3-venv debootstrap ovmf systemd \
         "qemu-system-x86=$qv" "qemu-utils=$qv" "qemu-block-extra=$qv" >/dev/null
     ok "installed (qemu $qv)"
 }
