@@ -68,6 +68,8 @@ impl BusProgress {
 
 impl Progress for BusProgress {
     fn step(&self, name: &str, step: &str, data: Value) {
+        // One log line per step, naming the VM (also outside its `vm` span: `creating`).
+        tracing::info!(name = %name, step, "clone step");
         let mut d = match data {
             Value::Object(m) => m,
             other => {
