@@ -273,6 +273,46 @@ fn pip_install_then_salt_run_and_salt_cloud_through_entry_points() {
     drop(p);
 }
 
+/// Salt 3006 and 3008 find the same modules through the entry point (3008 has no `cloud`
+/// runner or libvirt driver of its own; 3006 and 3007 do, and the package's win).
+#[test]
+fn entry_points_found_by_salt_3006_and_3008() {
+    for version in ["3006.30", "3008.5"] {
+        let cache = tempfile::Builder::new()
+            .prefix("virtseed-pip-")
+            .tempdir()
+            .unwrap();
+        let venv = fresh_venv(cache.path(), version);
+        let conf = cache.path().join("conf");
+        let d = conf.display();
+        std::fs::create_dir_all(conf.join("extmods")).unwrap();
+        std::fs::write(
+            conf.join("master"),
+            format!("pki_dir: {d}/pki\ncachedir: {d}/cache\nsock_dir: {d}/sock\nextension_modules: {d}/extmods\nlog_file: {d}/master.log\n"),
+        )
+        .unwrap();
+        std::fs::write(conf.join("cloud"), format!("log_file: {d}/cloud.log\n")).unwrap();
+        let out = run(Command::new(venv.join("bin/python"))
+            .args(["-c", WHERE])
+            .env("MASTER_DIR", &conf));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let pkg = v["package"].as_str().unwrap();
+        assert!(pkg.starts_with(venv.to_str().unwrap()), "{version}: {v}");
+        for (k, f) in [
+            ("runner", "runners/cloud.py"),
+            ("cloud", "clouds/libvirt.py"),
+            ("output", "output/virtseed_progress.py"),
+        ] {
+            assert_eq!(
+                v[k].as_str().unwrap(),
+                format!("{pkg}/{f}"),
+                "{version}: {v}"
+            );
+        }
+        assert_eq!(files(&conf.join("extmods")), Vec::<PathBuf>::new());
+    }
+}
+
 /// `systemd-analyze verify` on both units (the template as one instance).
 #[test]
 fn systemd_units_verify() {
