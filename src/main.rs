@@ -112,7 +112,15 @@ fn main() -> ExitCode {
         .init();
     let name = cli.command.name();
     let result = match cli.command {
-        Command::Run => runtime().block_on(virtseed::sidecar::run(&cli.config_dir)),
+        Command::Run => {
+            let rt = runtime();
+            let r = rt.block_on(virtseed::sidecar::run(&cli.config_dir));
+            // SIGTERM (`systemctl stop`): leave now, not when the creates still in a blocking
+            // step end (dropping the runtime would wait for them). They are left as a crash
+            // leaves them: journaled, and rolled back by the next start.
+            rt.shutdown_background();
+            r
+        }
         Command::Profile {
             profile,
             names,
