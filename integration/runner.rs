@@ -34,7 +34,10 @@ fn scenario(version: &str) {
     assert_eq!(ret[&a]["profile"], "quick");
     assert!(ret[&a]["fingerprint"].as_str().unwrap().contains(':'));
     assert!(
-        text(&out.stdout).contains(&format!("{a}: started")),
+        // The progress message: `NAME  started  0.6 s` (columns).
+        text(&out.stdout)
+            .lines()
+            .any(|l| l.contains(&format!("\"{a} ")) && l.contains(" started ")),
         "no progress shown: {}",
         text(&out.stdout)
     );

@@ -22,7 +22,8 @@ functions_only=0
 install_debs() {
     # openssh-server: the tests' remote hypervisors (qemu+ssh:// to a private sshd on loopback).
     local want=(libvirt-daemon-system libvirt-dev pkg-config dosfstools mtools python3-venv
-                debootstrap ovmf qemu-system-x86 qemu-utils qemu-block-extra openssh-server)
+                debootstrap ovmf qemu-system-x86 qemu-utils qemu-block-extra openssh-server
+                systemd)  # systemd: only its systemd-analyze, to verify dist/systemd units
     local missing=()
     for p in "${want[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
@@ -50,7 +51,7 @@ install_debs() {
     qv=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
     apt-get install -y -qq --allow-downgrades --no-install-recommends \
         -o Dpkg::Options::=--force-confold \
-        libvirt-daemon-system libvirt-dev pkg-config dosfstools mtools python3-venv debootstrap ovmf \
+        libvirt-daemon-system libvirt-dev pkg-config dosfstools mtools python3-venv debootstrap ovmf systemd \
         openssh-server "qemu-system-x86=$qv" "qemu-utils=$qv" "qemu-block-extra=$qv" >/dev/null
     [ -z "$policy" ] || rm -f "$policy"
     ok "installed (qemu $qv)"

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod commands;
+mod doctor;
 mod salt_modules;
 
 #[derive(Parser)]
@@ -68,6 +69,18 @@ enum Command {
         #[arg(long)]
         salt_python: Option<std::path::PathBuf>,
     },
+    /// Check the site (master config and pki_dir, the sidecar's key and the master, each
+    /// provider's libvirt, each profile's base, the Salt modules and their release, the
+    /// sidecar they call) and say what to do for each failure; non-zero if any failed.
+    Doctor {
+        /// The Python that runs Salt (default: the interpreter of salt-master, salt-run or
+        /// salt-cloud on PATH).
+        #[arg(long)]
+        salt_python: Option<std::path::PathBuf>,
+        /// `text` (default) or `json`.
+        #[arg(long = "out", default_value = "text", value_parser = ["text", "json"])]
+        out: String,
+    },
 }
 
 impl Command {
@@ -79,6 +92,7 @@ impl Command {
             Command::List => "list",
             Command::CheckConfig => "check-config",
             Command::InstallRunner { .. } => "install-runner",
+            Command::Doctor { .. } => "doctor",
         }
     }
 }
@@ -87,13 +101,26 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
+    // Colour only on a terminal (journald and log files get plain text, one event a line),
+    // and never with NO_COLOR set.
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
     let name = cli.command.name();
     let result = match cli.command {
-        Command::Run => runtime().block_on(virtseed::sidecar::run(&cli.config_dir)),
+        Command::Run => {
+            let rt = runtime();
+            let r = rt.block_on(virtseed::sidecar::run(&cli.config_dir));
+            // SIGTERM (`systemctl stop`): leave now, not when the creates still in a blocking
+            // step end (dropping the runtime would wait for them). They are left as a crash
+            // leaves them: journaled, and rolled back by the next start.
+            rt.shutdown_background();
+            r
+        }
         Command::Profile {
             profile,
             names,
@@ -113,6 +140,9 @@ fn main() -> ExitCode {
         Command::CheckConfig => commands::check_config(&cli.config_dir),
         Command::InstallRunner { salt_python } => {
             salt_modules::install(&cli.config_dir, salt_python.as_deref())
+        }
+        Command::Doctor { salt_python, out } => {
+            doctor::run(&cli.config_dir, salt_python.as_deref(), out == "json")
         }
     };
     match result {

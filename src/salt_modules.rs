@@ -14,7 +14,7 @@ use virtseed::config::master::MasterOpts;
 use virtseed::config::settings::Settings;
 
 /// (loader directory, file name, text) of each module.
-const MODULES: [(&str, &str, &str); 3] = [
+const MODULES: [(&str, &str, &str); 4] = [
     (
         "utils",
         "virtseed_client.py",
@@ -29,6 +29,11 @@ const MODULES: [(&str, &str, &str); 3] = [
         "clouds",
         "libvirt.py",
         include_str!("../python/saltext/virtseed/clouds/libvirt.py"),
+    ),
+    (
+        "output",
+        "virtseed_progress.py",
+        include_str!("../python/saltext/virtseed/output/virtseed_progress.py"),
     ),
 ];
 
@@ -55,7 +60,7 @@ print(json.dumps(out))
 
 /// The Python that runs Salt: `--salt-python`, else the interpreter of `salt-master`,
 /// `salt-run` or `salt-cloud` found on PATH.
-fn salt_python(given: Option<&Path>) -> Option<PathBuf> {
+pub fn salt_python(given: Option<&Path>) -> Option<PathBuf> {
     if let Some(p) = given {
         return Some(p.to_path_buf());
     }
@@ -84,6 +89,18 @@ fn probe(python: &Path, config_dir: &Path, confirm: bool) -> Result<serde_json::
     if confirm {
         cmd.arg("confirm");
     }
+    json_of(python, cmd)
+}
+
+/// Runs `code` (Python printing one JSON line last) with Salt's Python, the config dir as
+/// its argument.
+pub fn run_probe(python: &Path, code: &str, config_dir: &Path) -> Result<serde_json::Value> {
+    let mut cmd = Command::new(python);
+    cmd.arg("-c").arg(code).arg(config_dir);
+    json_of(python, cmd)
+}
+
+fn json_of(python: &Path, mut cmd: Command) -> Result<serde_json::Value> {
     let out = cmd
         .output()
         .with_context(|| format!("running {}", python.display()))?;
@@ -157,4 +174,18 @@ pub fn install(config_dir: &Path, python: Option<&Path>) -> Result<()> {
         settings.id
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MODULES;
+
+    /// The Salt modules and the binary are one release: the client sends its `VERSION` with
+    /// every call and the sidecar refuses another release's.
+    #[test]
+    fn the_client_is_of_this_release() {
+        let client = MODULES[0].2;
+        let line = format!("\nVERSION = {:?}\n", env!("CARGO_PKG_VERSION"));
+        assert!(client.contains(&line), "virtseed_client.py lacks {line:?}");
+    }
 }

@@ -26,6 +26,7 @@ use journal::Journal;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
+use tracing::Instrument;
 
 pub const DEFAULT_MAX_PARALLEL: usize = 8;
 
@@ -548,14 +549,20 @@ async fn per_name<T: Send + 'static>(
     let mut tasks = Vec::new();
     for name in names {
         let (f, sem, n) = (f.clone(), sem.clone(), name.clone());
+        // The VM's name on every line logged about it, under the job's span.
+        let span = tracing::info_span!("vm", name = %name);
+        let inner = span.clone();
         tasks.push((
             name.clone(),
-            tokio::spawn(async move {
-                let _permit = sem.acquire_owned().await.expect("semaphore open");
-                tokio::task::spawn_blocking(move || f(&n))
-                    .await
-                    .unwrap_or_else(failed)
-            }),
+            tokio::spawn(
+                async move {
+                    let _permit = sem.acquire_owned().await.expect("semaphore open");
+                    tokio::task::spawn_blocking(move || inner.in_scope(|| f(&n)))
+                        .await
+                        .unwrap_or_else(failed)
+                }
+                .instrument(span),
+            ),
         ));
     }
     let mut out = BTreeMap::new();

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 pub struct Service {
     pub cloud: Arc<Cloud>,
@@ -67,6 +68,8 @@ impl BusProgress {
 
 impl Progress for BusProgress {
     fn step(&self, name: &str, step: &str, data: Value) {
+        // One log line per step, naming the VM (also outside its `vm` span: `creating`).
+        tracing::info!(name = %name, step, "clone step");
         let mut d = match data {
             Value::Object(m) => m,
             other => {
@@ -168,6 +171,7 @@ impl Service {
             let request = request.clone();
             let keep_on_timeout = prof.keep_on_timeout;
             let mut rx = rxs.remove(&name).expect("a receiver per name");
+            let span = tracing::info_span!("vm", name = %name);
             tasks.push(tokio::spawn(async move {
                 let c = match r {
                     Ok(c) => c,
@@ -208,7 +212,7 @@ impl Service {
                     progress.step(&name, "created", json!({"event": "created instance"}));
                 }
                 (name, v)
-            }));
+            }.instrument(span)));
         }
         let mut out = BTreeMap::new();
         for t in tasks {

@@ -20,8 +20,11 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Reads `DIR/virtseed`, or the file `VIRTSEED_SETTINGS` names (one per sidecar when
+    /// several serve one master: dist/systemd/virtseed@.service).
     pub fn load(config_dir: &Path) -> Result<Self, ConfigError> {
-        let path = config_dir.join("virtseed");
+        let path = std::env::var_os("VIRTSEED_SETTINGS")
+            .map_or_else(|| config_dir.join("virtseed"), PathBuf::from);
         let v = if path.exists() {
             yaml::load_file(&path)?
         } else {

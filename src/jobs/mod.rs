@@ -27,7 +27,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 /// Every function the sidecar answers, for `sys.list_functions`.
 pub const FUNCTIONS: &[&str] = &[
@@ -172,8 +172,10 @@ impl Dispatcher {
             .lock()
             .expect("lock")
             .insert(p.jid.clone(), info);
-        debug!("job started fun={} jid={}", p.fun, p.jid);
-        tokio::spawn(async move {
+        // Every line logged while the job runs carries its jid (and, below it, a VM's name).
+        let span = tracing::info_span!("job", jid = %p.jid, fun = %p.fun);
+        debug!(parent: &span, "job started");
+        let job = async move {
             let started = std::time::Instant::now();
             let outcome = self.call(&p).await;
             if let Some(left) = self.return_floor.checked_sub(started.elapsed()) {
@@ -199,7 +201,8 @@ impl Dispatcher {
                 }
                 Err(e) => warn!(jid = %p.jid, fun = %p.fun, "could not return the job: {e}"),
             }
-        });
+        };
+        tokio::spawn(job.instrument(span));
     }
 
     async fn call(&self, p: &Publication) -> Outcome {
@@ -210,23 +213,45 @@ impl Dispatcher {
             test_sleep::NAME => test_sleep::run(p).await,
             find_job::NAME => find_job::run(p, &self.running),
             list_functions::NAME => list_functions::run(p),
-            f if f.starts_with("cloud.") && FUNCTIONS.contains(&f) => match &self.cloud {
-                None => Outcome::error(format!(
-                    "'{f}' is not available: this sidecar has no cloud configuration"
-                )),
-                Some(svc) => match f {
-                    cloud_profile::NAME => cloud_profile::run(p, svc).await,
-                    cloud_create::NAME => cloud_create::run(p, svc).await,
-                    cloud_destroy::NAME => cloud_destroy::run(p, svc).await,
-                    cloud_catalog::LIST_IMAGES
-                    | cloud_catalog::LIST_SIZES
-                    | cloud_catalog::LIST_LOCATIONS => cloud_catalog::run(p, svc).await,
-                    _ => cloud_query::run(p, svc).await,
-                },
-            },
+            f if f.starts_with("cloud.") && FUNCTIONS.contains(&f) => {
+                if let Some(msg) = other_release(p) {
+                    return Outcome::error(msg);
+                }
+                match &self.cloud {
+                    None => Outcome::error(format!(
+                        "'{f}' is not available: this sidecar has no cloud configuration"
+                    )),
+                    Some(svc) => match f {
+                        cloud_profile::NAME => cloud_profile::run(p, svc).await,
+                        cloud_create::NAME => cloud_create::run(p, svc).await,
+                        cloud_destroy::NAME => cloud_destroy::run(p, svc).await,
+                        cloud_catalog::LIST_IMAGES
+                        | cloud_catalog::LIST_SIZES
+                        | cloud_catalog::LIST_LOCATIONS => cloud_catalog::run(p, svc).await,
+                        _ => cloud_query::run(p, svc).await,
+                    },
+                }
+            }
             other => Outcome::error(format!("'{other}' is not available.")),
         }
     }
+}
+
+/// The keyword argument virtseed's Salt modules send their release in (virtseed_client.py).
+pub const VERSION_KWARG: &str = "__virtseed_version__";
+
+/// Why a call from virtseed's Salt modules of another release is refused: they and this
+/// binary speak one release's arguments. A call without the argument (published by hand,
+/// `salt virtseed cloud.list_nodes`) is served.
+fn other_release(p: &Publication) -> Option<String> {
+    let theirs = msgpack::str_of(p.kwarg(VERSION_KWARG)?)?;
+    let ours = env!("CARGO_PKG_VERSION");
+    (theirs != ours).then(|| {
+        format!(
+            "virtseed release mismatch: the Salt modules that sent {} are virtseed {theirs}, this sidecar is virtseed {ours}; install one release of both (`pip install virtseed=={ours}` installs the binary and the modules together, or run `virtseed install-runner` with this binary), then restart the sidecar if you replaced it",
+            p.fun
+        )
+    })
 }
 
 /// Returns creates that a previous sidecar process left unfinished (see

@@ -48,10 +48,27 @@ import salt.utils.cloud
 import salt.utils.yaml
 from salt.exceptions import SaltCloudPasswordError, SaltCloudSystemExit
 
-try:
-    import virtseed_client as vc  # extension_modules/utils, or a Salt extension's utils/
-except ImportError:  # pragma: no cover
+
+def _in_package():
+    """Whether this file is the pip-installed package's (`saltext.virtseed`), not a copy."""
+    try:
+        import saltext.virtseed as pkg  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        return False
+    here = os.path.realpath(__file__)
+    return here.startswith(os.path.realpath(os.path.dirname(pkg.__file__)) + os.sep)
+
+
+# The client beside this file: the package's when pip installed it (the loader finds this
+# file through the `salt.loader` entry point), else extension_modules/utils's (`virtseed
+# install-runner`). Never the other one: both may be installed, of different releases.
+if _in_package():
     from saltext.virtseed.utils import virtseed_client as vc
+else:
+    try:
+        import virtseed_client as vc
+    except ImportError:  # pragma: no cover
+        from saltext.virtseed.utils import virtseed_client as vc
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +128,24 @@ def get_configured_provider():
     return config.is_provider_configured(__opts__, _active(), ("url",))
 
 
+def _progress(name, step, data):
+    """
+    One line per clone step on stderr (salt-cloud's stdout stays its return, `--out json`
+    included), and in salt-cloud's log.
+    """
+    line = vc.progress_line(name, step, data)
+    log.info("%s", line)
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # no stderr (a daemon's)
+        pass
+
+
 def _forward(fun, arg=None, kwarg=None, names=(), sidecar=None):
     ret = vc.call(
         __opts__, fun, arg, kwarg, names,
         sidecar=sidecar or vc.sidecar_for_provider(__opts__, _alias()),
-        progress=lambda name, step, data: log.info("%s", vc.progress_line(name, step, data)),
+        progress=_progress,
     )
     if isinstance(ret, dict) and "Error" in ret and not isinstance(ret["Error"], dict):
         raise SaltCloudSystemExit(_text(ret["Error"]))

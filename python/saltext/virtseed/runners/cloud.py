@@ -9,13 +9,31 @@ the sidecar, whose answer is returned; while it runs, the clone steps are shown 
 """
 
 import logging
+import os
 
 import salt.cloud
 
-try:
-    import virtseed_client as vc  # extension_modules/utils, or a Salt extension's utils/
-except ImportError:  # pragma: no cover
+
+def _in_package():
+    """Whether this file is the pip-installed package's (`saltext.virtseed`), not a copy."""
+    try:
+        import saltext.virtseed as pkg  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        return False
+    here = os.path.realpath(__file__)
+    return here.startswith(os.path.realpath(os.path.dirname(pkg.__file__)) + os.sep)
+
+
+# The client beside this file: the package's when pip installed it (the loader finds this
+# file through the `salt.loader` entry point), else extension_modules/utils's (`virtseed
+# install-runner`). Never the other one: both may be installed, of different releases.
+if _in_package():
     from saltext.virtseed.utils import virtseed_client as vc
+else:
+    try:
+        import virtseed_client as vc
+    except ImportError:  # pragma: no cover
+        from saltext.virtseed.utils import virtseed_client as vc
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +47,9 @@ def __virtual__():
 def _progress(name, step, data):
     msg = vc.progress_line(name, step, data)
     try:
-        __jid_event__.fire_event({"message": msg}, "progress")
+        # salt-run prints a progress event with the event's `outputter` (unless --out says
+        # otherwise): virtseed's prints the line alone, not the event dict.
+        __jid_event__.fire_event({"message": msg, "outputter": "virtseed_progress"}, "progress")
     except Exception:  # pylint: disable=broad-except
         log.info("%s", msg)
 

@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 
 # The sidecar's minion id; `virtseed install-runner` writes its configured id here.
 DEFAULT_SIDECAR = "virtseed"
+# virtseed's release these modules belong to; sent with every call as `__virtseed_version__`,
+# and a sidecar of another release refuses the call, saying which (the binary's unit tests
+# keep this equal to Cargo.toml's version).
+VERSION = "0.1.0"
+VERSION_KWARG = "__virtseed_version__"
 DEFAULT_TIMEOUT = 3600
 # Calls that may be published again if the sidecar never received them.
 IDEMPOTENT = {
@@ -194,6 +199,7 @@ def call(opts, fun, arg=None, kwarg=None, names=(), timeout=DEFAULT_TIMEOUT, sid
     sidecar = sidecar or default_sidecar(opts)
     arg = list(arg or [])
     kwarg = dict(kwarg or {})
+    kwarg[VERSION_KWARG] = VERSION
     client = salt.client.get_local_client(mopts=mopts)
     event = salt.utils.event.get_master_event(mopts, mopts["sock_dir"], listen=True)
     try:
@@ -217,8 +223,11 @@ def _wait(client, event, opts, sidecar, fun, arg, kwarg, jid, names, timeout, pr
     # one is not enough (a sidecar that restarted returns interrupted creates late).
     silent = missing = 0
     pending = []  # events read while pinging the sidecar
+    steps = {}  # name -> (last step, when it came), for the "still waiting" lines
     while time.time() < deadline:
         ev = pending.pop(0) if pending else event.get_event(wait=1, full=True)
+        if progress:
+            _still_waiting(steps, progress)
         if ev is None:
             if not seen and time.time() - started > FIRST_SIGN:
                 # Not a word since the publication: a sidecar that is not running is said
@@ -267,14 +276,47 @@ def _wait(client, event, opts, sidecar, fun, arg, kwarg, jid, names, timeout, pr
             parts = tag.split("/")
             if progress and len(parts) >= 4 and (not names or parts[2] in names):
                 progress(parts[2], parts[3], data)
+                steps[parts[2]] = (parts[3], time.time(), started)
     return {"Error": f"no answer from the virtseed sidecar {sidecar!r} within {timeout} s"}
 
 
+# Steps after which nothing more comes for a name.
+FINAL_STEPS = {"created", "failed", "destroyed"}
+# A name silent this long (the minion's first answer can take minutes) gets a line saying
+# what it waits for, and again as long as it stays silent.
+WAITING_EVERY = 15
+WAITING_FOR = {
+    "started": "waiting for the minion",
+    "minion_up": "waiting for the minion",
+    "key_accepted": "starting",
+    "requesting": "cloning",
+    "creating": "cloning",
+    "destroying": "destroying",
+}
+
+
+def _still_waiting(steps, progress):
+    now = time.time()
+    for name, (step, at, started) in list(steps.items()):
+        if step in FINAL_STEPS or now - at < WAITING_EVERY:
+            continue
+        progress(name, "waiting", {"waiting_for": WAITING_FOR.get(step, "after " + step), "elapsed_ms": int((now - started) * 1000)})
+        steps[name] = (step, now, started)
+
+
+def _seconds(ms):
+    return f"{ms / 1000:.1f} s"
+
+
 def progress_line(name, step, data):
-    """One line per clone step: `web1: started (612 ms)`."""
-    line = f"{name}: {step}"
-    if isinstance(data, dict) and "elapsed_ms" in data:
-        line += f" ({data['elapsed_ms']} ms)"
-    if isinstance(data, dict) and step == "failed" and data.get("error"):
-        line += f": {data['error']}"
-    return line
+    """
+    One line per clone step, its name and step in columns: `web1  started  0.6 s` (the time
+    since the create began, as the sidecar's event says), `web1  failed  2.1 s  <error>`.
+    """
+    data = data if isinstance(data, dict) else {}
+    fields = [name, step if step != "waiting" else data.get("waiting_for", "waiting")]
+    if isinstance(data.get("elapsed_ms"), (int, float)):
+        fields.append(_seconds(data["elapsed_ms"]))
+    if step == "failed" and data.get("error"):
+        fields.append(str(data["error"]))
+    return "  ".join([f"{fields[0]:<15}", f"{fields[1]:<24}"] + fields[2:]).rstrip()

@@ -1,0 +1,370 @@
+//! `virtseed doctor`: checks a site in the order a clone needs it, and says what to do about
+//! each failure: the master's config and `pki_dir`, the sidecar's key and the master's
+//! request port, each provider's libvirt, each profile's base domain, virtseed's Salt modules
+//! (loaded by Salt, of this release) and the sidecar they send to (running, answering).
+
+use crate::salt_modules;
+use anyhow::Result;
+use serde::Serialize;
+use std::path::Path;
+use std::time::Duration;
+use virtseed::config::cloud::CloudConfig;
+use virtseed::config::master::MasterOpts;
+use virtseed::config::settings::Settings;
+use virtseed::libvirt::Hypervisor;
+
+#[derive(Serialize, Clone, Copy, PartialEq)]
+#[serde(rename_all = "lowercase")]
+enum Status {
+    Ok,
+    Fail,
+    Skip,
+}
+
+#[derive(Serialize)]
+struct Check {
+    check: String,
+    status: Status,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fix: Option<String>,
+}
+
+#[derive(Default)]
+struct Report(Vec<Check>);
+
+impl Report {
+    fn ok(&mut self, check: impl Into<String>, detail: impl Into<String>) {
+        self.push(check.into(), Status::Ok, detail.into(), None);
+    }
+
+    fn fail(
+        &mut self,
+        check: impl Into<String>,
+        detail: impl Into<String>,
+        fix: impl Into<String>,
+    ) {
+        self.push(check.into(), Status::Fail, detail.into(), Some(fix.into()));
+    }
+
+    fn skip(&mut self, check: impl Into<String>, detail: impl Into<String>) {
+        self.push(check.into(), Status::Skip, detail.into(), None);
+    }
+
+    fn push(&mut self, check: String, status: Status, detail: String, fix: Option<String>) {
+        self.0.push(Check {
+            check,
+            status,
+            detail,
+            fix,
+        });
+    }
+
+    fn failed(&self) -> bool {
+        self.0.iter().any(|c| c.status == Status::Fail)
+    }
+}
+
+/// Runs every check, prints them (text or `json`), fails if any failed.
+pub fn run(config_dir: &Path, salt_python: Option<&Path>, json: bool) -> Result<()> {
+    let mut r = Report::default();
+    site(&mut r, config_dir, salt_python);
+    if json {
+        let v = serde_json::json!({ "ok": !r.failed(), "checks": r.0 });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for c in &r.0 {
+            let mark = match c.status {
+                Status::Ok => "ok  ",
+                Status::Fail => "FAIL",
+                Status::Skip => "skip",
+            };
+            println!("{mark}  {:<28} {}", c.check, c.detail);
+            if let Some(fix) = &c.fix {
+                println!("      fix: {fix}");
+            }
+        }
+    }
+    if r.failed() {
+        return Err(crate::commands::Failed.into());
+    }
+    Ok(())
+}
+
+fn site(r: &mut Report, dir: &Path, salt_python: Option<&Path>) {
+    let loaded = MasterOpts::load(dir).and_then(|o| Ok((o, Settings::load(dir)?)));
+    let (opts, settings) = match loaded {
+        Ok(x) => x,
+        Err(e) => {
+            r.fail(
+                "master config",
+                e.to_string(),
+                format!("virtseed reads the master's config in {}/master (pass -c DIR where it is) and its own settings in {}/virtseed", dir.display(), dir.display()),
+            );
+            return;
+        }
+    };
+    r.ok(
+        "master config",
+        format!("{}/master; sidecar id {:?}", dir.display(), settings.id),
+    );
+    pki_dir(r, &opts);
+    sidecar_key(r, &opts, &settings);
+    master_port(r, &opts);
+    libvirt(r, dir);
+    modules(r, dir, &settings, salt_python);
+}
+
+fn pki_dir(r: &mut Report, opts: &MasterOpts) {
+    let minions = opts.pki_dir.join("minions");
+    let probe = minions.join(format!(".virtseed-doctor-{}", std::process::id()));
+    match std::fs::write(&probe, b"") {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&probe);
+            r.ok("pki_dir", format!("{} writable", minions.display()));
+        }
+        Err(e) => r.fail(
+            "pki_dir",
+            format!("cannot write in {}: {e}", minions.display()),
+            format!(
+                "run virtseed as the master's user ({:?} in the master's config), who owns pki_dir; virtseed pre-accepts keys there",
+                opts.user
+            ),
+        ),
+    }
+}
+
+fn sidecar_key(r: &mut Report, opts: &MasterOpts, settings: &Settings) {
+    let own = settings.pki_dir.join("minion.pub");
+    let accepted = opts.pki_dir.join("minions").join(&settings.id);
+    let Ok(ours) = std::fs::read_to_string(&own) else {
+        r.fail(
+            "sidecar key",
+            format!("no {}", own.display()),
+            format!(
+                "start the sidecar once (`virtseed -c {} run`, or `systemctl start virtseed`): it makes its key and pre-accepts it",
+                opts.config_dir.display()
+            ),
+        );
+        return;
+    };
+    match std::fs::read_to_string(&accepted) {
+        Ok(theirs) if theirs.trim() == ours.trim() => {
+            r.ok("sidecar key", format!("{} accepted", settings.id));
+        }
+        Ok(_) => r.fail(
+            "sidecar key",
+            format!("{} holds another key than {}", accepted.display(), own.display()),
+            format!(
+                "another minion has the id {:?}: give the sidecar its own `id:` in its settings, or `salt-key -d {}` if that key is stale",
+                settings.id, settings.id
+            ),
+        ),
+        Err(_) => r.fail(
+            "sidecar key",
+            format!("{:?} is not accepted ({} missing)", settings.id, accepted.display()),
+            format!(
+                "`salt-key -a {}` (the sidecar places its key itself when it may write pki_dir)",
+                settings.id
+            ),
+        ),
+    }
+}
+
+fn master_port(r: &mut Report, opts: &MasterOpts) {
+    use std::net::ToSocketAddrs;
+    let addr = format!("{}:{}", opts.host, opts.ret_port);
+    let up = addr
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok());
+    if up {
+        r.ok("master reachable", format!("request server at {addr}"));
+    } else {
+        r.fail(
+            "master reachable",
+            format!("nothing answers at {addr} (ret_port)"),
+            "start salt-master (`systemctl start salt-master`); check `interface` and `ret_port` in its config",
+        );
+    }
+}
+
+/// Each provider's libvirt, then each profile's base domain on it.
+fn libvirt(r: &mut Report, dir: &Path) {
+    let cfg = CloudConfig::load(dir);
+    for e in &cfg.errors {
+        r.fail(
+            "cloud config",
+            e.to_string(),
+            format!(
+                "`virtseed -c {} check-config` shows every profile",
+                dir.display()
+            ),
+        );
+    }
+    let mut hypervisors = std::collections::BTreeMap::new();
+    for (alias, entries) in &cfg.providers {
+        for p in entries.iter().filter(|p| p.driver == "libvirt") {
+            let Some(url) = &p.url else { continue };
+            let check = format!("provider {alias}");
+            match Hypervisor::open(url) {
+                Ok(hv) => {
+                    r.ok(check, format!("{url} answers"));
+                    hypervisors.insert(url.clone(), hv);
+                }
+                Err(e) => r.fail(
+                    check,
+                    format!("{url}: {e}"),
+                    format!("check `url:` in its provider; `virsh -c {url} list --all` must work as virtseed's user (in the libvirt group for qemu:///system)"),
+                ),
+            }
+        }
+    }
+    for (name, prof) in &cfg.profiles {
+        let check = format!("profile {name}");
+        let Some(hv) = hypervisors.get(&prof.url) else {
+            r.skip(check, format!("{} is not reachable", prof.url));
+            continue;
+        };
+        match hv.base(&prof.base_domain) {
+            Ok(b) => r.ok(
+                check,
+                format!(
+                    "base {} shut off, {} disk(s); the guest's identity unit is not checked (inside the image, docs/golden-images.md)",
+                    prof.base_domain,
+                    b.disks.len()
+                ),
+            ),
+            Err(e) => r.fail(
+                check,
+                e.to_string(),
+                format!("`virsh -c {} list --all` shows the domains; the base must exist and be shut off", prof.url),
+            ),
+        }
+    }
+}
+
+/// Asked of Salt: which runner and cloud driver it loads, their release, the sidecar id they
+/// send to, and whether that sidecar answers `test.ping`.
+const MODULES_PROBE: &str = r#"
+import json, os, sys
+import salt.client, salt.config, salt.loader, salt.version
+conf = sys.argv[1]
+opts = salt.config.master_config(os.path.join(conf, "master"))
+out = {"salt": salt.version.__version__}
+def find(what, loader, fun):
+    try:
+        f = loader[fun]
+    except Exception as e:
+        out[what] = {"error": "not loaded: %s" % (e,)}
+        return None
+    g = getattr(f, "func", f).__globals__
+    vc = g.get("vc")
+    out[what] = {"file": g.get("__file__"), "version": getattr(vc, "VERSION", None)}
+    return vc
+vc = find("runner", salt.loader.runner(opts, utils=salt.loader.utils(opts)), "cloud.profile")
+find("cloud", salt.loader.clouds(salt.config.cloud_config(os.path.join(conf, "cloud"))), "libvirt.create")
+if vc is not None and hasattr(vc, "default_sidecar"):
+    sid = vc.default_sidecar(opts)
+    out["sidecar"] = sid
+    try:
+        out["ping"] = salt.client.LocalClient(mopts=opts).cmd(sid, "test.ping", timeout=5).get(sid) is True
+    except Exception as e:
+        out["ping_error"] = str(e)
+print(json.dumps(out))
+"#;
+
+fn modules(r: &mut Report, dir: &Path, settings: &Settings, salt_python: Option<&Path>) {
+    let Some(py) = salt_modules::salt_python(salt_python) else {
+        r.fail(
+            "salt modules",
+            "no Salt found (salt-master, salt-run or salt-cloud on PATH)",
+            "pass --salt-python with the Python that runs Salt",
+        );
+        return;
+    };
+    let v = match salt_modules::run_probe(&py, MODULES_PROBE, dir) {
+        Ok(v) => v,
+        Err(e) => {
+            r.fail(
+                "salt modules",
+                format!("{e:#}"),
+                "check that Salt runs: `salt-run --versions-report`",
+            );
+            return;
+        }
+    };
+    let ours = env!("CARGO_PKG_VERSION");
+    let mut all_ok = true;
+    for (what, label) in [
+        ("runner", "cloud runner"),
+        ("cloud", "libvirt cloud driver"),
+    ] {
+        let m = &v[what];
+        let file = m["file"].as_str().unwrap_or_default();
+        let check = format!("salt {label}");
+        match m["version"].as_str() {
+            Some(theirs) if theirs == ours => r.ok(check, format!("{file}, virtseed {theirs}")),
+            Some(theirs) => {
+                all_ok = false;
+                r.fail(
+                    check,
+                    format!("{file} is virtseed {theirs}, this binary is {ours}"),
+                    format!("install one release of both: `pip install virtseed=={ours}`, or `virtseed -c {} install-runner` (a copy in extension_modules wins over the pip package)", dir.display()),
+                );
+            }
+            None => {
+                all_ok = false;
+                let found = m["error"].as_str().map_or_else(
+                    || {
+                        format!(
+                            "Salt {} loads {file}, not virtseed's",
+                            v["salt"].as_str().unwrap_or("?")
+                        )
+                    },
+                    str::to_string,
+                );
+                r.fail(
+                    check,
+                    found,
+                    format!("`pip install virtseed` in Salt's Python (`salt-pip install virtseed` on a onedir), or `virtseed -c {} install-runner`", dir.display()),
+                );
+            }
+        }
+    }
+    if !all_ok {
+        r.skip("sidecar running", "needs virtseed's runner");
+        return;
+    }
+    sidecar_running(r, &v, settings);
+}
+
+fn sidecar_running(r: &mut Report, v: &serde_json::Value, settings: &Settings) {
+    let sid = v["sidecar"].as_str().unwrap_or_default();
+    if sid != settings.id {
+        r.fail(
+            "sidecar running",
+            format!(
+                "the runner sends jobs to {sid:?}, this sidecar's id is {:?}",
+                settings.id
+            ),
+            format!(
+                "set `virtseed_sidecar: {}` in the master's config (or a provider's `sidecar:`)",
+                settings.id
+            ),
+        );
+    } else if v["ping"].as_bool() == Some(true) {
+        r.ok("sidecar running", format!("{sid} answers test.ping"));
+    } else {
+        let why = v["ping_error"]
+            .as_str()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default();
+        r.fail(
+            "sidecar running",
+            format!("{sid} does not answer test.ping{why}"),
+            "start it as the master's user: `systemctl start virtseed`, or `virtseed -c DIR run`",
+        );
+    }
+}
