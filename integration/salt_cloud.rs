@@ -57,20 +57,6 @@ fn count(events: &EventLog, tag: &str) -> usize {
     events.events().iter().filter(|e| e["tag"] == tag).count()
 }
 
-/// Every event, the job cache, and the master's, salt-cloud's and the sidecar's logs.
-fn everything_written(m: &Master, events: &EventLog, sidecar: &Sidecar) -> String {
-    let mut all = events.text() + &sidecar.log_text();
-    let out = Command::new("grep")
-        .args(["-r", "-a", "-h", "-e", ""])
-        .arg(m.dir.join("cache/jobs"))
-        .arg(m.dir.join("log"))
-        .arg("/var/log/salt/cloud")
-        .output()
-        .unwrap();
-    all.push_str(&text(&out.stdout));
-    all
-}
-
 fn scenario(version: &str) {
     let m = Master::start(version);
     let p = Pool::new(&format!("sc{}", &version[..4]));
@@ -364,7 +350,7 @@ fn scenario(version: &str) {
     ok(&cloud(&m, &["-d", &y]).0);
 
     // No secret anywhere: neither the guest's private key nor the profile's password.
-    let written = everything_written(&m, &events, &sidecar);
+    let written = harness::everything_written(&m, &events, &sidecar);
     let body: String = guest_key
         .lines()
         .filter(|l| !l.starts_with("-----"))

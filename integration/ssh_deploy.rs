@@ -65,20 +65,6 @@ fn nothing_left(m: &Master, name: &str) {
     }
 }
 
-/// Every event, the job cache, and the master's, salt-cloud's and the sidecar's logs.
-fn everything_written(m: &Master, events: &EventLog, sidecar: &Sidecar) -> String {
-    let mut all = events.text() + &sidecar.log_text();
-    let out = Command::new("grep")
-        .args(["-r", "-a", "-h", "-e", ""])
-        .arg(m.dir.join("cache/jobs"))
-        .arg(m.dir.join("log"))
-        .arg("/var/log/salt/cloud")
-        .output()
-        .unwrap();
-    all.push_str(&text(&out.stdout));
-    all
-}
-
 #[test]
 fn salt_cloud_deploys_a_plain_template_over_ssh_and_leaves_nothing_on_failure() {
     plain_image();
@@ -158,7 +144,7 @@ fn salt_cloud_deploys_a_plain_template_over_ssh_and_leaves_nothing_on_failure() 
 
     // No secret anywhere: neither the deployed private key nor either password.
     std::thread::sleep(Duration::from_secs(1));
-    let written = everything_written(&m, &events, &sidecar);
+    let written = harness::everything_written(&m, &events, &sidecar);
     let body: String = guest_key
         .lines()
         .filter(|l| !l.starts_with("-----"))

@@ -141,10 +141,16 @@ pub fn install(config_dir: &Path, python: Option<&Path>) -> Result<()> {
         let dir = ext.join(kind);
         std::fs::create_dir_all(&dir)
             .map_err(|e| anyhow!("cannot create {}: {e}", dir.display()))?;
-        let text = text.replace(
-            "DEFAULT_SIDECAR = \"virtseed\"",
-            &format!("DEFAULT_SIDECAR = {:?}", settings.id),
-        );
+        // The copies' client is extension_modules/utils's, not a pip-installed package's.
+        let text = text
+            .replace(
+                "DEFAULT_SIDECAR = \"virtseed\"",
+                &format!("DEFAULT_SIDECAR = {:?}", settings.id),
+            )
+            .replace(
+                "from saltext.virtseed.utils import virtseed_client as vc  # virtseed: client import",
+                "import virtseed_client as vc  # virtseed: client import",
+            );
         let path = dir.join(file);
         virtseed::pki::write_atomic(&path, text.as_bytes(), 0o644)?;
         println!("installed {}", path.display());

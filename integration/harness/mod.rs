@@ -465,3 +465,18 @@ pub fn rss_mib(pid: u32) -> (f64, f64) {
     };
     (field("VmRSS:"), field("VmHWM:"))
 }
+
+/// Every event, the job cache, and the master's, salt-cloud's and the sidecar's logs: where
+/// a secret must never be found.
+pub fn everything_written(m: &Master, events: &EventLog, sidecar: &Sidecar) -> String {
+    let mut all = events.text() + &sidecar.log_text();
+    let out = Command::new("grep")
+        .args(["-r", "-a", "-h", "-e", ""])
+        .arg(m.dir.join("cache/jobs"))
+        .arg(m.dir.join("log"))
+        .arg("/var/log/salt/cloud")
+        .output()
+        .unwrap();
+    all.push_str(&text(&out.stdout));
+    all
+}

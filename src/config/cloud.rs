@@ -764,6 +764,17 @@ mod tests {
         assert_eq!(b.nameservers.len(), 1);
     }
 
+    /// The error of `cfg` that contains a needle (the test fails without one).
+    fn error_with(cfg: &CloudConfig) -> impl Fn(&str) -> String {
+        let msgs: Vec<String> = cfg.errors.iter().map(|e| e.to_string()).collect();
+        move |needle: &str| {
+            msgs.iter()
+                .find(|m| m.contains(needle))
+                .unwrap_or_else(|| panic!("no error with {needle:?} in {msgs:#?}"))
+                .clone()
+        }
+    }
+
     #[test]
     fn the_guides_profile_options_checked() {
         let d = dir_with(&[
@@ -774,13 +785,7 @@ mod tests {
             ),
         ]);
         let cfg = CloudConfig::load(d.path());
-        let msgs: Vec<String> = cfg.errors.iter().map(|e| e.to_string()).collect();
-        let find = |needle: &str| {
-            msgs.iter()
-                .find(|m| m.contains(needle))
-                .unwrap_or_else(|| panic!("no error with {needle:?} in {msgs:#?}"))
-                .clone()
-        };
+        let find = error_with(&cfg);
         let a = find("`a.base_domain`");
         assert!(a.contains("\"x\"") && a.contains("`image` is \"y\""), "{a}");
         assert!(find("`b.cpuunits`").contains("from 2 to 10000"));
@@ -802,13 +807,7 @@ mod tests {
             ),
         ]);
         let cfg = CloudConfig::load(d.path());
-        let msgs: Vec<String> = cfg.errors.iter().map(|e| e.to_string()).collect();
-        let find = |needle: &str| {
-            msgs.iter()
-                .find(|m| m.contains(needle))
-                .unwrap_or_else(|| panic!("no error with {needle:?} in {msgs:#?}"))
-                .clone()
-        };
+        let find = error_with(&cfg);
         assert!(find("`nourl.url`").contains("cloud.providers"));
         let a = find("`a.cpus`");
         assert!(

@@ -47,12 +47,21 @@ pub fn number(v: Option<&Value>) -> Option<u64> {
     }
 }
 
+/// Keyword arguments of `cloud.profile` and `cloud.create` that are not profile keys.
+const CALL_ARGS: &[&str] = &[
+    "instances",
+    "names",
+    "wait_for_minion",
+    "minion_timeout",
+    "minion_pub",
+];
+
 /// A job's keyword arguments as profile keys (`cpus=2`, `grains={...}`), leaving out the
-/// call's own arguments (`skip`) and Salt's (`__pub_*`).
+/// call's own arguments ([`CALL_ARGS`] and `skip`) and Salt's (`__pub_*`).
 pub fn profile_keys(p: &Publication, skip: &[&str]) -> Result<yaml_serde::Mapping, String> {
     let mut keys = yaml_serde::Mapping::new();
     for (k, v) in &p.kwargs {
-        if skip.contains(&k.as_str()) || k.starts_with("__") {
+        if skip.contains(&k.as_str()) || CALL_ARGS.contains(&k.as_str()) || k.starts_with("__") {
             continue;
         }
         let json: serde_json::Value =

@@ -20,17 +20,7 @@ pub async fn run(p: &Publication, svc: &Arc<Service>) -> Outcome {
     let Some(provider) = provider else {
         return Outcome::error("cloud.create: a provider must be given");
     };
-    let keys = match a::profile_keys(
-        p,
-        &[
-            "provider",
-            "instances",
-            "names",
-            "wait_for_minion",
-            "minion_timeout",
-            "minion_pub",
-        ],
-    ) {
+    let keys = match a::profile_keys(p, &["provider"]) {
         Ok(k) => k,
         Err(e) => return Outcome::error(format!("cloud.create: {e}")),
     };

@@ -36,18 +36,7 @@ pub async fn run(p: &Publication, svc: &Arc<Service>) -> Outcome {
         minion_timeout: a::number(p.kwarg("minion_timeout")),
         minion_pub,
     };
-    let keys = match a::profile_keys(
-        p,
-        &[
-            "prof",
-            "profile",
-            "instances",
-            "names",
-            "wait_for_minion",
-            "minion_timeout",
-            "minion_pub",
-        ],
-    ) {
+    let keys = match a::profile_keys(p, &["prof", "profile"]) {
         Ok(k) => k,
         Err(e) => return Outcome::error(format!("cloud.profile: {e}")),
     };

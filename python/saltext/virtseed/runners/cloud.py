@@ -9,31 +9,15 @@ the sidecar, whose answer is returned; while it runs, the clone steps are shown 
 """
 
 import logging
-import os
 
 import salt.cloud
 
 
-def _in_package():
-    """Whether this file is the pip-installed package's (`saltext.virtseed`), not a copy."""
-    try:
-        import saltext.virtseed as pkg  # pylint: disable=import-outside-toplevel
-    except ImportError:
-        return False
-    here = os.path.realpath(__file__)
-    return here.startswith(os.path.realpath(os.path.dirname(pkg.__file__)) + os.sep)
-
-
-# The client beside this file: the package's when pip installed it (the loader finds this
-# file through the `salt.loader` entry point), else extension_modules/utils's (`virtseed
-# install-runner`). Never the other one: both may be installed, of different releases.
-if _in_package():
-    from saltext.virtseed.utils import virtseed_client as vc
-else:
-    try:
-        import virtseed_client as vc
-    except ImportError:  # pragma: no cover
-        from saltext.virtseed.utils import virtseed_client as vc
+# The client beside this file: the package's (`saltext.virtseed`, pip). `virtseed
+# install-runner` rewrites this line in its copies for extension_modules, whose client is
+# extension_modules/utils/virtseed_client.py: never the other one, both may be installed, of
+# different releases.
+from saltext.virtseed.utils import virtseed_client as vc  # virtseed: client import
 
 log = logging.getLogger(__name__)
 
