@@ -844,6 +844,25 @@ mod tests {
     }
 
     #[test]
+    fn ssh_deploy_keys_are_used_only_with_seed_ssh() {
+        let d = dir_with(&[
+            ("cloud.providers", "kvm:\n  driver: libvirt\n  url: test:///default\n"),
+            (
+                "cloud.profiles",
+                "a:\n  provider: kvm\n  base_domain: t\n  ssh_username: root\n  password: x\nb:\n  extends: a\n  seed: ssh\n",
+            ),
+        ]);
+        let cfg = CloudConfig::load(d.path());
+        assert!(cfg.errors.is_empty(), "{:?}", cfg.errors);
+        assert_eq!(
+            cfg.profile("a").unwrap().unused,
+            ["ssh_username", "password"]
+        );
+        let b = cfg.profile("b").unwrap();
+        assert!(b.unused.is_empty() && b.unknown.is_empty(), "{b:?}");
+    }
+
+    #[test]
     fn malformed_yaml_names_file_and_line() {
         let d = dir_with(&[("cloud.profiles", "a:\n  provider: [x\n")]);
         let cfg = CloudConfig::load(d.path());

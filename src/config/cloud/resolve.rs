@@ -87,7 +87,7 @@ pub(super) fn resolve_profile(
     let sidecar = keys.sidecar()?;
     let hosts = super::hosts::pick(&provider.hosts, keys.text("host")?.as_deref())
         .map_err(|e| keys.err("host", e))?;
-    let (unused, unknown) = unused_and_unknown(&prof);
+    let (unused, unknown) = unused_and_unknown(&prof, seed);
 
     Ok(Resolved::Ours(Box::new(Profile {
         name: name.to_string(),
@@ -193,12 +193,16 @@ fn recognised(provider: &Provider, prof: &Mapping) -> Vec<String> {
 
 /// The profile's keys that salt-cloud's deploy step reads and virtseed does not (unused),
 /// and those no one knows (typos?).
-fn unused_and_unknown(prof: &Mapping) -> (Vec<String>, Vec<String>) {
+/// salt-cloud's SSH deploy keys are unused unless the clone is deployed over SSH
+/// (`seed: ssh`: Salt's own bootstrap, run by virtseed's driver, reads them).
+fn unused_and_unknown(prof: &Mapping, seed: SeedKind) -> (Vec<String>, Vec<String>) {
     let mut unused = Vec::new();
     let mut unknown = Vec::new();
     for k in prof.keys().filter_map(yaml::as_text) {
         if UNUSED_SALT_CLOUD_KEYS.contains(&k.as_str()) {
-            unused.push(k);
+            if seed != SeedKind::Ssh {
+                unused.push(k);
+            }
         } else if !PROFILE_KEYS.contains(&k.as_str()) {
             unknown.push(k);
         }
