@@ -174,7 +174,7 @@ impl Dispatcher {
             .insert(p.jid.clone(), info);
         // Every line logged while the job runs carries its jid (and, below it, a VM's name).
         let span = tracing::info_span!("job", jid = %p.jid, fun = %p.fun);
-        debug!(parent: &span, "job started");
+        debug!(parent: &span, fun = %p.fun, "job started");
         let job = async move {
             let started = std::time::Instant::now();
             let outcome = self.call(&p).await;
