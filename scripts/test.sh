@@ -21,7 +21,7 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 step "cargo test (unit, vectors, integration)"
 # Integration tests start private salt-masters; two at a time fit this 2-core machine.
-cargo test --workspace -- --test-threads 2
+cargo test --workspace --no-fail-fast -- --test-threads 2
 
 # Reproducible: the same inputs on every machine (scripts/fuzz.sh SECONDS explores further).
 FUZZ_RUNS=${FUZZ_RUNS:-100000}
