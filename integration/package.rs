@@ -4,9 +4,9 @@
 //! point, with nothing of virtseed in `extension_modules`, served by the sidecar the wheel
 //! installed. Also: readable progress, `--out json`, the release check, and the systemd units.
 //!
-//! The wheel is built with cargo's `dev` profile (`MATURIN_PEP517_ARGS=--profile dev`), so the
-//! test reuses this tree's debug build; BENCHMARKS.md measures the release build `pip install .`
-//! does by default.
+//! The wheel is built once, with cargo's `dev` profile (`MATURIN_PEP517_ARGS=--profile dev`)
+//! in a target dir of its own; BENCHMARKS.md measures the release build `pip install .` does
+//! by default.
 
 mod harness;
 
@@ -44,13 +44,35 @@ fn fresh_venv(cache: &Path, version: &str) -> PathBuf {
     run(Command::new("bash")
         .args(["-c", &script])
         .current_dir(repo()));
-    let t = Instant::now();
     run(Command::new(venv.join("bin/pip"))
         .args(["install", "-q"])
-        .arg(repo())
-        .env("MATURIN_PEP517_ARGS", "--profile dev"));
-    eprintln!("pip install {} took {:?}", repo().display(), t.elapsed());
+        .arg(wheel(&venv)));
     venv
+}
+
+/// The wheel `pip install .` installs, built once for the whole test binary (the tests run
+/// side by side), with its own cargo target dir: maturin takes the binary out of the target
+/// dir it builds in, and the other test binaries run this tree's `target/debug/virtseed`.
+fn wheel(venv: &Path) -> PathBuf {
+    static WHEEL: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    WHEEL
+        .get_or_init(|| {
+            let out = repo().join("target/wheel/dist");
+            let _ = std::fs::remove_dir_all(&out);
+            let t = Instant::now();
+            run(Command::new(venv.join("bin/pip"))
+                .args(["wheel", "-q", "--no-deps", "-w"])
+                .arg(&out)
+                .arg(repo())
+                .env("MATURIN_PEP517_ARGS", "--profile dev")
+                .env("CARGO_TARGET_DIR", repo().join("target/wheel")));
+            eprintln!("pip wheel {} took {:?}", repo().display(), t.elapsed());
+            files(&out)
+                .into_iter()
+                .find(|f| f.extension().is_some_and(|e| e == "whl"))
+                .expect("a wheel")
+        })
+        .clone()
 }
 
 /// Every file under `dir`.
