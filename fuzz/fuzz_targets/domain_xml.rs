@@ -32,6 +32,8 @@ fuzz_target!(|data: &[u8]| {
         cpu_shares: Some(1000),
         memory_mib: Some(512),
         macs: vec![],
+        // The SSH-deploy rewrite (a forwarded port on the user network) too.
+        ssh_forward_port: Some(2222),
         ownership: Ownership {
             profile: "p".into(),
             provider: "kvm".into(),
