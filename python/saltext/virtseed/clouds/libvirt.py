@@ -163,13 +163,12 @@ def _must_be_action(call, fun):
 
 # --- create / destroy -------------------------------------------------------------------
 
-def _discard_salt_key(vm_):
+def _remove_salt_key(vm_):
     """
     Removes the key `Cloud.create` accepted for this VM, if the file still holds exactly that
-    key (virtseed pre-accepts its own), and drops the pair from `vm_`.
+    key (virtseed pre-accepts its own, or, with `seed: ssh`, this very key, atomically).
     """
-    pub = vm_.pop("pub_key", None)
-    vm_.pop("priv_key", None)
+    pub = vm_.get("pub_key")
     if not pub:
         return
     minion = vm_.get("minion") if isinstance(vm_.get("minion"), dict) else {}
@@ -224,7 +223,9 @@ def create(vm_):
     """
     if str(vm_.get("seed", "")) == "ssh":
         return _create_by_ssh(vm_)
-    _discard_salt_key(vm_)
+    _remove_salt_key(vm_)
+    vm_.pop("pub_key", None)
+    vm_.pop("priv_key", None)
     return _clone(vm_)
 
 
@@ -353,7 +354,7 @@ def _create_by_ssh(vm_):
     if not vm_.get("pub_key") or not vm_.get("priv_key"):
         keysize = config.get_cloud_config_value("keysize", vm_, __opts__, default=2048)
         vm_["priv_key"], vm_["pub_key"] = salt.utils.cloud.gen_keys(keysize)
-    _unaccept_salt_key(vm_)
+    _remove_salt_key(vm_)
     out = _clone(vm_, {"minion_pub": vm_["pub_key"], "wait_for_minion": False})
     # As the seeded clones: the master's own ports unless the profile's `minion:` says.
     mopts = vc.master_opts(__opts__)
@@ -378,13 +379,6 @@ def _create_by_ssh(vm_):
     out["minion_up"] = True
     _fire(name, "created", {"event": "created instance"})
     return out
-
-
-def _unaccept_salt_key(vm_):
-    """`_discard_salt_key` without dropping the pair: the sidecar accepts it, atomically."""
-    pair = (vm_.get("pub_key"), vm_.get("priv_key"))
-    _discard_salt_key(vm_)
-    vm_["pub_key"], vm_["priv_key"] = pair
 
 
 def _deploy_and_wait(vm_, out):
@@ -497,7 +491,7 @@ def _wait_minion(event, mopts, name, timeout):
     tag = f"salt/minion/{name}/start"
     while time.time() < deadline:
         ev = event.get_event(wait=1, full=True)
-        if ev and ev["tag"] in (tag, f"minion_start"):
+        if ev and ev["tag"] in (tag, "minion_start"):
             if ev["tag"] == tag or ev["data"].get("id") == name:
                 break
     else:
