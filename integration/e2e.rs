@@ -6,26 +6,14 @@
 
 mod harness;
 
-use harness::site::write_cloud;
-use harness::{last_json, repo, text, Master, Sidecar};
+use harness::site::{golden_files, golden_image, write_cloud};
+use harness::{last_json, text, Master, Sidecar};
 use std::process::Command;
 use std::time::Duration;
 
-fn golden() {
-    let out = Command::new(repo().join("scripts/build-golden-image.sh"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "build-golden-image.sh: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-}
-
 #[test]
 fn real_guests_answer_test_ping_for_both_seed_channels() {
-    golden();
+    golden_image(&[]);
     let m = Master::start("3007.17");
     write_cloud(
         &m,
@@ -35,17 +23,6 @@ fn real_guests_answer_test_ping_for_both_seed_channels() {
     m.install_modules();
     let tag = &salt_proto::auth::new_nonce()[..6];
     let (a, b) = (format!("e2e{tag}c"), format!("e2e{tag}s"));
-    let golden_files = || {
-        let mut v: Vec<String> = std::fs::read_dir("/var/lib/virtseed/golden")
-            .unwrap()
-            .flatten()
-            .filter(|d| d.path().is_dir())
-            .flat_map(|d| std::fs::read_dir(d.path()).unwrap().flatten())
-            .map(|e| e.path().display().to_string())
-            .collect();
-        v.sort();
-        v
-    };
     let before = golden_files();
 
     for (profile, name, channel) in [

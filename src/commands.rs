@@ -128,6 +128,19 @@ fn report(
     Ok(())
 }
 
+/// `virtseed warm [--drop] PROFILE...`: each profile's warm state on each of its hosts.
+pub async fn warm(config_dir: &Path, profiles: &[String], drop: bool) -> Result<()> {
+    let (c, lines) = load(config_dir, None)?;
+    let lines = Arc::new(lines);
+    let mut results = Vec::new();
+    for p in profiles {
+        let (c, p, lines) = (c.clone(), p.clone(), lines.clone());
+        let r = tokio::task::spawn_blocking(move || c.warm(&p, drop, &*lines)).await?;
+        results.push((profiles[results.len()].clone(), r));
+    }
+    report(results)
+}
+
 pub async fn destroy(config_dir: &Path, names: &[String]) -> Result<()> {
     let (c, lines) = load(config_dir, None)?;
     report(c.destroy_many(names, Arc::new(lines)).await)

@@ -51,6 +51,15 @@ enum Command {
         #[arg(long, hide = true)]
         fail_after: Option<String>,
     },
+    /// Prepare (or refresh) each profile's warm state: boot its base once, until its minion
+    /// waits for an identity, and save that running state; `warm: true` clones restore it.
+    Warm {
+        #[arg(required = true)]
+        profiles: Vec<String>,
+        /// Remove the profiles' warm states instead (frozen disks clones still use are kept).
+        #[arg(long)]
+        drop: bool,
+    },
     /// Destroy VMs virtseed made, with their volumes, seeds and keys.
     Destroy {
         #[arg(required = true)]
@@ -88,6 +97,7 @@ impl Command {
         match self {
             Command::Run => "run",
             Command::Profile { .. } => "profile",
+            Command::Warm { .. } => "warm",
             Command::Destroy { .. } => "destroy",
             Command::List => "list",
             Command::CheckConfig => "check-config",
@@ -133,6 +143,9 @@ fn main() -> ExitCode {
             parallel,
             fail_after.as_deref(),
         )),
+        Command::Warm { profiles, drop } => {
+            runtime().block_on(commands::warm(&cli.config_dir, &profiles, drop))
+        }
         Command::Destroy { names } => {
             runtime().block_on(commands::destroy(&cli.config_dir, &names))
         }

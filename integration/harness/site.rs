@@ -142,3 +142,31 @@ pub fn wait_exit(child: std::process::Child, timeout: Duration) -> std::process:
     let _ = killer.join();
     out
 }
+
+/// The golden image (scripts/build-golden-image.sh, cached; `--plain` for the plain one),
+/// built or checked, its base domain defined.
+pub fn golden_image(args: &[&str]) {
+    let out = std::process::Command::new(super::repo().join("scripts/build-golden-image.sh"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "build-golden-image.sh {args:?}: {}{}",
+        super::text(&out.stdout),
+        super::text(&out.stderr)
+    );
+}
+
+/// Every file of the golden images' pools (what a test must leave as it found it).
+pub fn golden_files() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/var/lib/virtseed/golden")
+        .unwrap()
+        .flatten()
+        .filter(|d| d.path().is_dir())
+        .flat_map(|d| std::fs::read_dir(d.path()).unwrap().flatten())
+        .map(|e| e.path().display().to_string())
+        .collect();
+    v.sort();
+    v
+}

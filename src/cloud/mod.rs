@@ -15,6 +15,7 @@ pub mod journal;
 pub mod names;
 pub mod ready;
 pub mod service;
+pub mod warm;
 
 pub use create::{CreateOptions, Created, Step, PAUSE_ENV, RETRY_WAIT};
 

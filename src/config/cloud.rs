@@ -81,6 +81,7 @@ pub const PROFILE_KEYS: &[&str] = &[
     "sidecar",
     "host",
     "ssh_forward",
+    "warm",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,6 +193,8 @@ pub struct Profile {
     /// Forward a free port on 127.0.0.1 to the guest's port 22 (QEMU user networking, where
     /// the host cannot reach the guest otherwise), for `seed: ssh`.
     pub ssh_forward: bool,
+    /// Restore clones from the base's saved warm state instead of booting them.
+    pub warm: bool,
     /// salt-cloud deploy keys present in the profile that virtseed does not use.
     pub unused: Vec<String>,
     /// Keys neither salt-cloud's libvirt driver nor virtseed know (typos?).

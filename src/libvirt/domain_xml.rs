@@ -141,6 +141,9 @@ pub struct Ownership {
     /// Where libvirt looks for the clone's addresses: `ip-learning` (DHCP leases, then the
     /// host's ARP table) or `qemu-agent`; empty in clones made before it was recorded.
     pub ip_source: String,
+    /// The warm state the clone was restored from (its frozen disk backs the clone's);
+    /// empty for a booted clone.
+    pub warm: String,
 }
 
 impl Ownership {
@@ -158,6 +161,9 @@ impl Ownership {
             .with_child(Element::new(&p("window")).with_text(&self.window.to_string()));
         if !self.ip_source.is_empty() {
             el = el.with_child(Element::new(&p("ip_source")).with_text(&self.ip_source));
+        }
+        if !self.warm.is_empty() {
+            el = el.with_child(Element::new(&p("warm")).with_text(&self.warm));
         }
         for v in &self.volumes {
             el = el.with_child(Element::new(&p("volume")).with_text(v));
@@ -189,6 +195,7 @@ impl Ownership {
                 "accept" => o.accept = t,
                 "window" => o.window = t.parse().unwrap_or(0),
                 "ip_source" => o.ip_source = t,
+                "warm" => o.warm = t,
                 "volume" => o.volumes.push(t),
                 "file" => o.files.push(t),
                 _ => {}
@@ -254,6 +261,11 @@ pub fn clone_xml(
     root.remove_attr("id");
     root.child_or_insert("name").set_text(&spec.name);
     root.child_or_insert("uuid").set_text(&spec.uuid);
+    // A VM generation ID copied from the base would be every clone's: empty, libvirt makes
+    // a fresh one (and a restored guest learns from it that it was cloned).
+    if let Some(g) = root.child_mut("genid") {
+        g.set_text("");
+    }
     root.child_or_insert("description")
         .set_text(&spec.description);
     if let Some(mib) = spec.memory_mib {
@@ -331,6 +343,16 @@ pub fn clone_xml(
     });
     meta.append(spec.ownership.to_element());
     Ok((root.to_xml(), macs))
+}
+
+/// A warming domain's XML from the clone XML written for it: no ownership record (it is
+/// not a clone) and a `<genid/>`, so libvirt gives each domain restored from its saved
+/// state a new VM generation ID, and the guest kernel learns it was cloned.
+pub fn warming_xml(xml: &str) -> Result<String, DomainXmlError> {
+    let mut root = dom::parse(xml)?;
+    root.remove_children(|e| e.name == "metadata" || e.name == "genid");
+    root.append(Element::new("genid"));
+    Ok(root.to_xml())
 }
 
 /// Sizes the domain's memory to `mib` MiB.
@@ -575,6 +597,7 @@ mod tests {
                 accept: "preseed".into(),
                 window: 0,
                 ip_source: "qemu-agent".into(),
+                warm: "s1".into(),
             },
             extra_devices: vec![],
             oem_strings: vec![],

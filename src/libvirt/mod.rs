@@ -6,7 +6,9 @@
 pub mod dom;
 pub mod domain_xml;
 pub mod host;
+pub mod saveimage;
 mod volumes;
+pub mod warm;
 
 use domain_xml::{BaseXml, DiskSource, Ownership, NS, NS_PREFIX};
 use virt::connect::Connect;
@@ -120,6 +122,7 @@ pub struct LocatedDisk {
 }
 
 /// A base domain, checked shut off, its disks located.
+#[derive(Clone)]
 pub struct Base {
     pub name: String,
     pub xml: BaseXml,

@@ -8,13 +8,13 @@ use virt::storage_vol::StorageVol;
 use virt::sys;
 
 impl Hypervisor {
-    fn pool(&self, name: &str) -> Result<StoragePool, LibvirtError> {
+    pub(super) fn pool(&self, name: &str) -> Result<StoragePool, LibvirtError> {
         self.conn
             .lookup_storage_pool_by_name(name)
             .map_err(self.err(format!("pool {name}")))
     }
 
-    fn refuse_existing_volume(
+    pub(super) fn refuse_existing_volume(
         &self,
         pool: &StoragePool,
         pool_name: &str,

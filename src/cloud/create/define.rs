@@ -19,6 +19,8 @@ pub struct Define<'a> {
     pub uuid: &'a str,
     /// The request id recorded in the ownership record.
     pub request: &'a str,
+    /// The warm state the clone is restored from (recorded: its frozen disk backs the clone).
+    pub warm: Option<&'a str>,
 }
 
 impl Action<Made> for Define<'_> {
@@ -38,6 +40,7 @@ impl Action<Made> for Define<'_> {
             vm.hv.set_autostart(vm.name, true)?;
         }
         made.macs = macs;
+        made.domain_xml = Some(xml);
         Ok(())
     }
 
@@ -82,6 +85,7 @@ impl Define<'_> {
                     IpSource::IpLearning => "ip-learning".into(),
                     IpSource::QemuAgent => "qemu-agent".into(),
                 },
+                warm: self.warm.unwrap_or_default().into(),
             },
             extra_devices: std::mem::take(&mut made.extra_devices),
             oem_strings: std::mem::take(&mut made.oem_strings),

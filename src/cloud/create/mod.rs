@@ -15,6 +15,7 @@ pub mod define;
 pub mod disks;
 pub mod key;
 pub mod nvram;
+pub mod restore;
 pub mod runner;
 pub mod seed;
 pub mod start;
@@ -46,16 +47,19 @@ pub enum Step {
     Defined,
     KeyAccepted,
     Started,
+    /// A warm clone's last step, in place of `started`.
+    Restored,
 }
 
 impl Step {
-    pub const ALL: [Step; 6] = [
+    pub const ALL: [Step; 7] = [
         Step::Disks,
         Step::Nvram,
         Step::Seeded,
         Step::Defined,
         Step::KeyAccepted,
         Step::Started,
+        Step::Restored,
     ];
 
     pub fn name(self) -> &'static str {
@@ -66,6 +70,7 @@ impl Step {
             Step::Defined => "defined",
             Step::KeyAccepted => "key_accepted",
             Step::Started => "started",
+            Step::Restored => "restored",
         }
     }
 }
@@ -132,6 +137,10 @@ pub struct Made {
     pub oem_strings: Vec<String>,
     /// The clone's MAC addresses, as defined.
     pub macs: Vec<String>,
+    /// The clone's domain XML, as defined (a warm clone's saved image gets it).
+    pub domain_xml: Option<String>,
+    /// The identity files (warm clones: sent over the channel once restored).
+    pub identity_files: Vec<(&'static str, zeroize::Zeroizing<String>)>,
 }
 
 impl Made {
@@ -174,6 +183,8 @@ struct Plan<'a> {
     keys: Option<&'a KeyPool>,
     /// The caller's public key (`seed: ssh`).
     given_pub: Option<&'a salt_proto::keys::PublicKey>,
+    /// The warm state a warm clone is restored from (`base` is then the state's).
+    warm: Option<Arc<super::warm::WarmState>>,
     progress: &'a dyn Progress,
 }
 
@@ -187,6 +198,15 @@ impl Plan<'_> {
             prof: self.prof,
         };
         let uuid = self.uuid.as_str();
+        let start = start::Start { vm };
+        let restore = self
+            .warm
+            .as_deref()
+            .map(|state| restore::Restore { vm, uuid, state });
+        let last: &dyn runner::Action<Made> = match &restore {
+            Some(r) => r,
+            None => &start,
+        };
         run.walk(
             &[
                 &disks::Disks { vm },
@@ -202,6 +222,7 @@ impl Plan<'_> {
                     vm,
                     uuid,
                     request: self.request,
+                    warm: self.warm.as_ref().map(|w| w.id.as_str()),
                 },
                 &key::Key {
                     master: self.master,
@@ -209,7 +230,7 @@ impl Plan<'_> {
                     force: self.prof.force,
                     progress: self.progress,
                 },
-                &start::Start { vm },
+                last,
             ],
             made,
         )
@@ -414,7 +435,18 @@ impl Cloud {
         })?;
         check_given_key(prof, self.master.is_some(), opts.minion_pub.is_some())?;
         hv.check_free(name)?;
-        let base = hv.base(&prof.base_domain)?;
+        let (base, warm) = if prof.warm {
+            if self.master.is_none() {
+                return Err(CloudError::Config(format!(
+                    "profile {:?}: `warm: true` needs the master (a warm clone's identity is sent when it is restored)",
+                    prof.name
+                )));
+            }
+            let state = super::warm::state(&hv, prof, progress, &[name.to_string()])?;
+            (state.base.clone(), Some(state))
+        } else {
+            (hv.base(&prof.base_domain)?, None)
+        };
         let mints = self.master.is_some()
             && prof.accept == AcceptMode::Preseed
             && prof.seed != SeedKind::Ssh;
@@ -428,6 +460,7 @@ impl Cloud {
             master: self.master.as_ref(),
             keys: mints.then(|| self.key_pool()),
             given_pub: opts.minion_pub.as_ref(),
+            warm,
             progress,
         })
     }

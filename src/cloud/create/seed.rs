@@ -7,6 +7,8 @@
 //!   ([`super::volume::undo`]). One already there was not made here and is left alone.
 //! - `seed: smbios`: the same identity as SMBIOS OEM strings in the domain's XML; nothing is
 //!   made that needs undoing.
+//! - `warm: true`: the same identity files, kept for the `restored` step, which sends them
+//!   over the guest's channel; nothing is made here.
 
 use super::runner::{Action, Intents};
 use super::{volume, Made, Step, Vm};
@@ -55,6 +57,14 @@ impl Action<Made> for Seed<'_> {
             .map_err(|e| CloudError::Internal(format!("minting a key: {e}")))?;
         let mut ident = identity(prof, name, self.uuid, mc, key.as_ref());
         ident.macs = made.macs.clone();
+        if prof.warm {
+            // No seed device: the restored guest gets the same files over its channel.
+            made.identity_files = ident
+                .files()
+                .map_err(|e| CloudError::Internal(e.to_string()))?;
+            made.key = key;
+            return Ok(());
+        }
         if prof.seed == SeedKind::CloudInit {
             // Read again: the file may have changed since the config was loaded.
             ident.userdata = prof

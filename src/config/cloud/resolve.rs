@@ -123,6 +123,7 @@ pub(super) fn resolve_profile(
         max_parallel: keys.number("max_parallel", 1, 1024)?.map(|n| n as usize),
         sidecar,
         ssh_forward: keys.boolean("ssh_forward", false)?,
+        warm: keys.boolean("warm", false)?,
         unused,
         unknown,
         raw: prof,

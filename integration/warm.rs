@@ -1,0 +1,260 @@
+//! Warm clones on real guests (TCG here): the golden image's warm state made by `virtseed
+//! warm` (booted once, saved while its minion's Python waits on its channel), two clones
+//! restored from it in one `salt-run cloud.profile` call, each answering `test.ping` with its
+//! own key, id and grains, and each with its own clock (the host's), kernel entropy, Python
+//! `random` state inside the minion, and MAC. The save image the state holds, read and
+//! rewritten by virtseed's parser. A failure injected after each step of a warm create
+//! leaves nothing; destroy and `virtseed warm --drop` leave the pool as it was.
+
+mod harness;
+
+use harness::pool::virsh;
+use harness::site::{golden_files, golden_image, write_cloud};
+use harness::{last_json, text, virtseed, Master, Sidecar};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use virtseed::libvirt::saveimage::SaveImage;
+
+const PROFILES: &str = "warm:\n  provider: kvm\n  base_domain: virtseed-golden\n  warm: true\n  minion:\n    master: 10.0.2.2\n  minion_timeout: 300\n";
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// One line of `cmd.run` output on minion `name`.
+fn run(m: &Master, name: &str, cmd: &str) -> String {
+    let (ok, v) = m.salt_json(name, &["cmd.run", cmd], 60);
+    assert!(ok, "{name}: {cmd}: {v}");
+    v[name].as_str().unwrap_or_default().trim().to_string()
+}
+
+fn nothing_of(m: &Master, name: &str) {
+    assert!(
+        !virsh(&["domstate", name]).status.success(),
+        "{name}: domain left"
+    );
+    let vols = text(&virsh(&["vol-list", "virtseed-golden"]).stdout);
+    assert!(!vols.contains(name), "{name}: volume left: {vols}");
+    for dir in ["minions", "minions_pre", "minions_rejected"] {
+        assert!(
+            !m.pki().join(dir).join(name).exists(),
+            "{name}: key left in {dir}"
+        );
+    }
+}
+
+/// The state's save image, as libvirt wrote it, through virtseed's parser: its XML is the
+/// warming domain's, and a rewrite with another name reads back, the rest unchanged.
+fn check_real_image(pool_dir: &str, image: &str) {
+    use std::io::Read;
+    let mut head = vec![0u8; 1 << 20];
+    let mut f = std::fs::File::open(format!("{pool_dir}/{image}")).unwrap();
+    f.read_exact(&mut head).unwrap();
+    let img = SaveImage::parse(&head).unwrap();
+    assert!(img.was_running());
+    assert!(
+        img.xml.contains("<name>virtseed-golden-warm-"),
+        "{}",
+        img.xml
+    );
+    assert!(img.xml.contains("org.virtseed.warm.0"), "{}", img.xml);
+    assert!(img.xml.contains("<genid>"), "{}", img.xml);
+    let other = img.xml.replace("virtseed-golden-warm-", "another-name-");
+    let new = img.with_xml(&other).unwrap();
+    let need = SaveImage::needed(&head).unwrap();
+    assert_eq!(new.len(), need);
+    let mut copy = head.clone();
+    copy[..need].copy_from_slice(&new);
+    assert_eq!(SaveImage::parse(&copy).unwrap().xml, other);
+    assert_eq!(
+        copy[need..],
+        head[need..],
+        "the stream after the header changed"
+    );
+}
+
+#[test]
+fn warm_clones_answer_test_ping_each_with_its_own_clock_entropy_and_mac() {
+    golden_image(&[]);
+    let m = Master::start("3007.17");
+    write_cloud(&m, PROFILES);
+    let _sidecar = Sidecar::start(&m, "virtseed");
+    m.install_modules();
+    let drop = virtseed(&m.dir, &["warm", "--drop", "warm"]);
+    assert!(drop.status.success(), "{}", text(&drop.stderr));
+    let before = golden_files();
+
+    let t = Instant::now();
+    let out = virtseed(&m.dir, &["warm", "warm"]);
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("warm: warming"), "no progress: {said}");
+    let st = last_json(&out)["warm"]["localhost"].clone();
+    eprintln!("warm state made in {:?}: {st}", t.elapsed());
+    let pool_dir = std::path::Path::new(st["disks"][0].as_str().unwrap())
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+    check_real_image(&pool_dir, st["image"].as_str().unwrap());
+    // A second `virtseed warm` finds it.
+    let again = virtseed(&m.dir, &["warm", "warm"]);
+    assert!(
+        !text(&again.stderr).contains("warming"),
+        "{}",
+        text(&again.stderr)
+    );
+    assert_eq!(last_json(&again)["warm"]["localhost"]["state"], st["state"]);
+
+    let tag = &salt_proto::auth::new_nonce()[..6];
+    let (a, b) = (format!("w{tag}a"), format!("w{tag}b"));
+    let t = Instant::now();
+    let out = m.salt_run(&[
+        "--out",
+        "json",
+        "cloud.profile",
+        "warm",
+        &format!("{a},{b}"),
+    ]);
+    let took = t.elapsed();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let ret = last_json(&out);
+    eprintln!("two warm clones answered in {took:?}: {ret}");
+    let mut urandom = Vec::new();
+    let mut randoms = Vec::new();
+    for n in [&a, &b] {
+        let r = &ret[n.as_str()];
+        assert_eq!(r["minion_up"], true, "{ret}");
+        assert!(r["timings_ms"]["restored"].is_u64(), "{r}");
+        let (ok, v) = m.salt_json(n, &["test.ping"], 30);
+        assert!(ok && v[n.as_str()] == true, "{v}");
+        let (_, g) = m.salt_json(n, &["grains.item", "id", "virtseed", "host"], 30);
+        let g = &g[n.as_str()];
+        assert_eq!(g["id"], n.as_str(), "{g}");
+        assert_eq!(g["host"], n.as_str(), "{g}");
+        assert_eq!(g["virtseed"]["profile"], "warm", "{g}");
+        // The accepted key is the one virtseed minted and sent.
+        assert!(m.pki().join("minions").join(n).exists());
+        // The host's clock, not the one saved with the state.
+        let t0 = now();
+        let guest: f64 = run(&m, n, "date +%s.%N").parse().unwrap();
+        let t1 = now();
+        assert!(
+            guest > t0 - 2.0 && guest < t1 + 2.0,
+            "{n}: guest clock {guest}, host {t0}..{t1}"
+        );
+        assert_eq!(
+            run(&m, n, "cat /sys/class/net/eth0/address"),
+            r["macs"][0].as_str().unwrap(),
+            "{n}: the guest kept the state's MAC"
+        );
+        urandom.push(run(
+            &m,
+            n,
+            "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'",
+        ));
+        // Python's own `random`, in the minion's process (jinja's `random` filter).
+        let (ok, v) = m.salt_json(
+            n,
+            &[
+                "slsutil.renderer",
+                "string={{ range(1000000000) | random }}",
+                "default_renderer=jinja",
+            ],
+            30,
+        );
+        assert!(ok, "{v}");
+        randoms.push(v[n.as_str()].to_string());
+        let said = run(&m, n, "journalctl -b -o cat -u virtseed-warm");
+        assert!(
+            said.contains(&format!("identity of {n} (warm")),
+            "{n}: {said}"
+        );
+    }
+    assert_ne!(urandom[0], urandom[1], "the clones' kernel RNGs are one");
+    assert_ne!(
+        randoms[0], randoms[1],
+        "the clones' Python random states are one"
+    );
+
+    let out = m.salt_run(&["--out", "json", "cloud.destroy", &format!("{a},{b}")]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    std::thread::sleep(Duration::from_millis(200));
+    nothing_of(&m, &a);
+    nothing_of(&m, &b);
+    let drop = virtseed(&m.dir, &["warm", "--drop", "warm"]);
+    assert!(drop.status.success(), "{}", text(&drop.stderr));
+    assert_eq!(
+        golden_files(),
+        before,
+        "the warm state or a clone left files"
+    );
+}
+
+#[test]
+fn a_failure_after_each_warm_step_leaves_nothing() {
+    golden_image(&[]);
+    let m = Master::start("3007.17");
+    write_cloud(&m, PROFILES);
+    let warmed = virtseed(&m.dir, &["warm", "warm"]);
+    assert!(warmed.status.success(), "{}", text(&warmed.stderr));
+    let before = golden_files();
+    let tag = &salt_proto::auth::new_nonce()[..6];
+    for step in [
+        "disks",
+        "nvram",
+        "seeded",
+        "defined",
+        "key_accepted",
+        "restored",
+    ] {
+        let name = format!("wf{tag}{}", &step[..3]);
+        let out = virtseed(&m.dir, &["profile", "warm", &name, "--fail-after", step]);
+        let said = text(&out.stdout);
+        assert!(!out.status.success(), "{step}: {said}");
+        assert!(
+            said.contains(&format!("injected failure after step {step}")),
+            "{said}"
+        );
+        nothing_of(&m, &name);
+        assert_eq!(golden_files(), before, "after {step}");
+    }
+    // And the whole create, through the CLI, then its destroy.
+    let name = format!("wf{tag}ok");
+    let out = virtseed(&m.dir, &["profile", "warm", &name]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let out = virtseed(&m.dir, &["destroy", &name]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    nothing_of(&m, &name);
+    assert_eq!(golden_files(), before);
+}
+
+#[test]
+fn profile_keys_a_warm_state_cannot_honour_are_refused_by_name() {
+    golden_image(&[]);
+    let m = Master::start("3007.17");
+    write_cloud(
+        &m,
+        &format!("{PROFILES}warm-disk:\n  extends: warm\n  disk: 40\nwarm-ssh:\n  extends: warm\n  ssh_forward: true\n"),
+    );
+    for (p, key) in [("warm-disk", "`disk`"), ("warm-ssh", "`ssh_forward`")] {
+        let name = format!("wr{}", &salt_proto::auth::new_nonce()[..6]);
+        let out = virtseed(&m.dir, &["profile", p, &name]);
+        let said = text(&out.stdout);
+        assert!(!out.status.success(), "{said}");
+        assert!(said.contains(key) && said.contains("warm: true"), "{said}");
+        nothing_of(&m, &name);
+    }
+}
