@@ -5,7 +5,8 @@
 #   (guest/initramfs-init), cloud-init limited to NoCloud, salt-minion from PyPI in /opt/salt
 #   (same no-deps install as the master), started early in boot and only once virtseed gave
 #   it an identity, the unit that installs that identity from SMBIOS credentials or the
-#   NoCloud volume (guest/virtseed-credentials.*), DHCP by systemd-networkd (QEMU user
+#   NoCloud volume (guest/virtseed-credentials.*), the warm-state unit (guest/virtseed-warm*,
+#   started only in a domain with the org.virtseed.warm.0 port), DHCP by systemd-networkd (QEMU user
 #   networking: the master is 10.0.2.2). No loop mounts: mkfs.ext4 -d, then qcow2. Direct
 #   kernel boot; TCG unless a probe boot shows KVM works.
 # Cached by content hash under /var/lib/virtseed/golden (libvirt's QEMU user must read it):
@@ -326,6 +327,11 @@ install -D -m 0755 "$root/guest/virtseed-credentials.sh" "$R/usr/local/lib/virts
 for u in salt-minion.service virtseed-credentials.service; do
     ln -sf "/etc/systemd/system/$u" "$R/etc/systemd/system/multi-user.target.wants/$u"
 done
+# Warm clones (docs/golden-images.md): udev starts virtseed-warm.service when the port
+# org.virtseed.warm.0 appears, which only the domain virtseed boots to save a warm state has.
+install -m 0644 "$root/guest/virtseed-warm.service" "$R/etc/systemd/system/"
+install -m 0644 "$root/guest/99-virtseed-warm.rules" "$R/etc/udev/rules.d/"
+install -D -m 0755 "$root/guest/virtseed-warm" "$R/usr/local/lib/virtseed/virtseed-warm"
 fi
 ln -sf /lib/systemd/system/systemd-networkd.service "$R/etc/systemd/system/multi-user.target.wants/systemd-networkd.service"
 # Not needed in a clone and slow under TCG.
