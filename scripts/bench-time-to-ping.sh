@@ -9,7 +9,10 @@
 #   cloud-init  virtseed, `seed: cloud-init`, key minted and pre-accepted;
 #   classic     the flow without virtseed's keys (`seed: smbios`, `accept: manual`): the
 #               minion makes its own key, which waits pending until the reactor from Salt's
-#               documentation (salt/auth with act: pend -> wheel.key.accept) accepts it.
+#               documentation (salt/auth with act: pend -> wheel.key.accept) accepts it;
+#   warm        virtseed, `warm: true`: restored from the base's saved warm state (made once
+#               by `virtseed warm` before the runs, timed apart), key minted and pre-accepted.
+# Each row also gives the clone's QEMU resident memory (RSS) once its minion answered.
 #
 #   scripts/bench-time-to-ping.sh [N]                  (SALT_VERSION=3007.17)
 #   SEEDS="smbios classic" scripts/bench-time-to-ping.sh 3       some flows only
@@ -47,12 +50,17 @@ MASTER_EXTRA_CONF="reactor:
   - 'salt/auth':
     - $d/reactor/auth-pending.sls" "$here/dev-master.sh" start "$d" >/dev/null
 printf "kvm:\n  driver: libvirt\n  url: qemu:///system\n" > "$d/cloud.providers"
-printf "cloud-init:\n  provider: kvm\n  base_domain: virtseed-golden\n  cpus: ${CPUS:-1}\n  minion: {master: 10.0.2.2}\n  minion_timeout: 400\nsmbios:\n  extends: cloud-init\n  seed: smbios\nclassic:\n  extends: smbios\n  accept: manual\n" > "$d/cloud.profiles"
+printf "cloud-init:\n  provider: kvm\n  base_domain: virtseed-golden\n  cpus: ${CPUS:-1}\n  minion: {master: 10.0.2.2}\n  minion_timeout: 400\nsmbios:\n  extends: cloud-init\n  seed: smbios\nclassic:\n  extends: smbios\n  accept: manual\nwarm:\n  extends: smbios\n  warm: true\n" > "$d/cloud.profiles"
 printf "id: virtseed\npki_dir: %s/pki/virtseed\nsalt_version: '%s'\n" "$d" "$SALT_VERSION" > "$d/virtseed"
 "$vs" -c "$d" --log warn run 2>"$d/log/virtseed.log" & vs_pid=$!
 sleep 2
 "$vs" -c "$d" install-runner --salt-python "$venv/bin/python" >/dev/null
 tag=$(basename "$d" | cut -d. -f2 | tr 'A-Z' 'a-z')
+case " ${SEEDS:-warm} " in *" warm "*)
+    t=$(date +%s.%N)
+    "$vs" -c "$d" --log warn warm warm >/dev/null
+    echo "warm state of virtseed-golden made in $(python3 -c "import time; print(round(time.time() - $t, 1))") s (once per base and shape; not in the rows below)" ;;
+esac
 # Follows each clone's serial console log and stamps virtseed's lines (seconds since T0).
 cat > "$d/console-watch.py" <<'PY'
 import json, os, sys, time
@@ -75,7 +83,7 @@ PY
 # CLONES: names per salt-run call, e.g. CLONES="1 5 10" (default 1). SEEDS: default both.
 for n in ${CLONES:-1}; do
 for i in $(seq "$N"); do
-    for seed in ${SEEDS:-smbios cloud-init classic}; do
+    for seed in ${SEEDS:-smbios cloud-init classic warm}; do
         names=$(for k in $(seq "$n"); do printf "ttp%s%s%s%sx%s," "$tag" "$n" "$i" "${seed%%-*}" "$k"; done)
         names=${names%,}
         t0=$(date +%s.%N)
@@ -85,9 +93,11 @@ for i in $(seq "$N"); do
         kill "$watch_pid" 2>/dev/null || true
         for name in ${names//,/ }; do
             ping=$("$venv/bin/salt" -c "$d" -t 30 --out json "$name" test.ping 2>/dev/null | tr -d ' \n')
-            "$venv/bin/python" - "$d/run.json" "$name" "$seed" "$n" "$t0" "$t1" "$ping" "$d/console.jsonl" >> "$d/results" <<'PY'
+            qpid=$(pgrep -f "guest=$name," | head -1 || true)
+            rss=$(awk '/^VmRSS:/ {print $2}' "/proc/${qpid:-0}/status" 2>/dev/null || true)
+            "$venv/bin/python" - "$d/run.json" "$name" "$seed" "$n" "$t0" "$t1" "$ping" "$d/console.jsonl" "${rss:-0}" >> "$d/results" <<'PY'
 import json, sys
-path, name, seed, n, t0, t1, ping, console = sys.argv[1:9]
+path, name, seed, n, t0, t1, ping, console, rss = sys.argv[1:10]
 seen = [json.loads(l) for l in open(console) if l.strip()]
 def at(marker):
     ts = [c["t"] for c in seen if c["name"] == name and marker in c["line"]]
@@ -101,7 +111,8 @@ for i in [0] + [k + 1 for k in range(len(text)) if text.startswith("\n{", k)]:
         continue
 v = (doc or {}).get(name, {})
 t = v.get("timings_ms", {})
-print(json.dumps({"seed": seed, "clones": int(n), "wall": float(t1) - float(t0), "started": t.get("started"),
+print(json.dumps({"seed": seed, "clones": int(n), "wall": float(t1) - float(t0),
+                  "started": t.get("started", t.get("restored")), "rss_mib": int(rss) / 1024 or None,
                   "initramfs": at("virtseed initramfs:"), "seed_applied": at("virtseed: installed the identity"),
                   "first_auth": t.get("first_auth"), "minion_start": t.get("minion_start"),
                   "first_ping": t.get("first_ping"),
@@ -116,10 +127,10 @@ done
 "$venv/bin/python" - "$d/results" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-print("\n| seed | clones per call | runs ok | domain started | root mounted, eth0 leased (console) | seed applied (console) | first auth | minion start | first ping (median) | last first ping | salt-run wall |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+print("\n| seed | clones per call | runs ok | domain started (warm: restored) | root mounted, eth0 leased (console) | seed applied (console) | first auth | minion start | first ping (median) | last first ping | salt-run wall | QEMU RSS |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for n in sorted({r["clones"] for r in rows}):
-    for seed in ["smbios", "cloud-init", "classic"]:
+    for seed in ["smbios", "cloud-init", "classic", "warm"]:
         rs = [r for r in rows if r["seed"] == seed and r["clones"] == n]
         if not rs:
             continue
@@ -128,5 +139,6 @@ for n in sorted({r["clones"] for r in rows}):
             return f"{f(xs):.1f} s" if xs else "n/a"
         print(f"| {seed} | {n} | {sum(r['ok'] for r in rs)}/{len(rs)} | {med('started')} | "
               f"{med('initramfs')} | {med('seed_applied')} | "
-              f"{med('first_auth')} | {med('minion_start')} | {med('first_ping')} | {med('first_ping', f=max)} | {med('wall', 1.0)} |")
+              f"{med('first_auth')} | {med('minion_start')} | {med('first_ping')} | {med('first_ping', f=max)} | {med('wall', 1.0)} | "
+              + (f"{statistics.median(x['rss_mib'] for x in rs if x.get('rss_mib')):.0f} MiB |" if any(x.get('rss_mib') for x in rs) else "n/a |"))
 PY

@@ -27,8 +27,18 @@ use std::time::{Duration, Instant};
 
 /// The virtio-serial port a warm-ready guest waits on.
 pub const CHANNEL: &str = "org.virtseed.warm.0";
-/// How long a warming boot may take to say it is ready (a TCG boot is ~15 s).
+/// How long a warming boot may take to say it is ready (~60 s under TCG here).
 const READY_WAIT: Duration = Duration::from_secs(300);
+/// Testing: another wait than [`READY_WAIT`], in seconds.
+pub const READY_WAIT_ENV: &str = "VIRTSEED_TEST_WARM_WAIT";
+
+fn ready_wait() -> Duration {
+    std::env::var(READY_WAIT_ENV)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(READY_WAIT)
+}
 
 /// A saved warm state, ready to restore clones from.
 pub struct WarmState {
@@ -316,7 +326,7 @@ fn boot(hv: &Hypervisor, prof: &Profile, base: &Base, names: &Names) -> Result<(
         ))
     };
     let mut ch = hv.open_channel(&names.domain(), CHANNEL)?;
-    let line = ch.recv_line(READY_WAIT).map_err(fail)?;
+    let line = ch.recv_line(ready_wait()).map_err(fail)?;
     check_answer(&line, "ready").map_err(fail)
 }
 
