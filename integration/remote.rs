@@ -2,7 +2,8 @@
 //! port of its own, key-only), to this machine's libvirtd and, as a second independent host,
 //! an unprivileged user's `qemu:///session` daemon. Clones, failures after each step, a cut
 //! SSH link mid-create, an unreachable host; placement on two hosts, `host:` pinning, a base
-//! on one host only, one name across hosts, destroy across hosts.
+//! on one host only, one name across hosts, destroy across hosts. Warm clones on the remote
+//! session daemon: the state made, kept and restored there through libvirt's API only.
 
 mod harness;
 
@@ -310,4 +311,86 @@ fn sidecar_over_qemu_ssh_reconciles_and_waits_for_the_minion() {
     assert!(out.status.success(), "{}", text(&out.stdout));
     assert_eq!(p.domains(), [base]);
     assert!(!m.pki().join("minions").join(&r1).exists());
+}
+
+#[test]
+fn warm_clones_restore_on_a_remote_session_daemon() {
+    use harness::site::golden_image;
+    use harness::{last_json, Master, Sidecar};
+    let _g = serial();
+    session_user();
+    golden_image(&[]);
+    let sshd = Sshd::start();
+    let session = sshd.uri(SESSION_USER, "session");
+    let p = Pool::on(&session, "rwarm", Some(SESSION_USER));
+    // The golden image's files in the session user's pool, its domain defined there (no
+    // console log: /var/log/libvirt is not that user's).
+    let golden = virsh_ok(&["dumpxml", "--inactive", "virtseed-golden"]);
+    let disk = golden
+        .split("<source file='")
+        .nth(1)
+        .and_then(|s| s.split('\'').next())
+        .unwrap()
+        .to_string();
+    let dir = std::path::Path::new(&disk).parent().unwrap();
+    let files = ["disk.qcow2", "initrd.img", "vmlinuz"];
+    for f in files {
+        p.copy_in(&dir.join(f), f);
+    }
+    let base = format!("{}golden", p.prefix);
+    let xml: String = golden
+        .replace(dir.to_str().unwrap(), p.dir.to_str().unwrap())
+        .replace(
+            "<name>virtseed-golden</name>",
+            &format!("<name>{base}</name>"),
+        )
+        .lines()
+        .filter(|l| !l.contains("<uuid>") && !l.contains("<log "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let f = std::env::temp_dir().join(format!("{base}.xml"));
+    std::fs::write(&f, xml).unwrap();
+    virsh_ok_on(&session, &["define", f.to_str().unwrap()]);
+    std::fs::remove_file(&f).ok();
+
+    let m = Master::start("3007.17");
+    std::fs::write(
+        m.dir.join("cloud.providers"),
+        format!("far:\n  driver: libvirt\n  url: {session}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        m.dir.join("cloud.profiles"),
+        format!("rwarm:\n  provider: far\n  base_domain: {base}\n  warm: true\n  minion: {{master: 10.0.2.2}}\n  minion_timeout: 300\n"),
+    )
+    .unwrap();
+    m.install_modules();
+    let _sidecar = Sidecar::start(&m, "virtseed");
+    let name = format!("{}c1", p.prefix);
+    let out = m.salt_run(&["--out", "json", "cloud.profile", "rwarm", &name]);
+    let ret = last_json(&out);
+    assert_eq!(
+        ret[&name]["minion_up"],
+        true,
+        "{ret}\n{}",
+        text(&out.stderr)
+    );
+    assert!(ret[&name]["timings_ms"]["restored"].is_u64(), "{ret}");
+    let (pinged, v) = m.salt_json(&name, &["test.ping"], 30);
+    assert!(pinged && v[&name] == true, "{v}");
+    // The state lives in the remote pool, next to the base's disk.
+    let state: Vec<String> = p
+        .files()
+        .into_iter()
+        .filter(|f| f.starts_with(&format!("{base}.warm-")))
+        .collect();
+    assert_eq!(state.len(), 2, "{state:?}");
+    assert!(state.iter().any(|f| f.ends_with(".save")), "{state:?}");
+
+    let out = m.salt_run(&["--out", "json", "cloud.destroy", &name]);
+    ok(&out);
+    ok(&virtseed(&m.dir, &["warm", "--drop", "rwarm"]));
+    assert_eq!(p.domains(), [base.as_str()]);
+    assert_eq!(p.files(), files);
+    assert!(!m.pki().join("minions").join(&name).exists());
 }

@@ -105,6 +105,12 @@ define_domain() {
   </devices>
 </domain>
 XML
+    # Already defined over this image: left as it is (its UUID too, which warm states and
+    # running clones do not mind, but a redefinition would change).
+    if virsh -q -c qemu:///system dumpxml --inactive "$NAME" 2>/dev/null | grep -q "<source file='$img/disk.qcow2'/>"; then
+        echo "base domain $NAME (shut off) over $img/disk.qcow2"
+        return
+    fi
     # Redefine from scratch (a new build has a new disk and kernel).
     virsh -q -c qemu:///system undefine "$NAME" >/dev/null 2>&1 || true
     virsh -q -c qemu:///system define "$img/domain.xml" >/dev/null

@@ -174,6 +174,15 @@ impl Pool {
         std::fs::remove_file(f).ok();
     }
 
+    /// A copy of `src` in the pool, as `name`, owned by the pool's user, known to the pool.
+    pub fn copy_in(&self, src: &Path, name: &str) -> PathBuf {
+        let dst = self.dir.join(name);
+        std::fs::copy(src, &dst).unwrap();
+        self.chown();
+        self.virsh_ok(&["pool-refresh", &self.name]);
+        dst
+    }
+
     pub fn file_source(path: &Path) -> String {
         format!("<source file='{}'/>", path.display())
     }

@@ -10,7 +10,8 @@
 //! - `BASE.warm-SHAPE-STAMP.save`: libvirt's save image of the running guest.
 //!
 //! SHAPE hashes what the saved state fixes that a profile may set (cpus, memory); STAMP
-//! hashes the base's definition and each disk's path, size and modification time, so a base
+//! hashes the base's definition (but its UUID, description and metadata) and each disk's
+//! path, size and modification time, so a base
 //! that changed gets a new state and the old one is removed (its frozen disks only once no
 //! clone uses them).
 
@@ -142,8 +143,12 @@ struct Names {
 impl Names {
     fn of(hv: &Hypervisor, prof: &Profile, base: &Base) -> Result<Self, LibvirtError> {
         let shape = Sha256::digest(format!("cpus={:?} memory={:?}", prof.cpus, prof.memory_mib));
+        // The base's definition without what a redefinition changes by itself (its UUID)
+        // or that no guest sees (description, metadata).
+        let mut def = base.xml.root.clone();
+        def.remove_children(|e| matches!(e.name.as_str(), "uuid" | "description" | "metadata"));
         let mut stamp = Sha256::new();
-        stamp.update(base.xml.root.to_xml());
+        stamp.update(def.to_xml());
         for d in &base.disks {
             stamp.update(hv.volume_stamp(&d.path)?);
         }

@@ -13,6 +13,7 @@
 
 pub mod define;
 pub mod disks;
+pub mod image;
 pub mod key;
 pub mod nvram;
 pub mod restore;
@@ -47,18 +48,21 @@ pub enum Step {
     Defined,
     KeyAccepted,
     Started,
-    /// A warm clone's last step, in place of `started`.
+    /// A warm clone's own copy of its state's image (in place of `started`, with the next).
+    ImageCopied,
+    /// A warm clone restored from that copy and given its identity.
     Restored,
 }
 
 impl Step {
-    pub const ALL: [Step; 7] = [
+    pub const ALL: [Step; 8] = [
         Step::Disks,
         Step::Nvram,
         Step::Seeded,
         Step::Defined,
         Step::KeyAccepted,
         Step::Started,
+        Step::ImageCopied,
         Step::Restored,
     ];
 
@@ -70,6 +74,7 @@ impl Step {
             Step::Defined => "defined",
             Step::KeyAccepted => "key_accepted",
             Step::Started => "started",
+            Step::ImageCopied => "image_copied",
             Step::Restored => "restored",
         }
     }
@@ -139,6 +144,8 @@ pub struct Made {
     pub macs: Vec<String>,
     /// The clone's domain XML, as defined (a warm clone's saved image gets it).
     pub domain_xml: Option<String>,
+    /// A warm clone's copy of its state's image: pool, volume, path.
+    pub image_copy: Option<(String, String, String)>,
     /// The identity files (warm clones: sent over the channel once restored).
     pub identity_files: Vec<(&'static str, zeroize::Zeroizing<String>)>,
 }
@@ -198,42 +205,41 @@ impl Plan<'_> {
             prof: self.prof,
         };
         let uuid = self.uuid.as_str();
+        let (disks, nvram) = (disks::Disks { vm }, nvram::Nvram { vm });
+        let seed = seed::Seed {
+            vm,
+            uuid,
+            master: self.master,
+            keys: self.keys,
+            given_pub: self.given_pub,
+        };
+        let define = define::Define {
+            vm,
+            uuid,
+            request: self.request,
+            warm: self.warm.as_ref().map(|w| w.id.as_str()),
+        };
+        let key = key::Key {
+            master: self.master,
+            name: self.name,
+            force: self.prof.force,
+            progress: self.progress,
+        };
         let start = start::Start { vm };
-        let restore = self
+        // A warm clone is restored from its own copy of the state's image, not started.
+        let warm = self
             .warm
             .as_deref()
-            .map(|state| restore::Restore { vm, uuid, state });
-        let last: &dyn runner::Action<Made> = match &restore {
-            Some(r) => r,
-            None => &start,
-        };
-        run.walk(
-            &[
-                &disks::Disks { vm },
-                &nvram::Nvram { vm },
-                &seed::Seed {
-                    vm,
-                    uuid,
-                    master: self.master,
-                    keys: self.keys,
-                    given_pub: self.given_pub,
-                },
-                &define::Define {
-                    vm,
-                    uuid,
-                    request: self.request,
-                    warm: self.warm.as_ref().map(|w| w.id.as_str()),
-                },
-                &key::Key {
-                    master: self.master,
-                    name: self.name,
-                    force: self.prof.force,
-                    progress: self.progress,
-                },
-                last,
-            ],
-            made,
-        )
+            .map(|state| (image::Image { vm, state }, restore::Restore { vm, uuid }));
+        let mut steps: Vec<&dyn runner::Action<Made>> = vec![&disks, &nvram, &seed, &define, &key];
+        match &warm {
+            Some((image, restore)) => {
+                steps.push(image);
+                steps.push(restore);
+            }
+            None => steps.push(&start),
+        }
+        run.walk(&steps, made)
     }
 
     fn created(self, made: Made, timings: &BTreeMap<String, u64>) -> Created {

@@ -1,14 +1,13 @@
-//! Step `restored` (warm clones, in place of `started`): the clone resumed from its warm
-//! state's saved image. A copy of the image whose header holds the clone's own XML (the XML
-//! it was defined with: its name, UUID, disks, MACs) is made beside the state's image (an
-//! [`Intent::Volume`](crate::cloud::journal::Intent), undone by deleting it), restored (the
-//! persistent domain takes the running state) and deleted. Then the clone's identity goes
-//! to the guest, which waits for it on the channel [`warm::CHANNEL`], and its answer is
-//! awaited. Undoing the domain ([`super::define::undo`]) stops the restored clone.
+//! Step `restored` (warm clones, in place of `started`): the clone resumed from its copy of
+//! the warm state's image ([`super::image`]): restored (the persistent domain takes the
+//! running state), the copy deleted (QEMU has read it all), then the clone's identity sent
+//! to the guest, which waits for it on the channel [`warm::CHANNEL`], and its answer
+//! awaited. Nothing new is made here: undoing the domain ([`super::define::undo`]) stops the
+//! restored clone, and the copy's own undo deletes it if it is still there.
 
 use super::runner::{Action, Intents};
-use super::{volume, Made, Step, Vm};
-use crate::cloud::warm::{self, WarmState};
+use super::{Made, Step, Vm};
+use crate::cloud::warm;
 use crate::cloud::CloudError;
 use base64::Engine;
 use serde_json::json;
@@ -21,28 +20,17 @@ const APPLY_WAIT: Duration = Duration::from_secs(60);
 pub struct Restore<'a> {
     pub vm: Vm<'a>,
     pub uuid: &'a str,
-    pub state: &'a WarmState,
 }
 
 impl Action<Made> for Restore<'_> {
-    fn make(&self, made: &mut Made, intents: &mut Intents<'_>) -> Result<(), CloudError> {
+    fn make(&self, made: &mut Made, _: &mut Intents<'_>) -> Result<(), CloudError> {
         let Vm { hv, name, .. } = self.vm;
-        let st = self.state;
-        let xml = made
-            .domain_xml
-            .as_deref()
-            .ok_or_else(|| CloudError::Internal("a warm clone without its XML".into()))?;
-        let head = st
-            .image
-            .with_xml(xml)
-            .map_err(|e| CloudError::Internal(format!("warm state {}: {e}", st.id)))?;
-        let copy = format!("{name}.restore.save");
-        let path = volume::make(intents, &st.pool, &copy, || {
-            hv.copy_with_head(&st.pool, &st.image_volume, &copy, &head)
-        })?;
+        let (pool, copy, path) = made
+            .image_copy
+            .clone()
+            .ok_or_else(|| CloudError::Internal("a warm clone without its image".into()))?;
         let restored = hv.restore(&path);
-        // QEMU has read it all once the restore returns; the copy is not needed again.
-        if let Err(e) = hv.delete_volume_named(&st.pool, &copy) {
+        if let Err(e) = hv.delete_volume_named(&pool, &copy) {
             tracing::warn!(name, "deleting {copy}: {e}");
         }
         restored?;
