@@ -9,7 +9,7 @@
 mod harness;
 
 use harness::pool::virsh;
-use harness::site::{golden_files, golden_image, master_with_base, write_cloud};
+use harness::site::{golden_image, master_with_base, write_cloud};
 use harness::{last_json, text, virtseed, Master, Sidecar};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use virtseed::libvirt::saveimage::SaveImage;
@@ -19,6 +19,25 @@ const PROFILES: &str = "warm:\n  provider: kvm\n  base_domain: virtseed-golden\n
 /// The tests that use the golden image run one at a time: they make, use and drop its warm
 /// states, compare its pool's files, and each redefines its base domain.
 static GOLDEN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The files of the golden base's pool (where its warm states live).
+fn pool_files() -> Vec<String> {
+    let xml = text(&virsh(&["dumpxml", "--inactive", "virtseed-golden"]).stdout);
+    let disk = xml
+        .split("<source file='")
+        .nth(1)
+        .and_then(|s| s.split('\'').next())
+        .unwrap()
+        .to_string();
+    let dir = std::path::Path::new(&disk).parent().unwrap().to_path_buf();
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().display().to_string())
+        .collect();
+    v.sort();
+    v
+}
 
 fn now() -> f64 {
     SystemTime::now()
@@ -89,7 +108,7 @@ fn warm_clones_answer_test_ping_each_with_its_own_clock_entropy_and_mac() {
     m.install_modules();
     let drop = virtseed(&m.dir, &["warm", "--drop", "warm"]);
     assert!(drop.status.success(), "{}", text(&drop.stderr));
-    let before = golden_files();
+    let before = pool_files();
 
     let t = Instant::now();
     let out = virtseed(&m.dir, &["warm", "warm"]);
@@ -204,7 +223,7 @@ fn warm_clones_answer_test_ping_each_with_its_own_clock_entropy_and_mac() {
     let drop = virtseed(&m.dir, &["warm", "--drop", "warm"]);
     assert!(drop.status.success(), "{}", text(&drop.stderr));
     assert_eq!(
-        golden_files(),
+        pool_files(),
         before,
         "the warm state or a clone left files"
     );
@@ -218,7 +237,7 @@ fn a_failure_after_each_warm_step_leaves_nothing() {
     write_cloud(&m, PROFILES);
     let warmed = virtseed(&m.dir, &["warm", "warm"]);
     assert!(warmed.status.success(), "{}", text(&warmed.stderr));
-    let before = golden_files();
+    let before = pool_files();
     let tag = &salt_proto::auth::new_nonce()[..6];
     for step in [
         "disks",
@@ -237,7 +256,7 @@ fn a_failure_after_each_warm_step_leaves_nothing() {
             "{said}"
         );
         nothing_of(&m, &name);
-        assert_eq!(golden_files(), before, "after {step}");
+        assert_eq!(pool_files(), before, "after {step}");
     }
     // The sidecar killed while a clone's image copy is made: the next one rolls it back.
     m.install_modules();
@@ -273,7 +292,7 @@ fn a_failure_after_each_warm_step_leaves_nothing() {
         text(&out.stdout)
     );
     nothing_of(&m, &name);
-    assert_eq!(golden_files(), before, "after the reconcile");
+    assert_eq!(pool_files(), before, "after the reconcile");
     drop(sidecar);
 
     // And the whole create, through the CLI, then its destroy.
@@ -288,7 +307,7 @@ fn a_failure_after_each_warm_step_leaves_nothing() {
     let out = virtseed(&m.dir, &["destroy", &name]);
     assert!(out.status.success(), "{}", text(&out.stdout));
     nothing_of(&m, &name);
-    assert_eq!(golden_files(), before);
+    assert_eq!(pool_files(), before);
 }
 
 #[test]
