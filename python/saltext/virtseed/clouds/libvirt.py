@@ -219,14 +219,31 @@ def create(vm_):
     """
     Clone one VM through the sidecar: from its profile with this VM's own keys on top (a map
     entry's, `vm_overrides`), or from the provider and the given keys (`cloud.create`).
-    `seed: ssh`: then deploy over SSH (`_create_by_ssh`).
+    `seed: ssh`, written or implied (`_deploys_by_ssh`): then deploy over SSH (`_create_by_ssh`).
     """
-    if str(vm_.get("seed", "")) == "ssh":
+    if _deploys_by_ssh(vm_):
         return _create_by_ssh(vm_)
     _remove_salt_key(vm_)
     vm_.pop("pub_key", None)
     vm_.pop("priv_key", None)
     return _clone(vm_)
+
+
+def _deploys_by_ssh(vm_):
+    """
+    `seed: ssh` as written; without `seed:`, salt-cloud's deploy keys (`ssh_username` with
+    `password` or `private_key`, and `deploy` not false), as in the guide's profile. The
+    sidecar's config applies the same rule (src/config/cloud/resolve.rs, `Lookup::seed`);
+    `vm_` holds the main `cloud` file, the provider and the profile merged, as it looks there.
+    """
+    if vm_.get("seed") is not None:
+        return str(vm_["seed"]) == "ssh"
+    given = lambda key: vm_.get(key) not in (None, "")  # noqa: E731
+    return (
+        given("ssh_username")
+        and (given("password") or given("private_key"))
+        and vm_.get("deploy") is not False
+    )
 
 
 def _clone(vm_, extra=None):
@@ -355,7 +372,9 @@ def _create_by_ssh(vm_):
         keysize = config.get_cloud_config_value("keysize", vm_, __opts__, default=2048)
         vm_["priv_key"], vm_["pub_key"] = salt.utils.cloud.gen_keys(keysize)
     _remove_salt_key(vm_)
-    out = _clone(vm_, {"minion_pub": vm_["pub_key"], "wait_for_minion": False})
+    # `seed: ssh` said outright: the sidecar never sees the password (not forwarded), so a
+    # map entry's own password would not imply it there.
+    out = _clone(vm_, {"minion_pub": vm_["pub_key"], "wait_for_minion": False, "seed": "ssh"})
     # As the seeded clones: the master's own ports unless the profile's `minion:` says.
     mopts = vc.master_opts(__opts__)
     minion = dict(vm_.get("minion") or {})
@@ -384,6 +403,13 @@ def _create_by_ssh(vm_):
 def _deploy_and_wait(vm_, out):
     name = vm_["name"]
     value = lambda key, default=None: config.get_cloud_config_value(key, vm_, __opts__, default=default)
+    # As Salt's libvirt driver: `private_key` names the SSH key's file, which `bootstrap`
+    # reads as `key_filename`.
+    key_file = config.get_cloud_config_value("private_key", vm_, __opts__, search_global=False)
+    if key_file and not vm_.get("key_filename"):
+        if not os.path.isfile(key_file):
+            raise DeployFailed(f"private_key {key_file!r} is not a file on the master")
+        vm_["key_filename"] = key_file
     host, port = _address(vm_, out, int(value("wait_for_ip_timeout", 300)))
     vm_["ssh_host"], vm_["ssh_port"] = host, port
     _wait_for_ssh(host, port, int(value("wait_for_ip_timeout", 300)))
