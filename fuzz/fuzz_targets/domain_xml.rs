@@ -46,6 +46,7 @@ fuzz_target!(|data: &[u8]| {
             accept: "preseed".into(),
             window: 600,
             ip_source: "ip-learning".into(),
+            ssh_port: Some(2222),
         },
         extra_devices: vec![],
         oem_strings: vec!["io.systemd.credential:x=y".into()],

@@ -141,6 +141,8 @@ pub struct Ownership {
     /// Where libvirt looks for the clone's addresses: `ip-learning` (DHCP leases, then the
     /// host's ARP table) or `qemu-agent`; empty in clones made before it was recorded.
     pub ip_source: String,
+    /// `ssh_forward`: the port on 127.0.0.1 forwarded to the guest's port 22.
+    pub ssh_port: Option<u16>,
 }
 
 impl Ownership {
@@ -158,6 +160,9 @@ impl Ownership {
             .with_child(Element::new(&p("window")).with_text(&self.window.to_string()));
         if !self.ip_source.is_empty() {
             el = el.with_child(Element::new(&p("ip_source")).with_text(&self.ip_source));
+        }
+        if let Some(port) = self.ssh_port {
+            el = el.with_child(Element::new(&p("ssh_port")).with_text(&port.to_string()));
         }
         for v in &self.volumes {
             el = el.with_child(Element::new(&p("volume")).with_text(v));
@@ -189,6 +194,7 @@ impl Ownership {
                 "accept" => o.accept = t,
                 "window" => o.window = t.parse().unwrap_or(0),
                 "ip_source" => o.ip_source = t,
+                "ssh_port" => o.ssh_port = t.parse().ok(),
                 "volume" => o.volumes.push(t),
                 "file" => o.files.push(t),
                 _ => {}
@@ -575,6 +581,7 @@ mod tests {
                 accept: "preseed".into(),
                 window: 0,
                 ip_source: "qemu-agent".into(),
+                ssh_port: Some(40022),
             },
             extra_devices: vec![],
             oem_strings: vec![],

@@ -82,6 +82,7 @@ impl Define<'_> {
                     IpSource::IpLearning => "ip-learning".into(),
                     IpSource::QemuAgent => "qemu-agent".into(),
                 },
+                ssh_port: made.ssh_port,
             },
             extra_devices: std::mem::take(&mut made.extra_devices),
             oem_strings: std::mem::take(&mut made.oem_strings),

@@ -391,12 +391,12 @@ def _create_by_ssh(vm_):
             done = "the clone was destroyed with its key"
         except Exception as derr:  # pylint: disable=broad-except
             done = f"destroying the clone failed too ({derr}): see `salt-cloud -Q`"
-        _fire(name, "failed", {"error": f"{why}; {done}"})
+        _fire(vm_, "failed", {"error": f"{why}; {done}"})
         raise SaltCloudSystemExit(f"{name}: {why}; {done}") from None
     out.setdefault("timings_ms", {})["deployed_and_up"] = int((time.time() - t0) * 1000)
     out["deployed"] = True
     out["minion_up"] = True
-    _fire(name, "created", {"event": "created instance"})
+    _fire(vm_, "created", {"event": "created instance"})
     return out
 
 
@@ -528,10 +528,17 @@ def _wait_minion(event, mopts, name, timeout):
         raise DeployFailed(f"the deployed minion {name} started but did not answer test.ping")
 
 
-def _fire(name, step, data):
+def _fire(vm_, step, data):
+    """
+    `salt/cloud/NAME/STEP` with the fields Salt's drivers give it (`filter_event(step, vm_,
+    ["name", "profile", "provider", "driver"])`: `profile` only when there is one).
+    """
     mopts = vc.master_opts(__opts__)
-    data = dict(data, name=name, provider=_active(), driver=__virtualname__)
+    fields = {k: vm_[k] for k in ("name", "profile", "provider", "driver") if vm_.get(k)}
+    fields.setdefault("provider", _active())
+    fields.setdefault("driver", __virtualname__)
+    data = dict(data, **fields)
     salt.utils.cloud.fire_event(
-        "event", step, f"salt/cloud/{name}/{step}", mopts["sock_dir"], args=data,
+        "event", step, f"salt/cloud/{vm_['name']}/{step}", mopts["sock_dir"], args=data,
         transport=__opts__.get("transport", "zeromq"),
     )
