@@ -538,7 +538,9 @@ def _fire(vm_, step, data):
     fields.setdefault("provider", _active())
     fields.setdefault("driver", __virtualname__)
     data = dict(data, **fields)
+    # `fire_event` sets `args[key] = msg`: the message is the event's `event` field.
+    msg = data.pop("event", f"{step} instance")
     salt.utils.cloud.fire_event(
-        "event", step, f"salt/cloud/{vm_['name']}/{step}", mopts["sock_dir"], args=data,
+        "event", msg, f"salt/cloud/{vm_['name']}/{step}", mopts["sock_dir"], args=data,
         transport=__opts__.get("transport", "zeromq"),
     )
