@@ -368,6 +368,7 @@ def _create_by_ssh(vm_):
     public half. Any failure after the clone destroys it, key and all.
     """
     name = vm_["name"]
+    begun = time.time()
     if not vm_.get("pub_key") or not vm_.get("priv_key"):
         keysize = config.get_cloud_config_value("keysize", vm_, __opts__, default=2048)
         vm_["priv_key"], vm_["pub_key"] = salt.utils.cloud.gen_keys(keysize)
@@ -393,7 +394,10 @@ def _create_by_ssh(vm_):
             done = f"destroying the clone failed too ({derr}): see `salt-cloud -Q`"
         _fire(vm_, "failed", {"error": f"{why}; {done}"})
         raise SaltCloudSystemExit(f"{name}: {why}; {done}") from None
-    out.setdefault("timings_ms", {})["deployed_and_up"] = int((time.time() - t0) * 1000)
+    timings = out.setdefault("timings_ms", {})
+    timings["deployed_and_up"] = int((time.time() - t0) * 1000)
+    # As the seeded clones' `first_ping`: from this create's start to the minion's answer.
+    timings["first_ping"] = int((time.time() - begun) * 1000)
     out["deployed"] = True
     out["minion_up"] = True
     _fire(vm_, "created", {"event": "created instance"})
