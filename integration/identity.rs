@@ -59,7 +59,8 @@ fn smbios_credentials(domain: &str) -> std::collections::BTreeMap<String, Vec<u8
 fn setup(version: &str, tag: &str) -> (Master, Pool, String) {
     let (m, p, base) = master_with_base(version, tag, |base| {
         format!(
-            "web:\n  provider: kvm\n  base_domain: {base}\n  minion:\n    master: 127.0.0.1\n    log_level: info\n  grains:\n    role: web\nweb-smbios:\n  extends: web\n  seed: smbios\nweb-own:\n  extends: web\n  accept: on_first_auth\nweb-manual:\n  extends: web\n  accept: manual\n"
+            "web:\n  provider: kvm\n  base_domain: {base}\n  minion:\n    master: 127.0.0.1\n    log_level: info\n  grains:\n    role: web\nweb-smbios:\n  extends: web\n  seed: smbios\nweb-own:\n  extends: web\n  accept: on_first_auth\nweb-manual:\n  extends: web\n  accept: manual\n\
+             web-guide:\n  extends: web\n  ssh_username: root\n  password: guide-secret\n"
         )
     });
     std::fs::write(
@@ -340,6 +341,31 @@ fn smbios_seed_and_refusals() {
         theirs.public_key().pem()
     );
     assert_eq!(p.domains().len(), 2, "nothing made for {other}");
+
+    // The guide's deploy keys without `seed:` mean `seed: ssh`, which only virtseed's
+    // salt-cloud driver deploys: check-config says so and why, `virtseed profile` refuses
+    // it, naming the rule and the way out, and makes nothing.
+    let out = virtseed(&m.dir, &["check-config"]);
+    let cc = text(&out.stdout);
+    assert!(
+        cc.contains("seed: ssh (from ssh_username + password)")
+            && cc.contains("seed: smbios (as written)")
+            && cc.contains("seed: cloud-init (the default)")
+            && !cc.contains("guide-secret"),
+        "{cc}"
+    );
+    let g = format!("{}g", p.prefix);
+    let out = virtseed(&m.dir, &["profile", "web-guide", &g]);
+    let said = text(&out.stdout) + &text(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("`seed: ssh` (from ssh_username + password)")
+            && said.contains("salt-cloud -p web-guide NAME")
+            && !said.contains("guide-secret"),
+        "{said}"
+    );
+    assert!(!m.pki().join("minions").join(&g).exists());
+    assert_eq!(p.domains().len(), 2, "nothing made for {g}");
 
     // Rollback after the key step removes the key again.
     let r = format!("{}k", p.prefix);

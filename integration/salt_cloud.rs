@@ -13,7 +13,10 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// The guide's provider and profile, with this site's base, and its own address for the
-/// master (the guide's `master_port: 5506` is another master's: left out).
+/// master (the guide's `master_port: 5506` is another master's: left out). One key added,
+/// `seed: cloud-init`: the guide's `ssh_username` + `password` without a seed mean an SSH
+/// deploy (`seed: ssh`, integration/ssh_deploy.rs), and this site's guests are played from
+/// the cloud-init seed (`play_guest`).
 fn guide_files(m: &Master, base: &str) {
     std::fs::write(
         m.dir.join("cloud.providers"),
@@ -23,7 +26,7 @@ fn guide_files(m: &Master, base: &str) {
     std::fs::write(
         m.dir.join("cloud.profiles"),
         format!(
-            "base-itest:\n  # points back at provider configuration e.g. the libvirt daemon to talk to\n  provider: local-kvm\n  base_domain: {base}\n  # ip_source = [ ip-learning | qemu-agent ]\n  ip_source: ip-learning\n  # clone_strategy = [ quick | full ]\n  clone_strategy: quick\n  ssh_username: vagrant\n  # has_ssh_agent: True\n  password: my-very-secret-password\n  # if /tmp is mounted noexec do workaround\n  deploy_command: sh /tmp/.saltcloud/deploy.sh\n  # -F makes the bootstrap script overwrite existing config\n  # which make reprovisioning a box work\n  script_args: -F\n  grains:\n    sushi: more tasty\n  minion:\n    master: 127.0.0.1\n  minion_timeout: 120\n\
+            "base-itest:\n  # points back at provider configuration e.g. the libvirt daemon to talk to\n  provider: local-kvm\n  base_domain: {base}\n  # ip_source = [ ip-learning | qemu-agent ]\n  ip_source: ip-learning\n  # clone_strategy = [ quick | full ]\n  clone_strategy: quick\n  ssh_username: vagrant\n  # has_ssh_agent: True\n  password: my-very-secret-password\n  # if /tmp is mounted noexec do workaround\n  deploy_command: sh /tmp/.saltcloud/deploy.sh\n  # -F makes the bootstrap script overwrite existing config\n  # which make reprovisioning a box work\n  script_args: -F\n  # not the guide's: its ssh_username + password alone would mean an SSH deploy (seed: ssh)\n  seed: cloud-init\n  grains:\n    sushi: more tasty\n  minion:\n    master: 127.0.0.1\n  minion_timeout: 120\n\
              quick:\n  extends: base-itest\n  wait_for_minion: false\n\
              nobase:\n  extends: base-itest\n  base_domain: {base}-nope\n"
         ),

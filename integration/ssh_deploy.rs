@@ -1,16 +1,20 @@
 //! `seed: ssh` on a real plain guest (scripts/build-golden-image.sh --plain: sshd, a
-//! salt-minion waiting for a key, no cloud-init, no guest unit), through the real
-//! `salt-cloud -p` of Salt 3007.17 and virtseed's driver: the guide's profile shape
-//! (`ssh_username`, `password`, `script_args`, `grains`, `minion`), the address a loopback
-//! port forwarded to the guest's port 22 (`ssh_forward: true`). The clone answers
-//! `test.ping` with the key the master pre-accepted; a wrong password and a failing deploy
-//! command each leave nothing; no key or password is written anywhere.
+//! salt-minion 3007.17 waiting for a key, no cloud-init, no guest unit), through the real
+//! `salt-cloud -p` of Salt 3006.30, 3007.17 and 3008.5 (each runs its own `bootstrap` and
+//! `deploy_script`) and virtseed's driver: the guide's profile shape without `seed:`
+//! (`ssh_username` + `password` make it an SSH deploy), the address a loopback port forwarded
+//! to the guest's port 22 (`ssh_forward: true`, shown by `show_instance` and `-F`). The clone
+//! answers `test.ping` with the key the master pre-accepted; `created` carries salt-cloud's
+//! fields; no key or password is written anywhere. On 3007 also: a wrong password and a
+//! failing deploy command each leave nothing (the failure path is the driver's, the same on
+//! every line).
 
 mod harness;
 
 use harness::pool::virsh;
 use harness::site::write_cloud;
 use harness::{last_json, repo, text, EventLog, Master, Sidecar};
+use serde_json::json;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -30,15 +34,16 @@ fn plain_image() {
     );
 }
 
-/// The guide's profile shape on the plain base, and two that must fail.
+/// The guide's profile shape on the plain base (no `seed:`: its deploy keys make it
+/// `seed: ssh`), and two that must fail, one with `seed: ssh` written.
 fn profiles() -> String {
     let script = repo().join("scripts/deploy-preinstalled-minion.sh");
     format!(
-        "plain:\n  provider: kvm\n  base_domain: virtseed-plain\n  seed: ssh\n  ssh_forward: true\n  \
+        "plain:\n  provider: kvm\n  base_domain: virtseed-plain\n  ssh_forward: true\n  \
          ssh_username: root\n  password: {PASSWORD}\n  script: {}\n  script_args: -F\n  \
          grains:\n    clones-are-awesome: true\n  minion:\n    master: 10.0.2.2\n  minion_timeout: 300\n\
          plain-badpw:\n  extends: plain\n  password: {WRONG}\n  wait_for_passwd_maxtries: 2\n\
-         plain-baddeploy:\n  extends: plain\n  deploy_command: /bin/false\n",
+         plain-baddeploy:\n  extends: plain\n  seed: ssh\n  deploy_command: /bin/false\n",
         script.display()
     )
 }
@@ -65,10 +70,32 @@ fn nothing_left(m: &Master, name: &str) {
     }
 }
 
-#[test]
-fn salt_cloud_deploys_a_plain_template_over_ssh_and_leaves_nothing_on_failure() {
+/// On the way out, pass or fail: every domain named `PREFIX*` and its volumes in the plain
+/// base's pool (a failed assertion skips the test's own `-d`).
+struct Leftovers(String);
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        let list = text(&virsh(&["list", "--all", "--name"]).stdout);
+        for d in list
+            .lines()
+            .map(str::trim)
+            .filter(|d| d.starts_with(&self.0))
+        {
+            let _ = virsh(&["destroy", d]);
+            let _ = virsh(&["undefine", "--nvram", d]);
+        }
+        let vols = text(&virsh(&["vol-list", "virtseed-plain"]).stdout);
+        for v in vols.split_whitespace().filter(|v| v.starts_with(&self.0)) {
+            let _ = virsh(&["vol-delete", "--pool", "virtseed-plain", v]);
+        }
+    }
+}
+
+/// `failures`: also the wrong password and the failing deploy command.
+fn scenario(version: &str, failures: bool) {
     plain_image();
-    let m = Master::start_with("3007.17", "file_recv: True\n");
+    let m = Master::start_with(version, "file_recv: True\n");
     write_cloud(&m, &profiles());
     let sidecar = Sidecar::start(&m, "virtseed");
     sidecar.wait_log("serving cloud.* jobs", Duration::from_secs(10));
@@ -76,6 +103,7 @@ fn salt_cloud_deploys_a_plain_template_over_ssh_and_leaves_nothing_on_failure() 
     let events = EventLog::start(&m);
     let tag = &salt_proto::auth::new_nonce()[..6];
     let name = |s: &str| format!("ssh{tag}{s}");
+    let _leftovers = Leftovers(format!("ssh{tag}"));
 
     // The guide's way: `salt-cloud -p PROFILE NAME`, then `salt NAME test.ping`.
     let a = name("a");
@@ -121,16 +149,58 @@ fn salt_cloud_deploys_a_plain_template_over_ssh_and_leaves_nothing_on_failure() 
         let n = events.events().iter().filter(|e| e["tag"] == tag).count();
         assert_eq!(n, 1, "{tag} fired once");
     }
+    // `created` as Salt's drivers fire it (`filter_event("created", vm_, [name, profile,
+    // provider, driver])`).
+    let created = events
+        .events()
+        .into_iter()
+        .find(|e| e["tag"] == format!("salt/cloud/{a}/created"))
+        .unwrap();
+    let d = &created["data"];
+    assert_eq!(
+        (
+            &d["name"],
+            &d["profile"],
+            &d["provider"],
+            &d["driver"],
+            &d["event"]
+        ),
+        (
+            &json!(a),
+            &json!("plain"),
+            &json!("kvm:libvirt"),
+            &json!("libvirt"),
+            &json!("created instance")
+        ),
+        "{created}"
+    );
+    // Where SSH reaches it: the forwarded loopback port, in its record.
+    let port = ret[&a]["ssh_port"].as_u64().unwrap();
+    let xml = text(&virsh(&["dumpxml", &a]).stdout);
+    assert!(
+        xml.contains(&format!("hostfwd=tcp:127.0.0.1:{port}-:22")),
+        "{xml}"
+    );
+    let shown = last_json(&m.salt_cloud(&["--out", "json", "-y", "-a", "show_instance", &a]));
+    let full = last_json(&m.salt_cloud(&["--out", "json", "-F"]));
+    for node in [&shown["kvm"]["libvirt"][&a], &full["kvm"]["libvirt"][&a]] {
+        assert_eq!(
+            (&node["ssh_host"], &node["ssh_port"]),
+            (&json!("127.0.0.1"), &json!(port)),
+            "{shown}\n{full}"
+        );
+    }
     let out = m.salt_cloud(&["--out", "json", "-y", "-d", &a]);
     assert!(out.status.success(), "{}", text(&out.stdout));
     nothing_left(&m, &a);
 
     // A wrong password, and a deploy command that fails: an error naming the step, and
     // nothing left.
-    for (profile, n, says) in [
+    let failing = [
         ("plain-badpw", name("p"), "SSH login"),
         ("plain-baddeploy", name("d"), "the deploy failed"),
-    ] {
+    ];
+    for (profile, n, says) in failing.into_iter().filter(|_| failures) {
         let (out, took) = salt_cloud(&m, profile, &n);
         let all = text(&out.stdout) + &text(&out.stderr);
         eprintln!("{profile}: failed in {took:?}");
@@ -160,4 +230,20 @@ fn salt_cloud_deploys_a_plain_template_over_ssh_and_leaves_nothing_on_failure() 
             "{secret:?} was written somewhere"
         );
     }
+}
+
+#[test]
+fn ssh_deploy_3006() {
+    scenario("3006.30", false);
+}
+
+/// The full case: success, both failures, the secrets search.
+#[test]
+fn ssh_deploy_3007() {
+    scenario("3007.17", true);
+}
+
+#[test]
+fn ssh_deploy_3008() {
+    scenario("3008.5", false);
 }

@@ -222,11 +222,7 @@ fn warm_clones_answer_test_ping_each_with_its_own_clock_entropy_and_mac() {
     nothing_of(&m, &b);
     let drop = virtseed(&m.dir, &["warm", "--drop", "warm"]);
     assert!(drop.status.success(), "{}", text(&drop.stderr));
-    assert_eq!(
-        pool_files(),
-        before,
-        "the warm state or a clone left files"
-    );
+    assert_eq!(pool_files(), before, "the warm state or a clone left files");
 }
 
 #[test]

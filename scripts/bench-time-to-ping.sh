@@ -9,9 +9,15 @@
 #   cloud-init  virtseed, `seed: cloud-init`, key minted and pre-accepted;
 #   classic     the flow without virtseed's keys (`seed: smbios`, `accept: manual`): the
 #               minion makes its own key, which waits pending until the reactor from Salt's
-#               documentation (salt/auth with act: pend -> wheel.key.accept) accepts it;
+#               documentation (salt/auth with act: pend -> wheel.key.accept) accepts it.
 #   warm        virtseed, `warm: true`: restored from the base's saved warm state (made once
 #               by `virtseed warm` before the runs, timed apart), key minted and pre-accepted.
+# And one on the plain template (build-golden-image.sh --plain: sshd, no seed channel):
+#   ssh         `salt-cloud -p` (the SSH deploy runs in salt-cloud's process): the guide's
+#               profile keys, no `seed:` (so `seed: ssh`), a forwarded loopback port,
+#               Salt's bootstrap with scripts/deploy-preinstalled-minion.sh; its first ping
+#               is the driver's (`timings_ms.first_ping`), its wall salt-cloud's; several
+#               names (CLONES) are deployed one after another.
 # Each row also gives the clone's QEMU resident memory (RSS) once its minion answered.
 #
 #   scripts/bench-time-to-ping.sh [N]                  (SALT_VERSION=3007.17)
@@ -28,6 +34,7 @@ SALT_VERSIONS=$SALT_VERSION "$here/setup.sh" >/dev/null
 (cd "$root" && cargo build --release --quiet)
 vs=$root/target/release/virtseed
 "$here/build-golden-image.sh" >/dev/null
+case " ${SEEDS:-ssh} " in *" ssh "*) "$here/build-golden-image.sh" --plain >/dev/null ;; esac
 d=$(mktemp -d /tmp/virtseed-bttp.XXXXXX); chmod 755 "$d"
 cleanup() {
     [ -n "${vs_pid:-}" ] && kill "$vs_pid" 2>/dev/null || true
@@ -51,6 +58,7 @@ MASTER_EXTRA_CONF="reactor:
     - $d/reactor/auth-pending.sls" "$here/dev-master.sh" start "$d" >/dev/null
 printf "kvm:\n  driver: libvirt\n  url: qemu:///system\n" > "$d/cloud.providers"
 printf "cloud-init:\n  provider: kvm\n  base_domain: virtseed-golden\n  cpus: ${CPUS:-1}\n  minion: {master: 10.0.2.2}\n  minion_timeout: 400\nsmbios:\n  extends: cloud-init\n  seed: smbios\nclassic:\n  extends: smbios\n  accept: manual\nwarm:\n  extends: smbios\n  warm: true\n" > "$d/cloud.profiles"
+printf "ssh:\n  provider: kvm\n  base_domain: virtseed-plain\n  cpus: ${CPUS:-1}\n  ssh_forward: true\n  ssh_username: root\n  password: plain\n  script: %s\n  minion: {master: 10.0.2.2}\n  minion_timeout: 400\n" "$root/scripts/deploy-preinstalled-minion.sh" >> "$d/cloud.profiles"
 printf "id: virtseed\npki_dir: %s/pki/virtseed\nsalt_version: '%s'\n" "$d" "$SALT_VERSION" > "$d/virtseed"
 "$vs" -c "$d" --log warn run 2>"$d/log/virtseed.log" & vs_pid=$!
 sleep 2
@@ -80,15 +88,20 @@ while True:
                 print(json.dumps({"name": n, "t": time.time() - t0, "line": line.strip()}), flush=True)
     time.sleep(0.02)
 PY
-# CLONES: names per salt-run call, e.g. CLONES="1 5 10" (default 1). SEEDS: default both.
+# CLONES: names per call, e.g. CLONES="1 5 10" (default 1). SEEDS: default all four.
 for n in ${CLONES:-1}; do
 for i in $(seq "$N"); do
-    for seed in ${SEEDS:-smbios cloud-init classic warm}; do
+    for seed in ${SEEDS:-smbios cloud-init classic warm ssh}; do
         names=$(for k in $(seq "$n"); do printf "ttp%s%s%s%sx%s," "$tag" "$n" "$i" "${seed%%-*}" "$k"; done)
         names=${names%,}
         t0=$(date +%s.%N)
         python3 "$d/console-watch.py" "$t0" ${names//,/ } > "$d/console.jsonl" & watch_pid=$!
-        "$venv/bin/salt-run" -c "$d" --out json cloud.profile "$seed" "$names" > "$d/run.json" 2>/dev/null || true
+        if [ "$seed" = ssh ]; then
+            # Without -P: salt-cloud's parallel mode returns before the deploys, without them.
+            "$venv/bin/salt-cloud" -c "$d" --out json -y -p ssh ${names//,/ } > "$d/run.json" 2>/dev/null || true
+        else
+            "$venv/bin/salt-run" -c "$d" --out json cloud.profile "$seed" "$names" > "$d/run.json" 2>/dev/null || true
+        fi
         t1=$(date +%s.%N)
         kill "$watch_pid" 2>/dev/null || true
         for name in ${names//,/ }; do
@@ -127,18 +140,24 @@ done
 "$venv/bin/python" - "$d/results" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-print("\n| seed | clones per call | runs ok | domain started (warm: restored) | root mounted, eth0 leased (console) | seed applied (console) | first auth | minion start | first ping (median) | last first ping | salt-run wall | QEMU RSS |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("\n| seed | clones per call | runs ok | domain started (warm: restored) | root mounted, eth0 leased (console) | seed applied (console) | first auth | minion start | first ping (median) | vs smbios | last first ping | salt-run / salt-cloud wall | QEMU RSS |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+def median(rs, k, scale=1000.0, f=statistics.median):
+    xs = [r[k] / scale for r in rs if r.get(k) is not None]
+    return f(xs) if xs else None
 for n in sorted({r["clones"] for r in rows}):
-    for seed in ["smbios", "cloud-init", "classic", "warm"]:
+    base = median([r for r in rows if r["seed"] == "smbios" and r["clones"] == n], "first_ping")
+    for seed in ["smbios", "cloud-init", "classic", "warm", "ssh"]:
         rs = [r for r in rows if r["seed"] == seed and r["clones"] == n]
         if not rs:
             continue
         def med(k, scale=1000.0, f=statistics.median):
-            xs = [r[k] / scale for r in rs if r.get(k) is not None]
-            return f"{f(xs):.1f} s" if xs else "n/a"
+            x = median(rs, k, scale, f)
+            return f"{x:.1f} s" if x is not None else "n/a"
+        ping = median(rs, "first_ping")
+        ratio = f"{ping / base:.2f}x" if ping is not None and base else "n/a"
         print(f"| {seed} | {n} | {sum(r['ok'] for r in rs)}/{len(rs)} | {med('started')} | "
               f"{med('initramfs')} | {med('seed_applied')} | "
-              f"{med('first_auth')} | {med('minion_start')} | {med('first_ping')} | {med('first_ping', f=max)} | {med('wall', 1.0)} | "
+              f"{med('first_auth')} | {med('minion_start')} | {med('first_ping')} | {ratio} | {med('first_ping', f=max)} | {med('wall', 1.0)} | "
               + (f"{statistics.median(x['rss_mib'] for x in rs if x.get('rss_mib')):.0f} MiB |" if any(x.get('rss_mib') for x in rs) else "n/a |"))
 PY

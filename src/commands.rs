@@ -215,9 +215,10 @@ fn print_profile(name: &str, p: &Profile) {
     println!("    provider: {}:{} ({})", p.provider, p.driver, p.url);
     println!("    base_domain: {}", p.base_domain);
     println!(
-        "    clone_strategy: {:?}, seed: {:?}, accept: {:?}, ip_source: {}",
+        "    clone_strategy: {:?}, seed: {} ({}), accept: {:?}, ip_source: {}",
         p.clone_strategy,
-        p.seed,
+        p.seed.name(),
+        p.seed_from.why(),
         p.accept,
         match p.ip_source {
             IpSource::IpLearning => "ip-learning (DHCP leases, then ARP)",

@@ -47,6 +47,7 @@ fuzz_target!(|data: &[u8]| {
             window: 600,
             ip_source: "ip-learning".into(),
             warm: "s1".into(),
+            ssh_port: Some(2222),
         },
         extra_devices: vec![],
         oem_strings: vec!["io.systemd.credential:x=y".into()],

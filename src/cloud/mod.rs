@@ -596,10 +596,12 @@ pub struct Recovered {
     pub left_behind: Vec<String>,
 }
 
-/// An instance in salt-cloud's `list_nodes` shape plus virtseed's record.
+/// An instance in salt-cloud's `list_nodes` shape plus virtseed's record; with
+/// `ssh_forward`, where SSH reaches it (`ssh_host`/`ssh_port`, as salt-cloud's deploy keys
+/// name them).
 pub fn instance_json(i: &Instance) -> Value {
     let (public_ips, private_ips) = addresses::split(&i.addresses);
-    json!({
+    let mut v = json!({
         "id": i.uuid,
         "name": i.name,
         "state": i.state,
@@ -612,5 +614,47 @@ pub fn instance_json(i: &Instance) -> Value {
         "macs": i.macs,
         "created": i.ownership.created,
         "fingerprint": i.ownership.fingerprint,
-    })
+    });
+    if let Some(port) = i.ownership.ssh_port {
+        v["ssh_host"] = json!("127.0.0.1");
+        v["ssh_port"] = json!(port);
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::libvirt::domain_xml::Ownership;
+
+    fn instance(ssh_port: Option<u16>) -> Instance {
+        Instance {
+            name: "web1".into(),
+            uuid: "u".into(),
+            state: "running".into(),
+            ownership: Ownership {
+                profile: "plain".into(),
+                ssh_port,
+                ..Ownership::default()
+            },
+            addresses: vec![],
+            macs: vec![],
+            vcpus: 1,
+            memory_kib: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn a_forwarded_ssh_port_is_shown_where_salt_cloud_looks_for_it() {
+        let v = instance_json(&instance(Some(40022)));
+        assert_eq!(
+            (&v["ssh_host"], &v["ssh_port"]),
+            (&json!("127.0.0.1"), &json!(40022))
+        );
+        let v = instance_json(&instance(None));
+        assert!(
+            v.get("ssh_host").is_none() && v.get("ssh_port").is_none(),
+            "{v}"
+        );
+    }
 }

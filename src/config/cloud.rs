@@ -114,6 +114,28 @@ impl SeedKind {
     }
 }
 
+/// Why a profile has its seed: check-config and the refusals say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeedFrom {
+    /// `seed:` as written (profile, provider or the main `cloud` file).
+    Written,
+    /// No `seed:`, and salt-cloud's deploy keys: `ssh_username` with this credential
+    /// (`password` or `private_key`), so `ssh`, as salt-cloud itself would log in.
+    DeployKeys(&'static str),
+    /// No `seed:` and no deploy keys: `cloud-init`.
+    Default,
+}
+
+impl SeedFrom {
+    pub fn why(self) -> String {
+        match self {
+            SeedFrom::Written => "as written".into(),
+            SeedFrom::DeployKeys(credential) => format!("from ssh_username + {credential}"),
+            SeedFrom::Default => "the default".into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AcceptMode {
     /// Write the minted public key to the master's `minions/` before the VM starts.
@@ -179,6 +201,7 @@ pub struct Profile {
     pub grains: Mapping,
     pub keysize: usize,
     pub seed: SeedKind,
+    pub seed_from: SeedFrom,
     pub accept: AcceptMode,
     pub autoaccept_window_secs: u64,
     pub force: bool,
@@ -668,10 +691,13 @@ mod tests {
         assert_eq!(p.clone_strategy, CloneStrategy::Quick);
         // `validate_xml: no` on the provider reaches the profile.
         assert!(!p.validate_xml);
+        // The guide's profile logs in to its template (`ssh_username` + `password`): an SSH
+        // deploy, whose keys are all used.
         assert_eq!(
-            p.unused,
-            ["ssh_username", "password", "deploy_command", "script_args"]
+            (p.seed, p.seed_from),
+            (SeedKind::Ssh, SeedFrom::DeployKeys("password"))
         );
+        assert!(p.unused.is_empty(), "{:?}", p.unused);
         assert!(p.unknown.is_empty());
         assert_eq!(p.grains.get("clones-are-awesome"), Some(&Value::Bool(true)));
         let m = masked(&p.raw);
@@ -852,7 +878,7 @@ mod tests {
             ("cloud.providers", "kvm:\n  driver: libvirt\n  url: test:///default\n"),
             (
                 "cloud.profiles",
-                "a:\n  provider: kvm\n  base_domain: t\n  ssh_username: root\n  password: x\nb:\n  extends: a\n  seed: ssh\n",
+                "a:\n  provider: kvm\n  base_domain: t\n  ssh_username: root\n  password: x\n  seed: smbios\nb:\n  extends: a\n  seed: ssh\n",
             ),
         ]);
         let cfg = CloudConfig::load(d.path());
@@ -863,6 +889,57 @@ mod tests {
         );
         let b = cfg.profile("b").unwrap();
         assert!(b.unused.is_empty() && b.unknown.is_empty(), "{b:?}");
+    }
+
+    /// salt-cloud's deploy keys without `seed:` make an SSH deploy (the guide's profile);
+    /// anything less, a written `seed:` or `deploy: false` keeps the seed it had.
+    #[test]
+    fn deploy_keys_without_a_seed_mean_seed_ssh() {
+        let d = dir_with(&[
+            ("cloud", "ssh_username: admin\n"),
+            ("cloud.providers", "kvm:\n  driver: libvirt\n  url: test:///default\nkeyed:\n  driver: libvirt\n  url: test:///default\n  private_key: /etc/salt/kvm_id\n"),
+            (
+                "cloud.profiles",
+                "pw:\n  provider: kvm\n  base_domain: t\n  ssh_username: root\n  password: x\n\
+                 key:\n  provider: kvm\n  base_domain: t\n  ssh_username: root\n  private_key: /root/.ssh/id\n\
+                 inherited:\n  provider: keyed\n  base_domain: t\n\
+                 nouser:\n  provider: kvm\n  base_domain: t\n  password: x\n  ssh_username: ''\n\
+                 nocred:\n  provider: kvm\n  base_domain: t\n  deploy_command: sh /tmp/deploy.sh\n\
+                 written:\n  extends: pw\n  seed: smbios\n\
+                 nodeploy:\n  extends: pw\n  deploy: false\n\
+                 contradiction:\n  extends: pw\n  seed: ssh\n  deploy: false\n",
+            ),
+        ]);
+        let cfg = CloudConfig::load(d.path());
+        let seed = |p: &str| {
+            let p = cfg.profile(p).unwrap();
+            (p.seed, p.seed_from)
+        };
+        assert_eq!(
+            seed("pw"),
+            (SeedKind::Ssh, SeedFrom::DeployKeys("password"))
+        );
+        assert_eq!(
+            seed("key"),
+            (SeedKind::Ssh, SeedFrom::DeployKeys("private_key"))
+        );
+        // Looked up as salt-cloud does: the user from `cloud`, the key from the provider.
+        assert_eq!(
+            seed("inherited"),
+            (SeedKind::Ssh, SeedFrom::DeployKeys("private_key"))
+        );
+        assert_eq!(seed("nouser"), (SeedKind::CloudInit, SeedFrom::Default));
+        assert_eq!(seed("nocred"), (SeedKind::CloudInit, SeedFrom::Default));
+        assert_eq!(cfg.profile("nocred").unwrap().unused, ["deploy_command"]);
+        assert_eq!(seed("written"), (SeedKind::Smbios, SeedFrom::Written));
+        assert_eq!(seed("nodeploy"), (SeedKind::CloudInit, SeedFrom::Default));
+        let e = error_with(&cfg)("`contradiction.seed`");
+        assert!(e.contains("deploy: false"), "{e}");
+        assert_eq!(cfg.errors.len(), 1, "{:?}", cfg.errors);
+        assert_eq!(
+            SeedFrom::DeployKeys("password").why(),
+            "from ssh_username + password"
+        );
     }
 
     #[test]

@@ -144,6 +144,8 @@ pub struct Ownership {
     /// The warm state the clone was restored from (its frozen disk backs the clone's);
     /// empty for a booted clone.
     pub warm: String,
+    /// `ssh_forward`: the port on 127.0.0.1 forwarded to the guest's port 22.
+    pub ssh_port: Option<u16>,
 }
 
 impl Ownership {
@@ -164,6 +166,9 @@ impl Ownership {
         }
         if !self.warm.is_empty() {
             el = el.with_child(Element::new(&p("warm")).with_text(&self.warm));
+        }
+        if let Some(port) = self.ssh_port {
+            el = el.with_child(Element::new(&p("ssh_port")).with_text(&port.to_string()));
         }
         for v in &self.volumes {
             el = el.with_child(Element::new(&p("volume")).with_text(v));
@@ -196,6 +201,7 @@ impl Ownership {
                 "window" => o.window = t.parse().unwrap_or(0),
                 "ip_source" => o.ip_source = t,
                 "warm" => o.warm = t,
+                "ssh_port" => o.ssh_port = t.parse().ok(),
                 "volume" => o.volumes.push(t),
                 "file" => o.files.push(t),
                 _ => {}
@@ -598,6 +604,7 @@ mod tests {
                 window: 0,
                 ip_source: "qemu-agent".into(),
                 warm: "s1".into(),
+                ssh_port: Some(40022),
             },
             extra_devices: vec![],
             oem_strings: vec![],

@@ -86,6 +86,7 @@ impl Define<'_> {
                     IpSource::QemuAgent => "qemu-agent".into(),
                 },
                 warm: self.warm.unwrap_or_default().into(),
+                ssh_port: made.ssh_port,
             },
             extra_devices: std::mem::take(&mut made.extra_devices),
             oem_strings: std::mem::take(&mut made.oem_strings),

@@ -478,9 +478,10 @@ fn check_given_key(prof: &Profile, master: bool, given: bool) -> Result<(), Clou
     let ssh = prof.seed == SeedKind::Ssh;
     if ssh && master && !given {
         return Err(CloudError::Config(format!(
-            "profile {:?} ({}) has `seed: ssh`: its clones get their identity by salt-cloud's SSH deploy, which only virtseed's salt-cloud driver runs: use `salt-cloud -p {} NAME` (not `virtseed profile` or `salt-run cloud.profile`)",
+            "profile {:?} ({}) has `seed: ssh` ({}): its clones get their identity by salt-cloud's SSH deploy, which only virtseed's salt-cloud driver runs: use `salt-cloud -p {} NAME` (not `virtseed profile` or `salt-run cloud.profile`), or give the profile `seed: cloud-init` or `smbios` if its template takes a seed",
             prof.name,
             prof.file.display(),
+            prof.seed_from.why(),
             prof.name
         )));
     }

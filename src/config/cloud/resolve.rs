@@ -4,7 +4,8 @@
 
 use super::{
     deep_merge, is_secret_key, key_err, parse_mib, AcceptMode, CloneStrategy, ForeignProfile,
-    IpSource, Profile, Provider, SeedKind, PROFILE_KEYS, PROXMOX_KEYS, UNUSED_SALT_CLOUD_KEYS,
+    IpSource, Profile, Provider, SeedFrom, SeedKind, PROFILE_KEYS, PROXMOX_KEYS,
+    UNUSED_SALT_CLOUD_KEYS,
 };
 use crate::config::{yaml, ConfigError};
 use crate::seed::userdata::UserData;
@@ -76,7 +77,7 @@ pub(super) fn resolve_profile(
     let swap_mib = keys.number("swap", 1, 1024 * 1024)?.map(|n| n as u64);
     let nameservers = keys.nameservers()?;
     // The minion's identity, and how its key is accepted.
-    let seed = keys.choice("seed", SEEDS, "cloud-init, smbios or ssh")?;
+    let (seed, seed_from) = keys.seed()?;
     let accept = keys.choice("accept", ACCEPT_MODES, "preseed, on_first_auth or manual")?;
     let keysize = keys.keysize()?;
     let minion = keys.mapping("minion")?;
@@ -113,6 +114,7 @@ pub(super) fn resolve_profile(
         grains,
         keysize,
         seed,
+        seed_from,
         accept,
         autoaccept_window_secs: keys.number("autoaccept_window", 1, 86400)?.unwrap_or(600) as u64,
         force: keys.boolean("force", false)?,
@@ -303,6 +305,34 @@ impl Lookup<'_> {
                 .find(|(n, _)| *n == o)
                 .map(|(_, v)| *v)
                 .ok_or_else(|| self.err(key, format!("must be {expected}, not {o:?}"))),
+        }
+    }
+
+    /// `seed` as written; without it `ssh` when the profile carries salt-cloud's deploy keys
+    /// (`ssh_username` with `password` or `private_key`: the guide's profile, whose template
+    /// salt-cloud logs in to) and does not turn the deploy off (`deploy: false`); else
+    /// `cloud-init`. virtseed's driver applies the same rule (`_deploys_by_ssh`).
+    fn seed(&self) -> Result<(SeedKind, SeedFrom), ConfigError> {
+        let deploy_off = self
+            .value("deploy")
+            .is_some_and(|v| yaml::as_bool(&v) == Some(false));
+        if self.text("seed")?.is_some() {
+            let seed = self.choice("seed", SEEDS, "cloud-init, smbios or ssh")?;
+            if seed == SeedKind::Ssh && deploy_off {
+                return Err(self.err(
+                    "seed",
+                    "is ssh, a deploy over SSH, but `deploy: false` turns salt-cloud's deploy off: remove one of them".into(),
+                ));
+            }
+            return Ok((seed, SeedFrom::Written));
+        }
+        let given = |key: &str| self.text(key).ok().flatten().is_some_and(|s| !s.is_empty());
+        let credential = ["password", "private_key"].into_iter().find(|k| given(k));
+        match credential {
+            Some(c) if given("ssh_username") && !deploy_off => {
+                Ok((SeedKind::Ssh, SeedFrom::DeployKeys(c)))
+            }
+            _ => Ok((SEEDS[0].1, SeedFrom::Default)),
         }
     }
 

@@ -219,14 +219,31 @@ def create(vm_):
     """
     Clone one VM through the sidecar: from its profile with this VM's own keys on top (a map
     entry's, `vm_overrides`), or from the provider and the given keys (`cloud.create`).
-    `seed: ssh`: then deploy over SSH (`_create_by_ssh`).
+    `seed: ssh`, written or implied (`_deploys_by_ssh`): then deploy over SSH (`_create_by_ssh`).
     """
-    if str(vm_.get("seed", "")) == "ssh":
+    if _deploys_by_ssh(vm_):
         return _create_by_ssh(vm_)
     _remove_salt_key(vm_)
     vm_.pop("pub_key", None)
     vm_.pop("priv_key", None)
     return _clone(vm_)
+
+
+def _deploys_by_ssh(vm_):
+    """
+    `seed: ssh` as written; without `seed:`, salt-cloud's deploy keys (`ssh_username` with
+    `password` or `private_key`, and `deploy` not false), as in the guide's profile. The
+    sidecar's config applies the same rule (src/config/cloud/resolve.rs, `Lookup::seed`);
+    `vm_` holds the main `cloud` file, the provider and the profile merged, as it looks there.
+    """
+    if vm_.get("seed") is not None:
+        return str(vm_["seed"]) == "ssh"
+    given = lambda key: vm_.get(key) not in (None, "")  # noqa: E731
+    return (
+        given("ssh_username")
+        and (given("password") or given("private_key"))
+        and vm_.get("deploy") is not False
+    )
 
 
 def _clone(vm_, extra=None):
@@ -351,11 +368,14 @@ def _create_by_ssh(vm_):
     public half. Any failure after the clone destroys it, key and all.
     """
     name = vm_["name"]
+    begun = time.time()
     if not vm_.get("pub_key") or not vm_.get("priv_key"):
         keysize = config.get_cloud_config_value("keysize", vm_, __opts__, default=2048)
         vm_["priv_key"], vm_["pub_key"] = salt.utils.cloud.gen_keys(keysize)
     _remove_salt_key(vm_)
-    out = _clone(vm_, {"minion_pub": vm_["pub_key"], "wait_for_minion": False})
+    # `seed: ssh` said outright: the sidecar never sees the password (not forwarded), so a
+    # map entry's own password would not imply it there.
+    out = _clone(vm_, {"minion_pub": vm_["pub_key"], "wait_for_minion": False, "seed": "ssh"})
     # As the seeded clones: the master's own ports unless the profile's `minion:` says.
     mopts = vc.master_opts(__opts__)
     minion = dict(vm_.get("minion") or {})
@@ -372,18 +392,28 @@ def _create_by_ssh(vm_):
             done = "the clone was destroyed with its key"
         except Exception as derr:  # pylint: disable=broad-except
             done = f"destroying the clone failed too ({derr}): see `salt-cloud -Q`"
-        _fire(name, "failed", {"error": f"{why}; {done}"})
+        _fire(vm_, "failed", {"error": f"{why}; {done}"})
         raise SaltCloudSystemExit(f"{name}: {why}; {done}") from None
-    out.setdefault("timings_ms", {})["deployed_and_up"] = int((time.time() - t0) * 1000)
+    timings = out.setdefault("timings_ms", {})
+    timings["deployed_and_up"] = int((time.time() - t0) * 1000)
+    # As the seeded clones' `first_ping`: from this create's start to the minion's answer.
+    timings["first_ping"] = int((time.time() - begun) * 1000)
     out["deployed"] = True
     out["minion_up"] = True
-    _fire(name, "created", {"event": "created instance"})
+    _fire(vm_, "created", {"event": "created instance"})
     return out
 
 
 def _deploy_and_wait(vm_, out):
     name = vm_["name"]
     value = lambda key, default=None: config.get_cloud_config_value(key, vm_, __opts__, default=default)
+    # As Salt's libvirt driver: `private_key` names the SSH key's file, which `bootstrap`
+    # reads as `key_filename`.
+    key_file = config.get_cloud_config_value("private_key", vm_, __opts__, search_global=False)
+    if key_file and not vm_.get("key_filename"):
+        if not os.path.isfile(key_file):
+            raise DeployFailed(f"private_key {key_file!r} is not a file on the master")
+        vm_["key_filename"] = key_file
     host, port = _address(vm_, out, int(value("wait_for_ip_timeout", 300)))
     vm_["ssh_host"], vm_["ssh_port"] = host, port
     _wait_for_ssh(host, port, int(value("wait_for_ip_timeout", 300)))
@@ -502,10 +532,19 @@ def _wait_minion(event, mopts, name, timeout):
         raise DeployFailed(f"the deployed minion {name} started but did not answer test.ping")
 
 
-def _fire(name, step, data):
+def _fire(vm_, step, data):
+    """
+    `salt/cloud/NAME/STEP` with the fields Salt's drivers give it (`filter_event(step, vm_,
+    ["name", "profile", "provider", "driver"])`: `profile` only when there is one).
+    """
     mopts = vc.master_opts(__opts__)
-    data = dict(data, name=name, provider=_active(), driver=__virtualname__)
+    fields = {k: vm_[k] for k in ("name", "profile", "provider", "driver") if vm_.get(k)}
+    fields.setdefault("provider", _active())
+    fields.setdefault("driver", __virtualname__)
+    data = dict(data, **fields)
+    # `fire_event` sets `args[key] = msg`: the message is the event's `event` field.
+    msg = data.pop("event", f"{step} instance")
     salt.utils.cloud.fire_event(
-        "event", step, f"salt/cloud/{name}/{step}", mopts["sock_dir"], args=data,
+        "event", msg, f"salt/cloud/{vm_['name']}/{step}", mopts["sock_dir"], args=data,
         transport=__opts__.get("transport", "zeromq"),
     )
