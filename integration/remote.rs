@@ -326,13 +326,7 @@ fn warm_clones_restore_on_a_remote_session_daemon() {
     // The golden image's files in the session user's pool, its domain defined there (no
     // console log: /var/log/libvirt is not that user's).
     let golden = virsh_ok(&["dumpxml", "--inactive", "virtseed-golden"]);
-    let disk = golden
-        .split("<source file='")
-        .nth(1)
-        .and_then(|s| s.split('\'').next())
-        .unwrap()
-        .to_string();
-    let dir = std::path::Path::new(&disk).parent().unwrap();
+    let dir = harness::site::golden_dir();
     let files = ["disk.qcow2", "initrd.img", "vmlinuz"];
     for f in files {
         p.copy_in(&dir.join(f), f);

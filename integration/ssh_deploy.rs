@@ -56,18 +56,7 @@ fn salt_cloud(m: &Master, profile: &str, name: &str) -> (Output, Duration) {
 
 /// Nothing of `name` left: no domain, no volume, no key.
 fn nothing_left(m: &Master, name: &str) {
-    assert!(
-        !virsh(&["domstate", name]).status.success(),
-        "{name}: domain left"
-    );
-    let vols = text(&virsh(&["vol-list", "virtseed-plain"]).stdout);
-    assert!(!vols.contains(name), "{name}: volume left: {vols}");
-    for dir in ["minions", "minions_pre", "minions_rejected"] {
-        assert!(
-            !m.pki().join(dir).join(name).exists(),
-            "{name}: key left in {dir}"
-        );
-    }
+    harness::site::nothing_left(m, "virtseed-plain", name);
 }
 
 /// On the way out, pass or fail: every domain named `PREFIX*` and its volumes in the plain

@@ -22,15 +22,7 @@ static GOLDEN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The files of the golden base's pool (where its warm states live).
 fn pool_files() -> Vec<String> {
-    let xml = text(&virsh(&["dumpxml", "--inactive", "virtseed-golden"]).stdout);
-    let disk = xml
-        .split("<source file='")
-        .nth(1)
-        .and_then(|s| s.split('\'').next())
-        .unwrap()
-        .to_string();
-    let dir = std::path::Path::new(&disk).parent().unwrap().to_path_buf();
-    let mut v: Vec<String> = std::fs::read_dir(dir)
+    let mut v: Vec<String> = std::fs::read_dir(harness::site::golden_dir())
         .unwrap()
         .flatten()
         .map(|e| e.path().display().to_string())
@@ -54,18 +46,7 @@ fn run(m: &Master, name: &str, cmd: &str) -> String {
 }
 
 fn nothing_of(m: &Master, name: &str) {
-    assert!(
-        !virsh(&["domstate", name]).status.success(),
-        "{name}: domain left"
-    );
-    let vols = text(&virsh(&["vol-list", "virtseed-golden"]).stdout);
-    assert!(!vols.contains(name), "{name}: volume left: {vols}");
-    for dir in ["minions", "minions_pre", "minions_rejected"] {
-        assert!(
-            !m.pki().join(dir).join(name).exists(),
-            "{name}: key left in {dir}"
-        );
-    }
+    harness::site::nothing_left(m, "virtseed-golden", name);
 }
 
 /// The state's save image, as libvirt wrote it, through virtseed's parser: its XML is the
@@ -103,7 +84,10 @@ fn warm_clones_answer_test_ping_each_with_its_own_clock_entropy_and_mac() {
     let _one = GOLDEN.lock().unwrap_or_else(|p| p.into_inner());
     golden_image(&[]);
     let m = Master::start("3007.17");
-    write_cloud(&m, PROFILES);
+    write_cloud(
+        &m,
+        &format!("{PROFILES}booted:\n  extends: warm\n  warm: false\n"),
+    );
     let _sidecar = Sidecar::start(&m, "virtseed");
     m.install_modules();
     let drop = virtseed(&m.dir, &["warm", "--drop", "warm"]);
@@ -135,12 +119,14 @@ fn warm_clones_answer_test_ping_each_with_its_own_clock_entropy_and_mac() {
     let tag = &salt_proto::auth::new_nonce()[..6];
     let (a, b) = (format!("w{tag}a"), format!("w{tag}b"));
     let t = Instant::now();
+    // A profile without `warm`, made warm by the call (a profile key given as an argument).
     let out = m.salt_run(&[
         "--out",
         "json",
         "cloud.profile",
-        "warm",
+        "booted",
         &format!("{a},{b}"),
+        "warm=True",
     ]);
     let took = t.elapsed();
     assert!(
@@ -164,7 +150,7 @@ fn warm_clones_answer_test_ping_each_with_its_own_clock_entropy_and_mac() {
         let g = &g[n.as_str()];
         assert_eq!(g["id"], n.as_str(), "{g}");
         assert_eq!(g["host"], n.as_str(), "{g}");
-        assert_eq!(g["virtseed"]["profile"], "warm", "{g}");
+        assert_eq!(g["virtseed"]["profile"], "booted", "{g}");
         // The accepted key is the one virtseed minted and sent.
         assert!(m.pki().join("minions").join(n).exists());
         // The host's clock, not the one saved with the state.

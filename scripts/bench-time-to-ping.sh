@@ -57,7 +57,7 @@ MASTER_EXTRA_CONF="reactor:
   - 'salt/auth':
     - $d/reactor/auth-pending.sls" "$here/dev-master.sh" start "$d" >/dev/null
 printf "kvm:\n  driver: libvirt\n  url: qemu:///system\n" > "$d/cloud.providers"
-printf "cloud-init:\n  provider: kvm\n  base_domain: virtseed-golden\n  cpus: ${CPUS:-1}\n  minion: {master: 10.0.2.2}\n  minion_timeout: 400\nsmbios:\n  extends: cloud-init\n  seed: smbios\nclassic:\n  extends: smbios\n  accept: manual\nwarm:\n  extends: smbios\n  warm: true\n" > "$d/cloud.profiles"
+printf "cloud-init:\n  provider: kvm\n  base_domain: virtseed-golden\n  cpus: ${CPUS:-1}\n  minion: {master: 10.0.2.2}\n  minion_timeout: 900\nsmbios:\n  extends: cloud-init\n  seed: smbios\nclassic:\n  extends: smbios\n  accept: manual\nwarm:\n  extends: smbios\n  warm: true\n" > "$d/cloud.profiles"
 printf "ssh:\n  provider: kvm\n  base_domain: virtseed-plain\n  cpus: ${CPUS:-1}\n  ssh_forward: true\n  ssh_username: root\n  password: plain\n  script: %s\n  minion: {master: 10.0.2.2}\n  minion_timeout: 400\n" "$root/scripts/deploy-preinstalled-minion.sh" >> "$d/cloud.profiles"
 printf "id: virtseed\npki_dir: %s/pki/virtseed\nsalt_version: '%s'\n" "$d" "$SALT_VERSION" > "$d/virtseed"
 "$vs" -c "$d" --log warn run 2>"$d/log/virtseed.log" & vs_pid=$!
@@ -105,7 +105,7 @@ for i in $(seq "$N"); do
         t1=$(date +%s.%N)
         kill "$watch_pid" 2>/dev/null || true
         for name in ${names//,/ }; do
-            ping=$("$venv/bin/salt" -c "$d" -t 30 --out json "$name" test.ping 2>/dev/null | tr -d ' \n')
+            ping=$("$venv/bin/salt" -c "$d" -t 30 --out json "$name" test.ping 2>/dev/null | tr -d ' \n' || true)
             qpid=$(pgrep -f "guest=$name," | head -1 || true)
             rss=$(awk '/^VmRSS:/ {print $2}' "/proc/${qpid:-0}/status" 2>/dev/null || true)
             "$venv/bin/python" - "$d/run.json" "$name" "$seed" "$n" "$t0" "$t1" "$ping" "$d/console.jsonl" "${rss:-0}" >> "$d/results" <<'PY'

@@ -170,3 +170,31 @@ pub fn golden_files() -> Vec<String> {
     v.sort();
     v
 }
+
+/// The directory of the golden base's disk (the image `virtseed-golden` is defined over).
+pub fn golden_dir() -> std::path::PathBuf {
+    let xml = super::pool::virsh_ok(&["dumpxml", "--inactive", "virtseed-golden"]);
+    let disk = xml
+        .split("<source file='")
+        .nth(1)
+        .and_then(|s| s.split('\'').next())
+        .expect("virtseed-golden has a file disk");
+    std::path::Path::new(disk).parent().unwrap().to_path_buf()
+}
+
+/// Nothing of `name` left: no domain, no volume in `pool`, no key on the master.
+pub fn nothing_left(m: &super::Master, pool: &str, name: &str) {
+    use super::pool::virsh;
+    assert!(
+        !virsh(&["domstate", name]).status.success(),
+        "{name}: domain left"
+    );
+    let vols = super::text(&virsh(&["vol-list", pool]).stdout);
+    assert!(!vols.contains(name), "{name}: volume left: {vols}");
+    for dir in ["minions", "minions_pre", "minions_rejected"] {
+        assert!(
+            !m.pki().join(dir).join(name).exists(),
+            "{name}: key left in {dir}"
+        );
+    }
+}

@@ -134,24 +134,31 @@ impl Hypervisor {
             self.vol_err(e, pool_name, vol_name, format!("create volume {vol_name}"))
         })?;
         let path = vol.path().map_err(self.err("volume path"))?;
-        let result = (|| {
-            let stream = virt::stream::Stream::new(&self.conn, 0)?;
-            vol.upload(&stream, 0, data.len() as u64, 0)?;
-            let mut off = 0;
-            while off < data.len() {
-                let n = stream.send(&data[off..])?;
-                if n <= 0 {
-                    break;
-                }
-                off += n as usize;
-            }
-            stream.finish()
-        })();
+        let result = self.upload_at(&vol, data);
         if let Err(e) = result {
             let _ = vol.delete(0);
             return Err(self.err(format!("upload {vol_name}"))(e));
         }
         Ok(path)
+    }
+
+    /// Writes `data` over the start of `vol` through a storage stream.
+    pub(super) fn upload_at(
+        &self,
+        vol: &StorageVol,
+        data: &[u8],
+    ) -> Result<(), virt::error::Error> {
+        let stream = virt::stream::Stream::new(&self.conn, 0)?;
+        vol.upload(&stream, 0, data.len() as u64, 0)?;
+        let mut off = 0;
+        while off < data.len() {
+            let n = stream.send(&data[off..])?;
+            if n <= 0 {
+                break;
+            }
+            off += n as usize;
+        }
+        stream.finish()
     }
 
     /// Deletes the volume at `path`; a volume that is already gone is not an error.

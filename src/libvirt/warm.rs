@@ -209,21 +209,8 @@ impl Hypervisor {
         );
         let copy = StorageVol::create_xml_from(&p, &xml, &from, 0)
             .map_err(|e| self.vol_err(e, pool, vol, format!("copy {src} to {vol}")))?;
-        let upload = || -> Result<(), virt::error::Error> {
-            let stream = Stream::new(&self.conn, 0)?;
-            copy.upload(&stream, 0, head.len() as u64, 0)?;
-            let mut off = 0;
-            while off < head.len() {
-                let n = stream.send(&head[off..])?;
-                if n <= 0 {
-                    break;
-                }
-                off += n as usize;
-            }
-            stream.finish()
-        };
         let path = copy.path().map_err(self.err("copy path"));
-        if let Err(e) = upload() {
+        if let Err(e) = self.upload_at(&copy, head) {
             let _ = copy.delete(0);
             return Err(self.err(format!("write the header of {vol}"))(e));
         }
