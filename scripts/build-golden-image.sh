@@ -38,6 +38,10 @@ step() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 key=$( (cat "$0" "$root"/guest/*; echo "$SALT_VERSION${PLAIN:+-plain}") | sha256sum | cut -c1-12)
 img=$OUT/$key
 mkdir -p "$OUT"; chmod 755 "$(dirname "$OUT")" "$OUT"
+# One build at a time (they share /opt/salt as a staging area, and the base's definition):
+# a second run waits here, then finds the image cached.
+exec 9>"$OUT/.build.lock"
+flock 9
 
 # KVM only when a probe boot proves it works. On some machines /dev/kvm exists but a Debian
 # kernel hangs under it (nested PVM, see the guest notes). The probe boots the image's kernel
