@@ -134,20 +134,7 @@ struct NameLock {
 /// stay (removing a lock file races with its next user). `Ok(None)`: no lock file could be
 /// opened; the in-process lock still holds.
 fn lock_across_processes(name: &str) -> Result<Option<std::fs::File>, CloudError> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = std::env::temp_dir().join("virtseed-locks");
-    if std::fs::create_dir(&dir).is_ok() {
-        // Shared by every user virtseed runs as (root's CLI, the master's user's sidecar).
-        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777));
-    }
-    let path = dir.join(format!("{name}.lock"));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .or_else(|_| std::fs::File::open(&path));
+    let (path, file) = lock_file(name);
     let Ok(file) = file else {
         tracing::warn!(name, path = %path.display(), "cannot open the name's lock file; locking in this process only");
         return Ok(None);
@@ -164,6 +151,26 @@ fn lock_across_processes(name: &str) -> Result<Option<std::fs::File>, CloudError
             Ok(None)
         }
     }
+}
+
+/// The lock file `$TMPDIR/virtseed-locks/NAME.lock`, opened (made if need be, in a directory
+/// every user virtseed runs as can write to), not yet locked.
+pub(crate) fn lock_file(name: &str) -> (std::path::PathBuf, std::io::Result<std::fs::File>) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join("virtseed-locks");
+    if std::fs::create_dir(&dir).is_ok() {
+        // Shared by every user virtseed runs as (root's CLI, the master's user's sidecar).
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777));
+    }
+    let path = dir.join(format!("{name}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .or_else(|_| std::fs::File::open(&path));
+    (path, file)
 }
 
 impl Drop for NameLock {

@@ -191,15 +191,8 @@ fn lock(id: &str) -> WarmLock {
         .entry(id.to_string())
         .or_insert_with(|| Box::leak(Box::new(Mutex::new(()))));
     let inner = m.lock().unwrap_or_else(|p| p.into_inner());
-    let path = std::env::temp_dir()
-        .join("virtseed-locks")
-        .join(format!("warm-{id}.lock"));
-    let _ = std::fs::create_dir_all(path.parent().unwrap_or(&path));
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
+    let file = super::lock_file(&format!("warm-{id}"))
+        .1
         .ok()
         .filter(|f| f.lock().is_ok());
     WarmLock {
