@@ -62,7 +62,11 @@ pub async fn wait_minion(
     }
     // One real ping, asked again if it goes unanswered, waiting longer each time: a minion
     // starved of CPU (several clones on few cores) still answers, and every unanswered
-    // ping is one more job it has to run (Salt 3007's job workers linger ~30 s each).
+    // ping is one more job it has to run (Salt 3007's job workers linger ~30 s each). The
+    // answer to any of them counts: a starved minion answers the first ping late, while
+    // the next one is awaited (counting only the newest kept ten clones on two cores
+    // waiting ~300 s after their minions had answered).
+    let mut pings = Pings::new(id);
     let mut wait = PING_WAIT_FIRST;
     loop {
         if Instant::now() >= deadline {
@@ -72,7 +76,7 @@ pub async fn wait_minion(
             .publish(id, "glob", "test.ping", vec![])
             .await
             .map_err(|e| format!("publishing test.ping to {id}: {e}"))?;
-        let ret_tag = format!("salt/job/{}/ret/{id}", p.jid);
+        pings.published(&p.jid.to_string());
         let until = (Instant::now() + wait).min(deadline);
         if wait > PING_WAIT_FIRST {
             tracing::info!(
@@ -91,14 +95,79 @@ pub async fn wait_minion(
                 Err(_) => break,
                 Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue,
                 Ok(Err(_)) => return Err("the master's event bus closed".into()),
-                Ok(Ok(ev)) if ev.tag == ret_tag => {
-                    if msgpack::get(&ev.data, "return") == Some(&salt_proto::Value::Boolean(true)) {
-                        ready.first_ping_ms = ms();
-                        return Ok(ready);
-                    }
+                Ok(Ok(ev)) if pings.answered(&ev) => {
+                    ready.first_ping_ms = ms();
+                    return Ok(ready);
                 }
                 Ok(Ok(_)) => {}
             }
         }
+    }
+}
+
+/// The readiness pings published to one minion, and whether an event answers one of them.
+struct Pings<'a> {
+    id: &'a str,
+    jids: Vec<String>,
+}
+
+impl<'a> Pings<'a> {
+    fn new(id: &'a str) -> Self {
+        Pings {
+            id,
+            jids: Vec::new(),
+        }
+    }
+
+    fn published(&mut self, jid: &str) {
+        self.jids.push(jid.to_string());
+    }
+
+    /// `salt/job/JID/ret/ID` for one of our jids, with `return: true`.
+    fn answered(&self, ev: &Event) -> bool {
+        let Some(rest) = ev.tag.strip_prefix("salt/job/") else {
+            return false;
+        };
+        let Some((jid, who)) = rest.split_once("/ret/") else {
+            return false;
+        };
+        who == self.id
+            && self.jids.iter().any(|j| j == jid)
+            && msgpack::get(&ev.data, "return") == Some(&salt_proto::Value::Boolean(true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use salt_proto::Value;
+
+    fn ret(jid: &str, id: &str, v: Value) -> Event {
+        Event {
+            tag: format!("salt/job/{jid}/ret/{id}"),
+            data: Value::Map(vec![(Value::String("return".into()), v)]),
+        }
+    }
+
+    #[test]
+    fn a_late_answer_to_an_earlier_ping_counts() {
+        let mut p = Pings::new("web1");
+        p.published("20261202000000000001");
+        p.published("20261202000000000002");
+        assert!(p.answered(&ret("20261202000000000001", "web1", Value::Boolean(true))));
+        assert!(p.answered(&ret("20261202000000000002", "web1", Value::Boolean(true))));
+    }
+
+    #[test]
+    fn other_jobs_minions_and_answers_do_not() {
+        let mut p = Pings::new("web1");
+        p.published("20261202000000000001");
+        assert!(!p.answered(&ret("20261202000000000009", "web1", Value::Boolean(true))));
+        assert!(!p.answered(&ret("20261202000000000001", "web10", Value::Boolean(true))));
+        assert!(!p.answered(&ret("20261202000000000001", "web1", Value::Boolean(false))));
+        assert!(!p.answered(&ret("20261202000000000001", "web1", Value::Nil)));
+        let mut ev = ret("20261202000000000001", "web1", Value::Boolean(true));
+        ev.tag = "salt/job/20261202000000000001/new".into();
+        assert!(!p.answered(&ev));
     }
 }
