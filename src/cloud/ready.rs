@@ -15,8 +15,13 @@ pub struct Ready {
     pub first_ping_ms: u64,
 }
 
-/// How long the first readiness ping is given, and the most any later one is.
-const PING_WAIT_FIRST: Duration = Duration::from_secs(10);
+/// How long the first readiness ping is given, and the most any later one is. Long enough
+/// for a CPU-starved minion: every ping asked again is one more job, and Salt's minion
+/// rebuilds all its loaders for each job (`gen_modules` in `_thread_return`, seconds under
+/// TCG), so asking again after 10 s made ten clones on two cores run five pings each and
+/// answer the first ~100 s after their start. A minion not starved answers in seconds,
+/// whatever these are.
+const PING_WAIT_FIRST: Duration = Duration::from_secs(30);
 const PING_WAIT_MAX: Duration = Duration::from_secs(60);
 
 /// Waits for `id` to authenticate, start and answer test.ping, until `deadline`.
@@ -60,12 +65,11 @@ pub async fn wait_minion(
             }
         }
     }
-    // One real ping, asked again if it goes unanswered, waiting longer each time: a minion
-    // starved of CPU (several clones on few cores) still answers, and every unanswered
-    // ping is one more job it has to run (Salt 3007's job workers linger ~30 s each). The
-    // answer to any of them counts: a starved minion answers the first ping late, while
-    // the next one is awaited (counting only the newest kept ten clones on two cores
-    // waiting ~300 s after their minions had answered).
+    // One real ping, asked again if it goes unanswered, waiting longer each time (every
+    // ping asked again is one more job for the minion: see PING_WAIT_FIRST). The answer to
+    // any of them counts: a starved minion answers the first ping while the next one is
+    // awaited (counting only the newest kept ten clones on two cores waiting ~300 s after
+    // their minions had answered).
     let mut pings = Pings::new(id);
     let mut wait = PING_WAIT_FIRST;
     loop {
