@@ -18,7 +18,8 @@
 #               Salt's bootstrap with scripts/deploy-preinstalled-minion.sh; its first ping
 #               is the driver's (`timings_ms.first_ping`), its wall salt-cloud's; several
 #               names (CLONES) are deployed one after another.
-# Each row also gives the clone's QEMU resident memory (RSS) once its minion answered.
+# Each row also gives the clone's QEMU resident memory (RSS) once its minion answered, and the
+# CPU time its QEMU had used when the call returned.
 #
 #   scripts/bench-time-to-ping.sh [N]                  (SALT_VERSION=3007.17)
 #   SEEDS="smbios classic" scripts/bench-time-to-ping.sh 3       some flows only
@@ -105,12 +106,16 @@ for i in $(seq "$N"); do
         t1=$(date +%s.%N)
         kill "$watch_pid" 2>/dev/null || true
         for name in ${names//,/ }; do
-            ping=$("$venv/bin/salt" -c "$d" -t 30 --out json "$name" test.ping 2>/dev/null | tr -d ' \n' || true)
             qpid=$(pgrep -f "guest=$name," | head -1 || true)
+            # CPU seconds QEMU used (user + system, all threads) when the call returned: for one
+            # clone per call about what its boot or restore and its minion's start cost; with
+            # several, it also holds the time idle until the last of them answered.
+            cpu=$(awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/${qpid:-0}/stat" 2>/dev/null || true)
+            ping=$("$venv/bin/salt" -c "$d" -t 30 --out json "$name" test.ping 2>/dev/null | tr -d ' \n' || true)
             rss=$(awk '/^VmRSS:/ {print $2}' "/proc/${qpid:-0}/status" 2>/dev/null || true)
-            "$venv/bin/python" - "$d/run.json" "$name" "$seed" "$n" "$t0" "$t1" "$ping" "$d/console.jsonl" "${rss:-0}" >> "$d/results" <<'PY'
+            "$venv/bin/python" - "$d/run.json" "$name" "$seed" "$n" "$t0" "$t1" "$ping" "$d/console.jsonl" "${rss:-0}" "${cpu:-}" >> "$d/results" <<'PY'
 import json, sys
-path, name, seed, n, t0, t1, ping, console, rss = sys.argv[1:10]
+path, name, seed, n, t0, t1, ping, console, rss, cpu = sys.argv[1:11]
 seen = [json.loads(l) for l in open(console) if l.strip()]
 def at(marker):
     ts = [c["t"] for c in seen if c["name"] == name and marker in c["line"]]
@@ -126,6 +131,7 @@ v = (doc or {}).get(name, {})
 t = v.get("timings_ms", {})
 print(json.dumps({"seed": seed, "clones": int(n), "wall": float(t1) - float(t0),
                   "started": t.get("started", t.get("restored")), "rss_mib": int(rss) / 1024 or None,
+                  "qemu_cpu": float(cpu) if cpu else None,
                   "initramfs": at("virtseed initramfs:"), "seed_applied": at("virtseed: installed the identity"),
                   "first_auth": t.get("first_auth"), "minion_start": t.get("minion_start"),
                   "first_ping": t.get("first_ping"),
@@ -140,8 +146,8 @@ done
 "$venv/bin/python" - "$d/results" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-print("\n| seed | clones per call | runs ok | domain started (warm: restored) | root mounted, eth0 leased (console) | seed applied (console) | first auth | minion start | first ping (median) | vs smbios | last first ping | salt-run / salt-cloud wall | QEMU RSS |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("\n| seed | clones per call | runs ok | domain started (warm: restored) | root mounted, eth0 leased (console) | seed applied (console) | first auth | minion start | first ping (median) | vs smbios | last first ping | salt-run / salt-cloud wall | QEMU RSS | QEMU CPU |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 def median(rs, k, scale=1000.0, f=statistics.median):
     xs = [r[k] / scale for r in rs if r.get(k) is not None]
     return f(xs) if xs else None
@@ -159,5 +165,6 @@ for n in sorted({r["clones"] for r in rows}):
         print(f"| {seed} | {n} | {sum(r['ok'] for r in rs)}/{len(rs)} | {med('started')} | "
               f"{med('initramfs')} | {med('seed_applied')} | "
               f"{med('first_auth')} | {med('minion_start')} | {med('first_ping')} | {ratio} | {med('first_ping', f=max)} | {med('wall', 1.0)} | "
-              + (f"{statistics.median(x['rss_mib'] for x in rs if x.get('rss_mib')):.0f} MiB |" if any(x.get('rss_mib') for x in rs) else "n/a |"))
+              + (f"{statistics.median(x['rss_mib'] for x in rs if x.get('rss_mib')):.0f} MiB | " if any(x.get('rss_mib') for x in rs) else "n/a | ")
+              + f"{med('qemu_cpu', 1.0)} |")
 PY
