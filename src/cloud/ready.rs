@@ -19,8 +19,8 @@ pub struct Ready {
 /// for a CPU-starved minion: every ping asked again is one more job, and Salt's minion
 /// rebuilds all its loaders for each job (`gen_modules` in `_thread_return`, seconds under
 /// TCG), so asking again after 10 s made ten clones on two cores run five pings each and
-/// answer the first ~100 s after their start. A minion not starved answers in seconds,
-/// whatever these are.
+/// answer the first ~100 s after their start. A minion that is not starved answers within
+/// seconds, long before either.
 const PING_WAIT_FIRST: Duration = Duration::from_secs(30);
 const PING_WAIT_MAX: Duration = Duration::from_secs(60);
 
