@@ -80,7 +80,7 @@ pub async fn wait_minion(
             .publish(id, "glob", "test.ping", vec![])
             .await
             .map_err(|e| format!("publishing test.ping to {id}: {e}"))?;
-        pings.published(&p.jid.to_string());
+        pings.published(&p.jid);
         let until = (Instant::now() + wait).min(deadline);
         if wait > PING_WAIT_FIRST {
             tracing::info!(
@@ -112,31 +112,26 @@ pub async fn wait_minion(
 /// The readiness pings published to one minion, and whether an event answers one of them.
 struct Pings<'a> {
     id: &'a str,
-    jids: Vec<String>,
+    /// `salt/job/JID/ret/ID` of each ping published.
+    ret_tags: Vec<String>,
 }
 
 impl<'a> Pings<'a> {
     fn new(id: &'a str) -> Self {
         Pings {
             id,
-            jids: Vec::new(),
+            ret_tags: Vec::new(),
         }
     }
 
-    fn published(&mut self, jid: &str) {
-        self.jids.push(jid.to_string());
+    fn published(&mut self, jid: impl std::fmt::Display) {
+        self.ret_tags
+            .push(format!("salt/job/{jid}/ret/{}", self.id));
     }
 
-    /// `salt/job/JID/ret/ID` for one of our jids, with `return: true`.
+    /// The return of one of our pings, with `return: true`.
     fn answered(&self, ev: &Event) -> bool {
-        let Some(rest) = ev.tag.strip_prefix("salt/job/") else {
-            return false;
-        };
-        let Some((jid, who)) = rest.split_once("/ret/") else {
-            return false;
-        };
-        who == self.id
-            && self.jids.iter().any(|j| j == jid)
+        self.ret_tags.contains(&ev.tag)
             && msgpack::get(&ev.data, "return") == Some(&salt_proto::Value::Boolean(true))
     }
 }
