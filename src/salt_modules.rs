@@ -14,7 +14,7 @@ use virtseed::config::master::MasterOpts;
 use virtseed::config::settings::Settings;
 
 /// (loader directory, file name, text) of each module.
-const MODULES: [(&str, &str, &str); 4] = [
+const MODULES: [(&str, &str, &str); 5] = [
     (
         "utils",
         "virtseed_client.py",
@@ -34,6 +34,11 @@ const MODULES: [(&str, &str, &str); 4] = [
         "output",
         "virtseed_progress.py",
         include_str!("../python/saltext/virtseed/output/virtseed_progress.py"),
+    ),
+    (
+        "utils",
+        "virtseed_proof.py",
+        include_str!("../python/saltext/virtseed/utils/virtseed_proof.py"),
     ),
 ];
 
@@ -150,6 +155,10 @@ pub fn install(config_dir: &Path, python: Option<&Path>) -> Result<()> {
             .replace(
                 "from saltext.virtseed.utils import virtseed_client as vc  # virtseed: client import",
                 "import virtseed_client as vc  # virtseed: client import",
+            )
+            .replace(
+                "from saltext.virtseed.utils import virtseed_proof  # virtseed: proof import",
+                "import virtseed_proof  # virtseed: proof import",
             );
         let path = dir.join(file);
         virtseed::pki::write_atomic(&path, text.as_bytes(), 0o644)?;

@@ -24,9 +24,10 @@ pub async fn run(config_dir: &Path) -> anyhow::Result<()> {
         );
     }
     let key = own_key(&master, &settings).await?;
+    let signer = crate::bus::proof::Signer::new(PrivateKey::from_pem(&key.to_pem())?);
     let channel = join(&master, &settings, key).await?;
 
-    let events = EventBus::new(&master.sock_dir, settings.salt_version);
+    let events = EventBus::new(&master.sock_dir, settings.salt_version).signed_by(signer.clone());
     tokio::spawn(events.clone().listen());
     announce(&events, &settings.id, &master).await;
     tokio::spawn(follow_key_rotation(events.subscribe(), channel.clone()));
@@ -51,10 +52,11 @@ pub async fn run(config_dir: &Path) -> anyhow::Result<()> {
         ));
     }
     if let Some(svc) = &cloud {
-        tokio::spawn(reconcile(svc.clone(), channel.clone()));
+        tokio::spawn(reconcile(svc.clone(), channel.clone(), signer.clone()));
     }
     let dispatcher = Arc::new(Dispatcher::new(
         channel.clone(),
+        signer,
         settings.salt_version,
         cloud,
     ));
@@ -171,7 +173,11 @@ const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Finishes the creates an earlier process left unfinished (at start, then periodically),
 /// returns them to the jobs that waited, and says what it did.
-async fn reconcile(svc: Arc<crate::cloud::service::Service>, channel: Arc<Channel>) {
+async fn reconcile(
+    svc: Arc<crate::cloud::service::Service>,
+    channel: Arc<Channel>,
+    signer: crate::bus::proof::Signer,
+) {
     let progress = Arc::new(crate::cloud::service::BusProgress::new(
         svc.events.clone(),
         String::new(),
@@ -209,7 +215,7 @@ async fn reconcile(svc: Arc<crate::cloud::service::Service>, channel: Arc<Channe
             use crate::cloud::Progress;
             progress.fire(&format!("virtseed/reconcile/{}", r.entry.name), data);
         }
-        crate::jobs::return_recovered(&channel, &recovered).await;
+        crate::jobs::return_recovered(&channel, &signer, &recovered).await;
         progress.flush().await;
         tokio::time::sleep(RECONCILE_EVERY).await;
     }

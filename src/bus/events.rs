@@ -30,6 +30,8 @@ pub struct EventBus {
     tx: broadcast::Sender<Event>,
     /// Counts connections to the publisher: a second one means the master restarted.
     connections: watch::Sender<u64>,
+    /// The sidecar's key: every event fired carries its proof (see [`super::proof`]).
+    signer: Option<super::proof::Signer>,
 }
 
 impl EventBus {
@@ -41,7 +43,14 @@ impl EventBus {
             version,
             tx,
             connections: watch::channel(0).0,
+            signer: None,
         }
+    }
+
+    /// The same bus, every event fired signed by `signer`.
+    pub fn signed_by(mut self, signer: super::proof::Signer) -> Self {
+        self.signer = Some(signer);
+        self
     }
 
     /// How many times the publisher was (re)connected; it goes up when the master restarts.
@@ -115,6 +124,15 @@ impl EventBus {
     pub async fn fire(&self, tag: &str, mut data: Value) -> Result<(), BusError> {
         if !matches!(data, Value::Map(_)) {
             data = msgpack::map([("data", data)]);
+        }
+        if let Some(signer) = &self.signer {
+            let plain = serde_json::from_str(&msgpack::to_json(&data)).unwrap_or_default();
+            let proof = signer.event_proof(tag, &plain);
+            msgpack::set(
+                &mut data,
+                super::proof::EVENT_FIELD,
+                super::from_json(&proof),
+            );
         }
         if msgpack::get(&data, "_stamp").is_none() {
             let micros = std::time::SystemTime::now()

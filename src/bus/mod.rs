@@ -4,6 +4,7 @@
 pub mod channel;
 pub mod clear;
 pub mod events;
+pub mod proof;
 pub mod transport;
 
 /// Failures on the bus. Each says what to check.

@@ -18,6 +18,7 @@ mod test_sleep;
 mod test_version;
 
 use crate::bus::channel::Channel;
+use crate::bus::proof::Signer;
 use salt_proto::jid::Jid;
 use salt_proto::msgpack::{self, text};
 use salt_proto::publish::Publication;
@@ -113,6 +114,8 @@ impl Running {
 /// Runs publications addressed to us and returns their results to the master.
 pub struct Dispatcher {
     channel: Arc<Channel>,
+    /// Signs the returns virtseed's front ends ask for (see [`crate::bus::proof`]).
+    signer: Signer,
     cloud: Option<Arc<crate::cloud::service::Service>>,
     running: Running,
     return_floor: Duration,
@@ -128,6 +131,7 @@ const SALT_3007_RETURN_FLOOR: Duration = Duration::from_millis(50);
 impl Dispatcher {
     pub fn new(
         channel: Arc<Channel>,
+        signer: Signer,
         salt_version: Option<salt_proto::version::SaltVersion>,
         cloud: Option<Arc<crate::cloud::service::Service>>,
     ) -> Self {
@@ -137,6 +141,7 @@ impl Dispatcher {
         };
         Self {
             channel,
+            signer,
             cloud,
             running: Running::default(),
             return_floor,
@@ -182,6 +187,14 @@ impl Dispatcher {
                 tokio::time::sleep(left).await;
             }
             self.running.jobs.lock().expect("lock").remove(&p.jid);
+            let outcome = for_caller(
+                &self.signer,
+                self.channel.id(),
+                p.jid.as_str(),
+                &p.fun,
+                p.kwarg(VERSION_KWARG).is_some(),
+                outcome,
+            );
             let load = Return {
                 id: self.channel.id(),
                 jid: p.jid.as_str(),
@@ -254,10 +267,50 @@ fn other_release(p: &Publication) -> Option<String> {
     })
 }
 
+/// The outcome as its caller gets it: signed when the caller is one of virtseed's front ends
+/// (they send [`VERSION_KWARG`] and believe only a signed answer), as it is otherwise (a job
+/// published by hand reads as any minion's).
+fn for_caller(
+    signer: &Signer,
+    id: &str,
+    jid: &str,
+    fun: &str,
+    front_end: bool,
+    outcome: Outcome,
+) -> Outcome {
+    if !front_end {
+        return outcome;
+    }
+    let ret = serde_json::from_str(&msgpack::to_json(&outcome.ret)).unwrap_or_default();
+    Outcome {
+        ret: crate::bus::from_json(&signer.signed_return(
+            id,
+            jid,
+            fun,
+            outcome.success,
+            outcome.retcode,
+            ret,
+        )),
+        ..outcome
+    }
+}
+
+/// Whether a job's arguments (as JSON, the journal keeps them so) hold [`VERSION_KWARG`].
+fn from_front_end(fun_args: &serde_json::Value) -> bool {
+    fun_args.as_array().is_some_and(|a| {
+        a.iter()
+            .any(|v| v.get(VERSION_KWARG).is_some() && v.get("__kwarg__").is_some())
+    })
+}
+
 /// Returns creates that a previous sidecar process left unfinished (see
 /// [`crate::cloud::Cloud::reconcile`]) to the jobs that were waiting for them: one return
 /// per job, `{name: result}` for the names it held.
-pub async fn return_recovered(channel: &Channel, recovered: &[crate::cloud::Recovered]) {
+pub async fn return_recovered(
+    channel: &Channel,
+    signer: &Signer,
+    recovered: &[crate::cloud::Recovered],
+) {
     let mut by_job: std::collections::BTreeMap<
         String,
         (
@@ -277,7 +330,14 @@ pub async fn return_recovered(channel: &Channel, recovered: &[crate::cloud::Reco
             .insert(r.entry.name.clone(), r.result.clone());
     }
     for (jid, (job, ret)) in by_job {
-        let outcome = cloud_args::report(serde_json::Value::Object(ret));
+        let outcome = for_caller(
+            signer,
+            channel.id(),
+            &jid,
+            &job.fun,
+            from_front_end(&job.fun_args),
+            cloud_args::report(serde_json::Value::Object(ret)),
+        );
         let load = Return {
             id: channel.id(),
             jid: &jid,

@@ -23,6 +23,9 @@ import salt.config
 import salt.utils.event
 import salt.utils.yaml
 
+# `virtseed install-runner` rewrites this line in its copies, as the cloud driver's.
+from saltext.virtseed.utils import virtseed_proof  # virtseed: proof import
+
 log = logging.getLogger(__name__)
 
 # The sidecar's minion id; `virtseed install-runner` writes its configured id here.
@@ -170,24 +173,59 @@ def not_running(sidecar, opts):
     )
 
 
-def _alive(client, event, sidecar, pending, wait=5):
+def _ask(client, event, opts, sidecar, fun, arg, pending, wait):
     """
-    Whether the sidecar answers a `test.ping` within `wait` seconds, read off the bus
-    (LocalClient.cmd waits far longer, and reports a silent minion as `False`). Other events
-    seen meanwhile go to `pending`, for the caller.
+    The sidecar's proven answer (its signed body) to a quick `fun`, read off the bus within
+    `wait` seconds, or None (LocalClient.cmd waits far longer, and reports a silent minion as
+    `False`). Other events seen meanwhile go to `pending`, for the caller.
     """
-    jid = client.cmd_async(sidecar, "test.ping")
+    jid = client.cmd_async(sidecar, fun, arg=list(arg), kwarg={VERSION_KWARG: VERSION})
     if not jid:
-        return False
+        return None
     tag = f"salt/job/{jid}/ret/{sidecar}"
     deadline = time.time() + wait
     while time.time() < deadline:
         ev = event.get_event(wait=0.5, full=True)
         if ev and ev["tag"] == tag:
-            return ev["data"].get("return") is True
-        if ev:
+            body = _proven(opts, sidecar, jid, fun, ev["data"].get("return"), ev["data"])
+            if body is not None:
+                return body
+        elif ev:
             pending.append(ev)
-    return False
+    return None
+
+
+def _alive(client, event, opts, sidecar, pending, wait=5):
+    """Whether the sidecar answers a `test.ping` within `wait` seconds, with its proof."""
+    body = _ask(client, event, opts, sidecar, "test.ping", [], pending, wait)
+    return body is not None and body.get("return") is True
+
+
+def _proven(opts, sidecar, jid, fun, ret, data=None):
+    """
+    The sidecar's signed answer to `jid` in `ret` (its body), or None, logged, when `ret` is
+    not (a forgery: see virtseed_proof).
+    """
+    try:
+        return virtseed_proof.open_return(opts, sidecar, jid, fun, ret)
+    except virtseed_proof.Unproven as exc:
+        log.warning(
+            "virtseed: ignored an answer to %s (job %s) under the sidecar's id %r from %s: %s",
+            fun,
+            jid,
+            sidecar,
+            virtseed_proof.sender(data),
+            exc,
+        )
+        return None
+
+
+def _answer(body):
+    """The caller's view of a signed answer: an error that is not a map becomes {"Error": ...}."""
+    ret = body.get("return")
+    if not body.get("success", True) and not isinstance(ret, dict):
+        ret = {"Error": ret}
+    return ret
 
 
 def call(opts, fun, arg=None, kwarg=None, names=(), timeout=DEFAULT_TIMEOUT, sidecar=None, progress=None):
@@ -232,13 +270,13 @@ def _wait(client, event, opts, sidecar, fun, arg, kwarg, jid, names, timeout, pr
             if not seen and time.time() - started > FIRST_SIGN:
                 # Not a word since the publication: a sidecar that is not running is said
                 # so in seconds, not after a long wait.
-                if not _alive(client, event, sidecar, pending):
+                if not _alive(client, event, opts, sidecar, pending):
                     return {"Error": not_running(sidecar, opts)}
                 seen = True
                 last_check = time.time()
             if time.time() - last_check > 15:
                 last_check = time.time()
-                if not _alive(client, event, sidecar, pending, wait=10):
+                if not _alive(client, event, opts, sidecar, pending, wait=10):
                     silent += 1
                     if silent >= 3:
                         return {"Error": f"the virtseed sidecar {sidecar!r} does not answer (jid {jid})"}
@@ -246,13 +284,17 @@ def _wait(client, event, opts, sidecar, fun, arg, kwarg, jid, names, timeout, pr
                 silent = 0
                 # A publication can be lost (e.g. while the sidecar resubscribes): if the
                 # sidecar is not running the job and no return was stored, it never got it.
-                found = client.cmd(sidecar, "saltutil.find_job", [jid], timeout=10)
-                running = found.get(sidecar)
+                found = _ask(client, event, opts, sidecar, "saltutil.find_job", [jid], pending, 10)
+                running = None if found is None else found.get("return")
                 if running is None or running is False:
-                    continue  # no answer: nothing is known, keep waiting
-                cached = client.get_cache_returns(jid) or {}
-                if cached.get(sidecar):
-                    return cached[sidecar].get("ret")
+                    continue  # no proven answer: nothing is known, keep waiting
+                # The job cache takes returns for any id from any minion (`_syndic_return`):
+                # only the sidecar's signed answer counts there too.
+                cached = (client.get_cache_returns(jid) or {}).get(sidecar)
+                if cached:
+                    body = _proven(opts, sidecar, jid, fun, cached.get("ret"))
+                    if body is not None:
+                        return _answer(body)
                 if not running:
                     if fun in IDEMPOTENT and retries < 3:
                         retries += 1
@@ -267,14 +309,24 @@ def _wait(client, event, opts, sidecar, fun, arg, kwarg, jid, names, timeout, pr
             continue
         tag, data = ev["tag"], ev["data"]
         if tag == ret_tag:
-            ret = data.get("return")
-            if not data.get("success", True) and not isinstance(ret, dict):
-                ret = {"Error": ret}
-            return ret
+            body = _proven(opts, sidecar, jid, fun, data.get("return"), data)
+            if body is not None:
+                return _answer(body)
+            continue
         if tag.startswith("salt/cloud/"):
-            seen = True
             parts = tag.split("/")
-            if progress and len(parts) >= 4 and (not names or parts[2] in names):
+            ours = len(parts) >= 4 and (not names or parts[2] in names)
+            try:
+                data = virtseed_proof.open_event(opts, sidecar, tag, data)
+            except virtseed_proof.Unproven as exc:
+                # Another sidecar's events fail this check too: only those naming this
+                # call's VMs are worth a warning.
+                (log.warning if ours and names else log.debug)(
+                    "virtseed: ignored event %s from %s: %s", tag, virtseed_proof.sender(data), exc
+                )
+                continue
+            seen = True
+            if progress and ours:
                 progress(parts[2], parts[3], data)
                 steps[parts[2]] = (parts[3], time.time(), started)
     return {"Error": f"no answer from the virtseed sidecar {sidecar!r} within {timeout} s"}
