@@ -181,7 +181,7 @@ impl Service {
                 // `seed: ssh`: the driver deploys, waits for the minion and fires `created`.
                 let deployed_later = c.seed == Some("ssh");
                 if wait && c.seed.is_some() && !deployed_later {
-                    match ready::wait_minion(&me.clear, &mut rx, &name, t0, deadline).await {
+                    match ready::wait_minion(&me.clear, &mut rx, &name, c.proof_key.as_ref(), t0, deadline).await {
                         Ok(ready) => {
                             progress.step(
                                 &name,

@@ -117,6 +117,10 @@ pub struct Created {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ssh_port: Option<u16>,
     pub timings_ms: BTreeMap<String, u64>,
+    /// The minted key, which the clone's readiness answer must prove it holds. Never
+    /// serialized.
+    #[serde(skip)]
+    pub proof_key: Option<crate::cloud::ready::ProofKey>,
 }
 
 /// What the steps of one create have made so far, for the steps after them.
@@ -258,6 +262,10 @@ impl Plan<'_> {
             seed: self.master.map(|_| prof.seed.name()),
             ssh_port: made.ssh_port,
             timings_ms: timings.clone(),
+            proof_key: made
+                .key
+                .as_ref()
+                .map(|k| crate::cloud::ready::ProofKey::new(k.to_pem())),
         }
     }
 }

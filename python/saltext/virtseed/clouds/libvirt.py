@@ -34,6 +34,7 @@ which sends the private key to the guest over SSH only, waits for the minion, an
 failure asks the sidecar to destroy the clone, which removes the key.
 """
 
+import binascii
 import logging
 import os
 import socket
@@ -54,6 +55,7 @@ from salt.exceptions import SaltCloudPasswordError, SaltCloudSystemExit
 # extension_modules/utils/virtseed_client.py: never the other one, both may be installed, of
 # different releases.
 from saltext.virtseed.utils import virtseed_client as vc  # virtseed: client import
+from saltext.virtseed.utils import virtseed_proof  # virtseed: proof import
 
 log = logging.getLogger(__name__)
 
@@ -428,7 +430,7 @@ def _deploy_and_wait(vm_, out):
                 f"SSH login to {host}:{port} as {user} failed (password or key refused?): "
                 f"{_text(ret['Error'])}"
             )
-        _wait_minion(event, mopts, name, int(value("minion_timeout", 300)))
+        _wait_minion(event, mopts, name, int(value("minion_timeout", 300)), vm_["priv_key"])
     finally:
         event.destroy()
 
@@ -515,8 +517,12 @@ def _scrub(data, secrets):
     return data
 
 
-def _wait_minion(event, mopts, name, timeout):
-    """Until the deployed minion starts (its start event), then one `test.ping`."""
+def _wait_minion(event, mopts, name, timeout, private_pem):
+    """
+    Until the deployed minion proves it holds the key deployed for it: its start event (a
+    hint: any minion can fire one) sends the readiness check, which is asked again until a
+    proven answer or the timeout (see virtseed_proof.challenge).
+    """
     deadline = time.time() + timeout
     tag = f"salt/minion/{name}/start"
     while time.time() < deadline:
@@ -527,9 +533,15 @@ def _wait_minion(event, mopts, name, timeout):
     else:
         raise DeployFailed(f"the deployed minion {name} did not start within {timeout} s")
     client = salt.client.get_local_client(mopts=mopts)
-    left = max(10, int(deadline - time.time()))
-    if client.cmd(name, "test.ping", timeout=left).get(name) is not True:
-        raise DeployFailed(f"the deployed minion {name} started but did not answer test.ping")
+    while time.time() < deadline:
+        nonce = binascii.hexlify(os.urandom(16)).decode()
+        wait = max(5, min(30, int(deadline - time.time())))
+        got = client.cmd(name, "slsutil.renderer", kwarg=virtseed_proof.challenge(nonce), timeout=wait).get(name)
+        if isinstance(got, str) and got.strip() == virtseed_proof.expected(private_pem, nonce):
+            return
+        if got is not None:
+            log.warning("virtseed: ignored an answer to %s's readiness check that does not prove its key", name)
+    raise DeployFailed(f"the deployed minion {name} started but did not answer its readiness check")
 
 
 def _fire(vm_, step, data):
