@@ -40,6 +40,8 @@ pub struct MasterCtx {
     pub master_pub: String,
     pub ret_port: u16,
     pub publish_port: u16,
+    /// The master publishes with topics (`zmq_filtering`): clones subscribe to theirs only.
+    pub zmq_filtering: bool,
     /// `salt/key` event `act` for an accept: "accept" before 3008, "accepted" from 3008.
     pub accept_act: &'static str,
     /// virtseed's own state (`accept: on_first_auth` records the first key seen per id).
@@ -65,6 +67,7 @@ impl MasterCtx {
             master_pub,
             ret_port: m.ret_port,
             publish_port: m.publish_port,
+            zmq_filtering: m.zmq_filtering,
             accept_act: version.map_or("accept", |v| v.key_act_accept()),
             state_dir: settings.pki_dir.clone(),
         })

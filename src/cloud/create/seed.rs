@@ -128,6 +128,11 @@ fn identity(
     if conf.get("publish_port").is_none() {
         conf.insert("publish_port".into(), Y::Number(mc.publish_port.into()));
     }
+    // With the master's `zmq_filtering`, a clone reads only publications for its own id (and
+    // those for all): it never sees the jobs, names and readiness checks of other clones.
+    if mc.zmq_filtering && conf.get("zmq_filtering").is_none() {
+        conf.insert("zmq_filtering".into(), Y::Bool(true));
+    }
     let mut grains = prof.grains.clone();
     let mut ours = yaml_serde::Mapping::new();
     ours.insert("profile".into(), Y::String(prof.name.clone()));
