@@ -23,6 +23,13 @@ step "cargo test (unit, vectors, integration)"
 # Integration tests start private salt-masters; two at a time fit this 2-core machine.
 cargo test --workspace --no-fail-fast -- --test-threads 2
 
+step "pytest: virtseed's Salt modules, on each Salt"
+for v in $SALT_VERSIONS; do
+    venv=${VIRTSEED_CACHE:-$HOME/.cache/virtseed}/salt-$v
+    "$venv/bin/pip" install -q pytest
+    PYTHONPATH=python "$venv/bin/python" -m pytest -q -p no:cacheprovider python/tests
+done
+
 # Reproducible: the same inputs on every machine (scripts/fuzz.sh SECONDS explores further).
 FUZZ_RUNS=${FUZZ_RUNS:-100000}
 if [ "$FUZZ_RUNS" -gt 0 ]; then
