@@ -136,11 +136,18 @@ async fn announce(events: &EventBus, id: &str, master: &MasterOpts) {
 }
 
 /// The master rotates its AES key on key deletion (`rotate_aes_key`): follow it at once
-/// rather than at the next failed publication.
+/// rather than at the next failed publication. Any minion can fire a `key` event too, so a
+/// flood of them signs in again at most once per [`RENEW_AT_MOST_EVERY`] (a real rotation
+/// missed that way is caught at the next publication that does not decrypt).
 async fn follow_key_rotation(mut rx_events: broadcast::Receiver<Event>, ch: Arc<Channel>) {
+    let mut last: Option<std::time::Instant> = None;
     loop {
         match rx_events.recv().await {
             Ok(ev) if ev.tag == "key" => {
+                if last.is_some_and(|t| t.elapsed() < RENEW_AT_MOST_EVERY) {
+                    continue;
+                }
+                last = Some(std::time::Instant::now());
                 let current = ch.session().await.generation;
                 info!("the master rotated its AES key; re-authenticating");
                 ch.renew(Some(current)).await;
@@ -151,6 +158,8 @@ async fn follow_key_rotation(mut rx_events: broadcast::Receiver<Event>, ch: Arc<
         }
     }
 }
+
+const RENEW_AT_MOST_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The event bus socket closes when the master stops and comes back when it starts: the
 /// earliest sign of a restart, before any publication fails.

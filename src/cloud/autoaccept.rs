@@ -118,7 +118,21 @@ pub fn decide(svc: &Service, id: &str, pub_pem: &str) -> Decision {
     }
 }
 
-/// Watches `salt/auth` for pending keys and decides on each.
+/// Whether the master recorded the denial of `pub_pem` for `id` (`salt/auth` events prove
+/// nothing by themselves).
+fn recorded_denial(svc: &Service, id: &str, pub_pem: &str) -> bool {
+    let Some(mc) = &svc.cloud.master else {
+        return false;
+    };
+    if super::names::check(id).is_err() {
+        return false;
+    }
+    std::fs::read_to_string(mc.pki_dir.join("minions_denied").join(id))
+        .is_ok_and(|t| pem_finger(&t) == pem_finger(pub_pem))
+}
+
+/// Watches `salt/auth` for pending keys and decides on each. The events are hints: the
+/// decision reads the key the master itself stored (`minions_pre/<id>`).
 pub async fn watch(
     svc: Arc<Service>,
     progress: Arc<dyn Progress>,
@@ -143,12 +157,16 @@ pub async fn watch(
         };
         if act == "denied" {
             // The master itself refused a different key for an id that has one; say so for
-            // VMs virtseed made (their accepted key stays).
+            // VMs virtseed made (their accepted key stays). Any minion can fire `salt/auth`:
+            // only a denial the master recorded (`minions_denied/<id>`, the key it names)
+            // is reported.
             let s = svc.clone();
             let id2 = id.clone();
-            let ours = tokio::task::spawn_blocking(move || s.cloud.locate(&id2).is_ok())
-                .await
-                .unwrap_or(false);
+            let ours = tokio::task::spawn_blocking(move || {
+                recorded_denial(&s, &id2, &pub_pem) && s.cloud.locate(&id2).is_ok()
+            })
+            .await
+            .unwrap_or(false);
             if ours {
                 tracing::warn!(
                     id,
