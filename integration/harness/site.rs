@@ -31,7 +31,17 @@ pub fn master_with_base(
     tag: &str,
     profiles: impl FnOnce(&str) -> String,
 ) -> (Master, Pool, String) {
-    let m = Master::start(version);
+    master_with_base_conf(version, "", tag, profiles)
+}
+
+/// [`master_with_base`], the master's config with `extra_conf` (YAML) appended.
+pub fn master_with_base_conf(
+    version: &str,
+    extra_conf: &str,
+    tag: &str,
+    profiles: impl FnOnce(&str) -> String,
+) -> (Master, Pool, String) {
+    let m = Master::start_with(version, extra_conf);
     let p = Pool::new(tag);
     let vda = p.base_volume("base-vda.qcow2", "qcow2", 64);
     let base = format!("{}base", p.prefix);
