@@ -1,26 +1,35 @@
-//! `accept: on_first_auth`: for images that make their own minion key on first boot. A
-//! pending key for id X is accepted only if virtseed made X (its metadata says
-//! `on_first_auth`), less than the profile's `autoaccept_window` ago, X has no accepted key,
-//! and it is the first key seen for X -- once. A different key for X later stays where the
-//! master put it and fires `virtseed/key/denied`; the accepted key is never removed.
+//! `accept: on_first_auth`: for images that make their own minion key on first boot. The key
+//! accepted for VM X is the one VM X holds, read from inside it through the QEMU guest agent
+//! (a channel only the VM and its hypervisor share: `libvirt::agent`), never the first key
+//! some host presents under X: any minion can learn a new clone's name from a publication
+//! and sign in under it first. It is accepted once, inside the profile's
+//! `autoaccept_window`, and only while X has no accepted key; a pending key under X that is
+//! not the VM's is removed and reported (`virtseed/key/denied`). The key pair read (the VM's
+//! `minion.pem`) also lets readiness ask X to prove it holds it, as for a key virtseed
+//! minted.
 //!
-//! Salt's documented reactor for this trusts the id the minion reports; this does not.
+//! Salt's documented reactor for this trusts the id a minion reports; this does not. The
+//! `salt/auth` events are watched only to report the denials the master recorded.
 
+use super::ready::ProofKey;
 use super::service::Service;
 use super::Progress;
+use crate::libvirt::agent::AgentError;
 use salt_proto::event::Event;
-use salt_proto::keys::pem_finger;
+use salt_proto::keys::{pem_finger, PrivateKey, PublicKey};
 use salt_proto::msgpack;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
+use zeroize::Zeroizing;
 
 fn seen_path(state_dir: &Path, id: &str) -> PathBuf {
     state_dir.join("first-keys").join(id)
 }
 
-/// The fingerprint of the first key seen for `id`, if any.
+/// The fingerprint of the key accepted for `id` (on_first_auth), if any.
 pub fn first_seen(state_dir: &Path, id: &str) -> Option<String> {
     std::fs::read_to_string(seen_path(state_dir, id))
         .ok()
@@ -32,7 +41,7 @@ pub fn forget(state_dir: &Path, id: &str) {
     let _ = std::fs::remove_file(seen_path(state_dir, id));
 }
 
-/// Records `finger` as the first key seen for `id`; false if another one was first.
+/// Records `finger` as the key accepted for `id`, once; false if another one was.
 fn record_first(state_dir: &Path, id: &str, finger: &str) -> std::io::Result<bool> {
     let path = seen_path(state_dir, id);
     std::fs::create_dir_all(path.parent().expect("has a parent"))?;
@@ -53,70 +62,172 @@ fn record_first(state_dir: &Path, id: &str, finger: &str) -> std::io::Result<boo
     }
 }
 
-/// What became of one pending key.
+/// Why a VM's own key was not accepted (yet).
 #[derive(Debug, PartialEq)]
-pub enum Decision {
-    Accepted,
-    /// Not ours to decide (not a VM virtseed made for on_first_auth, or out of its window).
-    Ignored(String),
-    Denied(String),
+pub enum PinError {
+    /// For good: not a VM for this, out of its window, another key accepted.
+    Refused(String),
+    /// Not yet: no agent answering, no key made yet.
+    NotYet(String),
 }
 
-/// Decides on a pending key for `id` (blocking: libvirt and files).
-pub fn decide(svc: &Service, id: &str, pub_pem: &str) -> Decision {
-    let Some(mc) = &svc.cloud.master else {
-        return Decision::Ignored("no master context".into());
-    };
-    if super::names::check(id).is_err() {
-        return Decision::Ignored("not an instance name".into());
-    }
-    let finger = pem_finger(pub_pem);
-    let (_, inst) = match svc.cloud.locate(id) {
-        Ok(x) => x,
-        Err(_) => return Decision::Ignored(format!("{id} is not a VM virtseed made")),
-    };
+/// The guest's minion key directory: the profile's `minion: pki_dir`, else Salt's default.
+pub fn guest_pki_dir(minion: &yaml_serde::Mapping) -> String {
+    minion
+        .get("pki_dir")
+        .and_then(|v| v.as_str())
+        .unwrap_or("/etc/salt/pki/minion")
+        .trim_end_matches('/')
+        .to_string()
+}
+
+/// Reads VM `id`'s own key pair from inside it and accepts its public key (blocking:
+/// libvirt and files).
+pub fn pin_once(svc: &Service, id: &str, guest_pki: &str) -> Result<ProofKey, PinError> {
+    use PinError::{NotYet, Refused};
+    let mc = svc
+        .cloud
+        .master
+        .as_ref()
+        .ok_or_else(|| Refused("no master context".into()))?;
+    super::names::check(id).map_err(Refused)?;
+    let (_, inst) = svc
+        .cloud
+        .locate(id)
+        .map_err(|e| Refused(format!("{id}: {e}")))?;
     if inst.ownership.accept != "on_first_auth" {
-        return Decision::Ignored(format!("{id} was made with a pre-accepted key"));
+        return Err(Refused(format!(
+            "{id} was not made with accept: on_first_auth"
+        )));
     }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    if now.saturating_sub(inst.ownership.created) > inst.ownership.window {
-        return Decision::Ignored(format!(
-            "{id} was made {} s ago, outside its autoaccept_window of {} s",
-            now.saturating_sub(inst.ownership.created),
+    let age = now.saturating_sub(inst.ownership.created);
+    if age > inst.ownership.window {
+        return Err(Refused(format!(
+            "{id} was made {age} s ago, outside its autoaccept_window of {} s",
             inst.ownership.window
+        )));
+    }
+    let read = |file: &str| -> Result<Zeroizing<String>, PinError> {
+        let path = format!("{guest_pki}/{file}");
+        let bytes = svc
+            .cloud
+            .guest_file(id, &path)
+            .map_err(|e| NotYet(e.to_string()))?
+            .map_err(|e| match e {
+                AgentError::NoFile { .. } => NotYet(format!("the VM has no {path} yet")),
+                other => NotYet(other.to_string()),
+            })?;
+        String::from_utf8(bytes.to_vec())
+            .map(Zeroizing::new)
+            .map_err(|_| NotYet(format!("{path} is not text")))
+    };
+    let pem = read("minion.pem")?;
+    let private = PrivateKey::from_pem(&pem)
+        .map_err(|e| NotYet(format!("the VM's minion.pem is not a key (yet?): {e}")))?;
+    let pub_text = read("minion.pub")?;
+    let public = PublicKey::from_pem(&pub_text)
+        .map_err(|e| NotYet(format!("the VM's minion.pub is not a key (yet?): {e}")))?;
+    if public != *private.public_key() {
+        return Err(NotYet(
+            "the VM's minion.pub is not the public half of its minion.pem (yet?)".into(),
         ));
     }
-    match crate::pki::accepted_state(&mc.pki_dir, id, pub_pem) {
-        Ok(crate::pki::Accepted::Absent) => {}
-        Ok(crate::pki::Accepted::Ours) => return Decision::Ignored("already accepted".into()),
-        Ok(crate::pki::Accepted::Other) => {
-            return Decision::Denied(format!("{id} already has another accepted key"))
-        }
-        Err(e) => return Decision::Ignored(e.to_string()),
-    }
+    let finger = pem_finger(&pub_text);
     match record_first(&mc.state_dir, id, &finger) {
         Ok(true) => {}
-        Ok(false) => return Decision::Denied(format!("another key was seen first for {id}")),
-        Err(e) => return Decision::Ignored(format!("cannot record the first key: {e}")),
+        Ok(false) => return Err(Refused(format!("another key was accepted for {id} before"))),
+        Err(e) => return Err(NotYet(format!("cannot record the key: {e}"))),
     }
-    // Accept exactly the key the master holds as pending, if it is the one announced.
-    let pending = match std::fs::read_to_string(mc.pki_dir.join("minions_pre").join(id)) {
-        Ok(t) if pem_finger(&t) == finger => t,
-        Ok(_) => {
-            return Decision::Denied(format!(
-                "the pending key for {id} is not the one that asked"
-            ))
-        }
-        Err(e) => return Decision::Ignored(format!("no pending key for {id}: {e}")),
+    match crate::pki::pre_accept(&mc.pki_dir, id, &pub_text) {
+        Ok(crate::pki::Accepted::Ours) => {}
+        Ok(_) => return Err(Refused(format!("{id} already has another accepted key"))),
+        Err(e) => return Err(NotYet(e.to_string())),
+    }
+    Ok(ProofKey::new(Zeroizing::new(pem.to_string())))
+}
+
+/// A key pending under `id` that is not `finger` (the VM's, now accepted) came from another
+/// host: removed, so the master's list shows the id accepted only. Returns whether one was.
+fn drop_pending(pki_dir: &Path, id: &str, finger: &str) -> bool {
+    let path = pki_dir.join("minions_pre").join(id);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return false;
     };
-    match crate::pki::pre_accept(&mc.pki_dir, id, &pending) {
-        Ok(crate::pki::Accepted::Ours) => Decision::Accepted,
-        Ok(_) => Decision::Denied(format!("{id} already has another accepted key")),
-        Err(e) => Decision::Ignored(e.to_string()),
+    let _ = std::fs::remove_file(&path);
+    pem_finger(&text) != finger
+}
+
+/// Says that VM `id`'s own key is accepted, and removes (and reports) a pending key under
+/// `id` that is not it.
+fn accepted(svc: &Service, progress: &dyn Progress, id: &str) {
+    let Some(mc) = &svc.cloud.master else {
+        return;
+    };
+    tracing::info!(
+        id,
+        "accepted the key the VM holds, read through its guest agent (on_first_auth)"
+    );
+    progress.fire(
+        "salt/key",
+        json!({"result": true, "act": mc.accept_act, "id": id}),
+    );
+    let finger = first_seen(&mc.state_dir, id).unwrap_or_default();
+    if drop_pending(&mc.pki_dir, id, &finger) {
+        tracing::warn!(id, "removed a pending key that is not the key the VM holds (another host signed in under its id)");
+        progress.fire(
+            "virtseed/key/denied",
+            json!({"id": id, "reason": "a pending key that is not the one the VM holds"}),
+        );
     }
 }
+
+/// Until `deadline`: VM `id`'s own key read from inside it and accepted (see the module).
+pub async fn pin(
+    svc: Arc<Service>,
+    progress: Arc<dyn Progress>,
+    id: &str,
+    guest_pki: &str,
+    deadline: Instant,
+) -> Result<ProofKey, String> {
+    loop {
+        let (s, i, dir) = (svc.clone(), id.to_string(), guest_pki.to_string());
+        let last = match tokio::task::spawn_blocking(move || pin_once(&s, &i, &dir)).await {
+            Ok(Ok(key)) => {
+                let act = svc.cloud.master.as_ref().map_or("accept", |m| m.accept_act);
+                tracing::info!(
+                    id,
+                    "accepted the key the VM holds, read through its guest agent (on_first_auth)"
+                );
+                progress.fire("salt/key", json!({"result": true, "act": act, "id": id}));
+                if let Some(mc) = &svc.cloud.master {
+                    let finger = first_seen(&mc.state_dir, id).unwrap_or_default();
+                    if drop_pending(&mc.pki_dir, id, &finger) {
+                        tracing::warn!(id, "removed a pending key for a VM virtseed made that is not the key the VM holds (another host signed in under its id)");
+                        progress.fire(
+                            "virtseed/key/denied",
+                            json!({"id": id, "reason": "a pending key that is not the one the VM holds"}),
+                        );
+                    }
+                }
+                return Ok(key);
+            }
+            Ok(Err(PinError::Refused(why))) => return Err(why),
+            Ok(Err(PinError::NotYet(why))) => why,
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() + PIN_EVERY >= deadline {
+            return Err(format!(
+                "no key of {id} accepted: virtseed could not read the key the VM holds ({last}); accept: on_first_auth reads it through the QEMU guest agent: install qemu-guest-agent in the template and keep its org.qemu.guest_agent.0 channel"
+            ));
+        }
+        tokio::time::sleep(PIN_EVERY).await;
+    }
+}
+
+const PIN_EVERY: Duration = Duration::from_secs(2);
 
 /// Whether the master recorded the denial of `pub_pem` for `id` (`salt/auth` events prove
 /// nothing by themselves).
@@ -131,8 +242,7 @@ fn recorded_denial(svc: &Service, id: &str, pub_pem: &str) -> bool {
         .is_ok_and(|t| pem_finger(&t) == pem_finger(pub_pem))
 }
 
-/// Watches `salt/auth` for pending keys and decides on each. The events are hints: the
-/// decision reads the key the master itself stored (`minions_pre/<id>`).
+/// Watches `salt/auth` for the denials the master recorded for VMs virtseed made.
 pub async fn watch(
     svc: Arc<Service>,
     progress: Arc<dyn Progress>,
@@ -155,51 +265,48 @@ pub async fn watch(
         let (Some(id), Some(act), Some(pub_pem)) = (get("id"), get("act"), get("pub")) else {
             continue;
         };
-        if act == "denied" {
-            // The master itself refused a different key for an id that has one; say so for
-            // VMs virtseed made (their accepted key stays). Any minion can fire `salt/auth`:
-            // only a denial the master recorded (`minions_denied/<id>`, the key it names)
-            // is reported.
-            let s = svc.clone();
-            let id2 = id.clone();
-            let ours = tokio::task::spawn_blocking(move || {
-                recorded_denial(&s, &id2, &pub_pem) && s.cloud.locate(&id2).is_ok()
-            })
-            .await
-            .unwrap_or(false);
-            if ours {
-                tracing::warn!(
-                    id,
-                    "the master denied a different key for a VM virtseed made"
-                );
-                progress.fire(
-                    "virtseed/key/denied",
-                    json!({"id": id, "reason": "a different key for an id that already has an accepted key"}),
-                );
+        if act == "pend" {
+            // A sign-in under `id` is pending: if `id` is a VM virtseed made for
+            // on_first_auth, the key it holds is read from inside it and accepted, whatever
+            // key is pending (the pending one may be another host's).
+            let (s, i) = (svc.clone(), id.clone());
+            let dir = super::autoaccept::guest_pki_dir(&yaml_serde::Mapping::new());
+            let r = tokio::task::spawn_blocking(move || pin_once(&s, &i, &dir)).await;
+            match r {
+                Ok(Ok(_)) => accepted(&svc, &*progress, &id),
+                Ok(Err(PinError::NotYet(why))) => {
+                    tracing::info!(id, "pending key not accepted yet: {why}")
+                }
+                Ok(Err(PinError::Refused(why))) => {
+                    tracing::debug!(id, "pending key left alone: {why}")
+                }
+                Err(e) => tracing::warn!(id, "deciding on a pending key: {e}"),
             }
             continue;
         }
-        if act != "pend" {
+        if act != "denied" {
             continue;
         }
+        // The master itself refused a different key for an id that has one; say so for
+        // VMs virtseed made (their accepted key stays). Any minion can fire `salt/auth`:
+        // only a denial the master recorded (`minions_denied/<id>`, the key it names)
+        // is reported.
         let s = svc.clone();
         let id2 = id.clone();
-        let d = tokio::task::spawn_blocking(move || decide(&s, &id2, &pub_pem)).await;
-        match d {
-            Ok(Decision::Accepted) => {
-                let act = svc.cloud.master.as_ref().map_or("accept", |m| m.accept_act);
-                tracing::info!(
-                    id,
-                    "accepted the first key of a VM virtseed made (on_first_auth)"
-                );
-                progress.fire("salt/key", json!({"result": true, "act": act, "id": id}));
-            }
-            Ok(Decision::Denied(why)) => {
-                tracing::warn!(id, "{why}: key not accepted");
-                progress.fire("virtseed/key/denied", json!({"id": id, "reason": why}));
-            }
-            Ok(Decision::Ignored(why)) => tracing::debug!(id, "pending key left alone: {why}"),
-            Err(e) => tracing::warn!(id, "deciding on a pending key: {e}"),
+        let ours = tokio::task::spawn_blocking(move || {
+            recorded_denial(&s, &id2, &pub_pem) && s.cloud.locate(&id2).is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        if ours {
+            tracing::warn!(
+                id,
+                "the master denied a different key for a VM virtseed made"
+            );
+            progress.fire(
+                "virtseed/key/denied",
+                json!({"id": id, "reason": "a different key for an id that already has an accepted key"}),
+            );
         }
     }
 }

@@ -460,8 +460,8 @@ impl Cloud {
         let mut key_removed = false;
         if let Some(mc) = &self.master {
             // manual: whatever key the VM made for its id, accepted or not, as salt-cloud
-            // does. Otherwise the key virtseed minted, or (on_first_auth) the first key it saw
-            // and accepted.
+            // does. Otherwise the key virtseed minted, or (on_first_auth) the key it read from
+            // the VM and accepted, and any key pending under the name.
             key_removed = if inst.ownership.accept == "manual" {
                 crate::pki::revoke_any(&mc.pki_dir, &mc.cachedir, name)
             } else {
@@ -469,9 +469,14 @@ impl Cloud {
                     "" => autoaccept::first_seen(&mc.state_dir, name).unwrap_or_default(),
                     f => f.to_string(),
                 };
+                let pending = inst.ownership.accept == "on_first_auth"
+                    && crate::pki::drop_pending(&mc.pki_dir, name)
+                        .map_err(|e| CloudError::Internal(e.to_string()))?;
                 match finger.as_str() {
-                    "" => Ok(false),
-                    f => crate::pki::revoke(&mc.pki_dir, &mc.cachedir, name, f),
+                    "" => Ok(pending),
+                    f => {
+                        crate::pki::revoke(&mc.pki_dir, &mc.cachedir, name, f).map(|r| r || pending)
+                    }
                 }
             }
             .map_err(|e| CloudError::Internal(e.to_string()))?;
@@ -490,6 +495,17 @@ impl Cloud {
     }
 
     /// Detaches and deletes a clone's seed volume (its minion has its identity).
+    /// File `path` inside VM `name`, read through its QEMU guest agent.
+    pub fn guest_file(
+        &self,
+        name: &str,
+        path: &str,
+    ) -> Result<Result<zeroize::Zeroizing<Vec<u8>>, crate::libvirt::agent::AgentError>, CloudError>
+    {
+        let (hv, _) = self.locate(name)?;
+        Ok(hv.guest_file(name, path)?)
+    }
+
     pub fn remove_seed(&self, name: &str, seed_path: &str) -> Result<(), CloudError> {
         let (hv, _) = self.locate(name)?;
         hv.remove_disk(name, seed_path)?;

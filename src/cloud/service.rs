@@ -164,55 +164,21 @@ impl Service {
         let wait = ov.wait_for_minion.unwrap_or(prof.wait_for_minion);
         let timeout = Duration::from_secs(ov.minion_timeout.unwrap_or(prof.minion_timeout_secs));
         let deadline = Instant::now() + timeout;
+        let finish = Arc::new(Finish {
+            wait,
+            deadline,
+            t0,
+            request: request.clone(),
+            keep_on_timeout: prof.keep_on_timeout,
+            own: OwnKey::of(&prof),
+            progress: progress.clone(),
+        });
         let mut tasks = Vec::new();
         for (name, r) in created {
-            let me = self.clone();
-            let progress = progress.clone();
-            let request = request.clone();
-            let keep_on_timeout = prof.keep_on_timeout;
-            let mut rx = rxs.remove(&name).expect("a receiver per name");
+            let rx = rxs.remove(&name).expect("a receiver per name");
             let span = tracing::info_span!("vm", name = %name);
-            tasks.push(tokio::spawn(async move {
-                let c = match r {
-                    Ok(c) => c,
-                    Err(e) => return (name, json!({"Error": e.to_string()})),
-                };
-                let mut v = serde_json::to_value(&c).unwrap_or_default();
-                // `seed: ssh`: the driver deploys, waits for the minion and fires `created`.
-                let deployed_later = c.seed == Some("ssh");
-                if wait && c.seed.is_some() && !deployed_later {
-                    match ready::wait_minion(&me.clear, &mut rx, &name, c.proof_key.as_ref(), t0, deadline).await {
-                        Ok(ready) => {
-                            progress.step(
-                                &name,
-                                "minion_up",
-                                json!({"elapsed_ms": ready.first_ping_ms}),
-                            );
-                            me.remove_seed(&name, &c.volumes, &*progress).await;
-                            merge_ready(&mut v, &ready);
-                            v["minion_up"] = json!(true);
-                        }
-                        Err(e) => {
-                            v["minion_up"] = json!(false);
-                            let e = if keep_on_timeout {
-                                format!("{e}; the VM was kept (keep_on_timeout)")
-                            } else {
-                                me.discard(&name, progress.clone()).await;
-                                format!("{e}; the VM was destroyed (set keep_on_timeout: true in the profile to keep it for debugging)")
-                            };
-                            progress.step(&name, "failed", json!({"error": e}));
-                            v["Error"] = json!(e);
-                            me.cloud.journal_close(&request, &name);
-                            return (name, v);
-                        }
-                    }
-                }
-                me.cloud.journal_done(&request, &name, &v);
-                if !deployed_later {
-                    progress.step(&name, "created", json!({"event": "created instance"}));
-                }
-                (name, v)
-            }.instrument(span)));
+            let job = self.clone().finish_one(finish.clone(), name, r, rx);
+            tasks.push(tokio::spawn(job.instrument(span)));
         }
         let mut out = BTreeMap::new();
         for t in tasks {
@@ -225,6 +191,115 @@ impl Service {
             self.cloud.journal_close(&request, n);
         }
         Ok(out)
+    }
+
+    /// One clone made: (by default) waits until its minion proves itself, removes its seed,
+    /// and says `created`; or, when it never does, destroys it (unless kept).
+    async fn finish_one(
+        self: Arc<Self>,
+        f: Arc<Finish>,
+        name: String,
+        r: Result<super::create::Created, CloudError>,
+        mut rx: tokio::sync::broadcast::Receiver<salt_proto::event::Event>,
+    ) -> (String, Value) {
+        let progress = &f.progress;
+        let c = match r {
+            Ok(c) => c,
+            Err(e) => return (name, json!({"Error": e.to_string()})),
+        };
+        let mut v = serde_json::to_value(&c).unwrap_or_default();
+        // `seed: ssh`: the driver deploys, waits for the minion and fires `created`.
+        let deployed_later = c.seed == Some("ssh");
+        let own = f.own.as_ref().filter(|_| c.seed.is_some());
+        if let (Some(o), false) = (own, f.wait) {
+            self.pin_later(progress.clone(), &name, o);
+        }
+        if f.wait && c.seed.is_some() && !deployed_later {
+            let ready = async {
+                let key = self
+                    .proof_key(progress, &name, c.proof_key.clone(), own, f.deadline)
+                    .await?;
+                ready::wait_minion(&self.clear, &mut rx, &name, key.as_ref(), f.t0, f.deadline)
+                    .await
+            };
+            match ready.await {
+                Ok(ready) => {
+                    progress.step(
+                        &name,
+                        "minion_up",
+                        json!({"elapsed_ms": ready.first_ping_ms}),
+                    );
+                    self.remove_seed(&name, &c.volumes, &**progress).await;
+                    merge_ready(&mut v, &ready);
+                    v["minion_up"] = json!(true);
+                }
+                Err(e) => {
+                    self.not_ready(&name, &e, f.keep_on_timeout, progress, &mut v)
+                        .await;
+                    self.cloud.journal_close(&f.request, &name);
+                    return (name, v);
+                }
+            }
+        }
+        self.cloud.journal_done(&f.request, &name, &v);
+        if !deployed_later {
+            progress.step(&name, "created", json!({"event": "created instance"}));
+        }
+        (name, v)
+    }
+
+    /// The key clone `name`'s readiness answer must prove it holds: the one virtseed minted,
+    /// or (`accept: on_first_auth`) the one read from inside the VM and accepted, waited for
+    /// until `until` at most (see [`super::autoaccept::pin`]).
+    async fn proof_key(
+        self: &Arc<Self>,
+        progress: &Arc<BusProgress>,
+        name: &str,
+        minted: Option<ready::ProofKey>,
+        own: Option<&OwnKey>,
+        until: Instant,
+    ) -> Result<Option<ready::ProofKey>, String> {
+        match (minted, own) {
+            (None, Some(o)) => {
+                let until = until.min(Instant::now() + o.window);
+                let p: Arc<dyn super::Progress> = progress.clone();
+                let key =
+                    super::autoaccept::pin(self.clone(), p, name, &o.guest_pki, until).await?;
+                Ok(Some(key))
+            }
+            (key, _) => Ok(key),
+        }
+    }
+
+    /// Accepts the key VM `name` holds in the background (a create that does not wait).
+    fn pin_later(self: &Arc<Self>, progress: Arc<BusProgress>, name: &str, own: &OwnKey) {
+        let (me, name, dir) = (self.clone(), name.to_string(), own.guest_pki.clone());
+        let until = Instant::now() + own.window;
+        tokio::spawn(async move {
+            if let Err(e) = super::autoaccept::pin(me, progress, &name, &dir, until).await {
+                tracing::warn!(name, "{e}");
+            }
+        });
+    }
+
+    /// A clone whose minion never proved itself: destroyed (unless `keep`), the error said.
+    async fn not_ready(
+        &self,
+        name: &str,
+        why: &str,
+        keep: bool,
+        progress: &Arc<BusProgress>,
+        v: &mut Value,
+    ) {
+        v["minion_up"] = json!(false);
+        let e = if keep {
+            format!("{why}; the VM was kept (keep_on_timeout)")
+        } else {
+            self.discard(name, progress.clone()).await;
+            format!("{why}; the VM was destroyed (set keep_on_timeout: true in the profile to keep it for debugging)")
+        };
+        progress.step(name, "failed", json!({"error": e}));
+        v["Error"] = json!(e);
     }
 
     /// Destroys a clone whose minion never answered: VM, volumes and key.
@@ -260,6 +335,32 @@ impl Service {
             Ok(Err(e)) => tracing::warn!(name, "could not remove the seed: {e}"),
             Err(e) => tracing::warn!(name, "could not remove the seed: {e}"),
         }
+    }
+}
+
+/// What finishing each clone of one create needs (see [`Service::finish_one`]).
+struct Finish {
+    wait: bool,
+    deadline: Instant,
+    t0: Instant,
+    request: String,
+    keep_on_timeout: bool,
+    own: Option<OwnKey>,
+    progress: Arc<BusProgress>,
+}
+
+/// `accept: on_first_auth`: where the VM keeps its key, and how long virtseed may accept it.
+struct OwnKey {
+    guest_pki: String,
+    window: Duration,
+}
+
+impl OwnKey {
+    fn of(prof: &crate::config::cloud::Profile) -> Option<Self> {
+        (prof.accept == crate::config::cloud::AcceptMode::OnFirstAuth).then(|| OwnKey {
+            guest_pki: super::autoaccept::guest_pki_dir(&prof.minion),
+            window: Duration::from_secs(prof.autoaccept_window_secs),
+        })
     }
 }
 

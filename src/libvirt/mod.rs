@@ -3,6 +3,7 @@
 //! Everything here works through libvirt's API, never the host's files, so a
 //! `qemu+ssh://` hypervisor behaves as a local one.
 
+pub mod agent;
 pub mod dom;
 pub mod domain_xml;
 pub mod host;
@@ -352,6 +353,16 @@ impl Hypervisor {
 
     /// Detaches the disk whose source is `path` from a domain virtseed made (its persistent
     /// definition, and the running guest when it lets go), then deletes the volume.
+    /// File `path` inside VM `name` (one virtseed made), read through its QEMU guest agent.
+    pub fn guest_file(
+        &self,
+        name: &str,
+        path: &str,
+    ) -> Result<Result<zeroize::Zeroizing<Vec<u8>>, agent::AgentError>, LibvirtError> {
+        let (dom, _) = self.ours(name)?;
+        Ok(agent::read_file(&dom, path))
+    }
+
     pub fn remove_disk(&self, name: &str, path: &str) -> Result<(), LibvirtError> {
         let (dom, _) = self.ours(name)?;
         let find = |flags: u32| -> Result<Option<String>, LibvirtError> {

@@ -155,6 +155,18 @@ pub fn revoke(
     Ok(removed)
 }
 
+/// The key pending under `id`, whatever it is (a VM made for `accept: on_first_auth` is
+/// destroyed: whoever signed in under its name, nothing of it stays). Returns whether there
+/// was one.
+pub fn drop_pending(master_pki: &Path, id: &str) -> Result<bool, PkiError> {
+    let path = master_pki.join("minions_pre").join(id);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(PkiError::Io { path, source: e }),
+    }
+}
+
 /// Every key of `id` the master holds, accepted, pending or rejected, whatever it is (for
 /// `accept: manual`, where the VM made its own key and virtseed never knew it), and the
 /// master's cache of it. Returns whether a key was removed.
