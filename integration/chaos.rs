@@ -55,14 +55,16 @@ fn left_behind(s: &Site, names: &[String]) -> String {
     }
 }
 
+/// Restarts the host's libvirtd: the one whose pid is in its pid file (a test's lab daemon
+/// in a network namespace of its own is another process, left alone).
 fn restart_libvirtd() {
-    let _ = Command::new("pkill").args(["-x", "libvirtd"]).status();
+    let pid = std::fs::read_to_string("/run/libvirtd.pid")
+        .expect("the host's libvirtd pid file")
+        .trim()
+        .to_string();
+    let _ = Command::new("kill").arg(&pid).status();
     wait_for("libvirtd to stop", Duration::from_secs(30), || {
-        !Command::new("pgrep")
-            .args(["-x", "libvirtd"])
-            .status()
-            .unwrap()
-            .success()
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
     });
     assert!(Command::new("libvirtd")
         .arg("-d")

@@ -90,3 +90,86 @@ fn real_guests_answer_test_ping_for_both_seed_channels() {
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(golden_files(), before, "destroy left files behind");
 }
+
+/// `accept: on_first_auth` on a real guest: the image makes its own key, and another host
+/// signs in under the new name first (as any minion that saw the publication could). The key
+/// accepted is the one the VM holds, read from inside it through the QEMU guest agent; the
+/// impostor's is removed and reported; readiness waits for the VM to prove it holds its key.
+#[test]
+fn on_first_auth_accepts_the_key_the_vm_holds_not_an_impostors() {
+    golden_image(&[]);
+    let m = Master::start("3007.17");
+    write_cloud(
+        &m,
+        "own:\n  provider: kvm\n  base_domain: virtseed-golden\n  minion:\n    master: 10.0.2.2\n  seed: smbios\n  accept: on_first_auth\n  minion_timeout: 500\n",
+    );
+    let _sidecar = Sidecar::start(&m, "virtseed");
+    m.install_modules();
+    let events = harness::EventLog::start(&m);
+    let name = format!("own{}", &salt_proto::auth::new_nonce()[..6]);
+    let before = golden_files();
+
+    let child = Command::new(m.venv.join("bin/salt-run"))
+        .arg("-c")
+        .arg(&m.dir)
+        .args(["--out", "json", "cloud.profile", "own", &name])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let conf = format!(
+        "id: {name}\nmaster: 127.0.0.1\nmaster_port: {}\npublish_port: {}\n",
+        m.port("ret_port"),
+        m.port("publish_port")
+    );
+    let impostor = harness::Minion::start(&m, &m.dir.join("impostor"), &conf);
+    harness::wait_for(
+        "the impostor's pending key",
+        Duration::from_secs(120),
+        || m.pki().join("minions_pre").join(&name).exists(),
+    );
+    let out = harness::site::wait_exit(child, Duration::from_secs(900));
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let ret = last_json(&out);
+    assert_eq!(ret[name.as_str()]["minion_up"], true, "{ret}");
+
+    let clean = |p: &str| salt_proto::keys::clean_key(p);
+    let accepted = std::fs::read_to_string(m.pki().join("minions").join(&name)).unwrap();
+    let theirs = std::fs::read_to_string(m.dir.join("impostor/pki/minion.pub")).unwrap();
+    assert_ne!(
+        clean(&accepted),
+        clean(&theirs),
+        "the impostor's key was accepted"
+    );
+    drop(impostor);
+    let (ok, v) = m.salt_json(
+        &name,
+        &["cmd.run", "cat /etc/salt/pki/minion/minion.pub"],
+        120,
+    );
+    assert!(ok, "{v}");
+    assert_eq!(
+        clean(v[name.as_str()].as_str().unwrap_or_default()),
+        clean(&accepted)
+    );
+    assert!(
+        events
+            .events()
+            .iter()
+            .any(|e| e["tag"] == "virtseed/key/denied" && e["data"]["id"] == name.as_str()),
+        "the impostor was not reported"
+    );
+
+    let out = m.salt_run(&["--out", "json", "cloud.destroy", &name]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    for dir in ["minions", "minions_pre"] {
+        assert!(!m.pki().join(dir).join(&name).exists(), "key left in {dir}");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(golden_files(), before, "destroy left files behind");
+}

@@ -135,7 +135,7 @@ t0=$(date +%s)
 step "debootstrap bookworm (minbase)"
 # The host's environment (pip settings and the like) must not leak into the chroot.
 env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 debootstrap --variant=minbase \
-    --include=systemd-sysv,udev,dbus,init-system-helpers,netbase,iproute2,ca-certificates,python3,python3-cffi-backend,$WAY_IN \
+    --include=systemd-sysv,udev,dbus,init-system-helpers,netbase,iproute2,ca-certificates,python3,python3-cffi-backend,qemu-guest-agent,$WAY_IN \
     bookworm "$rootfs" http://deb.debian.org/debian >"$work/debootstrap.log" 2>&1 \
     || { tail -30 "$work/debootstrap.log"; grep -B5 -A20 "rror" "$rootfs/debootstrap/debootstrap.log" | tail -40; exit 1; }
 
