@@ -1,0 +1,176 @@
+//! Clones on real networks, in a lab that never leaves the machine (harness/lab.rs): a
+//! network namespace with its own libvirtd, a libvirt network with DHCP and a plain bridge
+//! whose DHCP server libvirt does not know. The master and the sidecar run in the namespace;
+//! the guests reach the master on their network's gateway address.
+//!
+//! Cold clones of the golden image, several in one call on each network: each answers
+//! `salt NAME test.ping`; the DHCP leases, the namespace's ARP table and the minions' grains
+//! show as many distinct addresses and machine-ids as clones; destroy leaves no domain,
+//! volume, key, or domain holding a lease.
+
+mod harness;
+
+use harness::lab::{Lab, Lease, LAN_GW, NET_GW};
+use harness::site::wait_exit;
+use harness::{last_json, text, Master, Sidecar};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+const CLONES_PER_NETWORK: usize = 2;
+
+#[test]
+fn cold_clones_get_their_own_identity_and_address_on_both_networks() {
+    let t0 = Instant::now();
+    let lab = Lab::start();
+    let tag = &salt_proto::auth::new_nonce()[..5];
+    let (net_base, lan_base) = lab.golden_bases(&format!("g{tag}"));
+    let m = Master::start_in("3007.17", "", Some(&lab.ns));
+    std::fs::write(
+        m.dir.join("cloud.providers"),
+        format!("lab:\n  driver: libvirt\n  url: {}\n", lab.uri),
+    )
+    .unwrap();
+    std::fs::write(
+        m.dir.join("cloud.profiles"),
+        format!(
+            "onnet:\n  provider: lab\n  base_domain: {net_base}\n  pool: {pool}\n  seed: smbios\n  \
+             minion_timeout: 600\n  minion:\n    master: {NET_GW}\n\
+             onlan:\n  extends: onnet\n  base_domain: {lan_base}\n  minion:\n    master: {LAN_GW}\n",
+            pool = lab.pool
+        ),
+    )
+    .unwrap();
+    m.install_modules();
+    let _sidecar = Sidecar::start(&m, "virtseed");
+    eprintln!("lab, master and sidecar up after {:.1?}", t0.elapsed());
+
+    let names = |net: &str| -> Vec<String> {
+        (1..=CLONES_PER_NETWORK)
+            .map(|i| format!("{net}{tag}{i}"))
+            .collect()
+    };
+    let (on_net, on_lan) = (names("n"), names("l"));
+    // One call per network, both at once.
+    let t = Instant::now();
+    let calls: Vec<_> = [("onnet", &on_net), ("onlan", &on_lan)]
+        .iter()
+        .map(|(p, vms)| m.salt_run_bg(&["--out", "json", "cloud.profile", p, &vms.join(",")]))
+        .collect();
+    for (call, vms) in calls.into_iter().zip([&on_net, &on_lan]) {
+        let out = wait_exit(call, Duration::from_secs(900));
+        let ret = last_json(&out);
+        for n in vms {
+            assert_eq!(ret[n.as_str()]["minion_up"], true, "{n}: {ret}");
+        }
+    }
+    eprintln!(
+        "{} clones answered after {:.1?}",
+        2 * CLONES_PER_NETWORK,
+        t.elapsed()
+    );
+
+    let all: Vec<&String> = on_net.iter().chain(&on_lan).collect();
+    for n in &all {
+        let (ok, v) = m.salt_json(n, &["test.ping"], 60);
+        assert!(ok && v[n.as_str()] == true, "{n}: {v}");
+    }
+    let list = all.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",");
+    let out = m.salt(&[
+        "-t",
+        "60",
+        "--out",
+        "json",
+        "--static",
+        "-L",
+        &list,
+        "grains.item",
+        "machine_id",
+        "ipv4",
+        "uuid",
+    ]);
+    let grains: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let macs: Vec<(String, String)> = all
+        .iter()
+        .map(|n| (n.to_string(), lab.macs(n)[0].clone()))
+        .collect();
+
+    for (vms, leases, gw) in [
+        (&on_net, lab.net_leases(), NET_GW),
+        (&on_lan, lab.lan_leases(), LAN_GW),
+    ] {
+        check_network(&lab, vms, &leases, gw, &macs, &grains);
+    }
+
+    let out = m.salt_run(&["--out", "json", "cloud.destroy", &list]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    let domains = lab.domains();
+    let volumes = lab.volumes();
+    for n in &all {
+        assert!(!domains.contains(n), "{n}: domain left: {domains:?}");
+        assert!(
+            !volumes.iter().any(|v| v.starts_with(n.as_str())),
+            "{n}: volume left: {volumes:?}"
+        );
+        for dir in ["minions", "minions_pre", "minions_rejected"] {
+            assert!(
+                !m.pki().join(dir).join(n).exists(),
+                "{n}: key left in {dir}"
+            );
+        }
+    }
+    // The leases stay until they expire; no domain holds one any more.
+    let held: BTreeSet<String> = domains.iter().flat_map(|d| lab.macs(d)).collect();
+    for l in lab.net_leases().iter().chain(&lab.lan_leases()) {
+        assert!(!held.contains(&l.mac), "a domain still holds {l:?}");
+    }
+    eprintln!("test took {:.1?}", t0.elapsed());
+}
+
+/// On one network: one lease per clone (by its MAC), all distinct; ARP agrees; the grains
+/// show the same address and distinct machine-ids (each the clone's UUID).
+fn check_network(
+    lab: &Lab,
+    vms: &[String],
+    leases: &[Lease],
+    gw: &str,
+    macs: &[(String, String)],
+    grains: &Value,
+) {
+    let prefix = &gw[..gw.rfind('.').unwrap() + 1];
+    let mut ips = BTreeSet::new();
+    let mut ids = BTreeSet::new();
+    let neigh = lab.neighbours();
+    for n in vms {
+        let mac = &macs.iter().find(|(m, _)| m == n).unwrap().1;
+        let mine: Vec<&Lease> = leases.iter().filter(|l| &l.mac == mac).collect();
+        assert_eq!(mine.len(), 1, "{n} ({mac}): leases {leases:?}");
+        let ip = &mine[0].ip;
+        assert!(ip.starts_with(prefix), "{n}: {ip} not on {gw}'s network");
+        assert_eq!(
+            mine[0].client_id,
+            format!("01:{mac}"),
+            "{n}: the client id is not its MAC's"
+        );
+        ips.insert(ip.clone());
+        assert!(
+            neigh.contains(&(ip.clone(), mac.clone())),
+            "{n}: ARP has not {ip} at {mac}: {neigh:?}"
+        );
+        let g = &grains[n.as_str()];
+        let addrs: Vec<&str> = g["ipv4"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{n}: no ipv4 grain: {grains}"))
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|a| *a != "127.0.0.1")
+            .collect();
+        assert_eq!(addrs, [ip.as_str()], "{n}: grains {g}");
+        let id = g["machine_id"].as_str().unwrap_or_default().to_string();
+        let uuid = g["uuid"].as_str().unwrap_or_default().replace('-', "");
+        assert_eq!(id, uuid, "{n}: machine-id is not its own UUID: {g}");
+        ids.insert(id);
+    }
+    assert_eq!(ips.len(), vms.len(), "addresses shared: {leases:?}");
+    assert_eq!(ids.len(), vms.len(), "machine-ids shared: {grains}");
+}
