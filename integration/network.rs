@@ -3,10 +3,12 @@
 //! whose DHCP server libvirt does not know. The master and the sidecar run in the namespace;
 //! the guests reach the master on their network's gateway address.
 //!
-//! Cold clones of the golden image, several in one call on each network: each answers
-//! `salt NAME test.ping`; the DHCP leases, the namespace's ARP table and the minions' grains
-//! show as many distinct addresses and machine-ids as clones; destroy leaves no domain,
-//! volume, key, or domain holding a lease.
+//! Cold clones of the golden image, then warm clones restored from one saved state per
+//! network, several in one call on each network: each answers `salt NAME test.ping`; the
+//! DHCP leases, the namespace's ARP table and the minions' grains show as many distinct
+//! addresses and machine-ids as clones; destroy leaves no domain, volume, key, or domain
+//! holding a lease. One lab, master and sidecar serve both rounds (one test: they are dropped,
+//! guests and namespace included, also when it fails).
 
 mod harness;
 
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant};
 const CLONES_PER_NETWORK: usize = 2;
 
 #[test]
-fn cold_clones_get_their_own_identity_and_address_on_both_networks() {
+fn clones_get_their_own_identity_and_address_on_both_networks() {
     let t0 = Instant::now();
     let lab = Lab::start();
     let tag = &salt_proto::auth::new_nonce()[..5];
@@ -36,7 +38,9 @@ fn cold_clones_get_their_own_identity_and_address_on_both_networks() {
         format!(
             "onnet:\n  provider: lab\n  base_domain: {net_base}\n  pool: {pool}\n  seed: smbios\n  \
              minion_timeout: 600\n  minion:\n    master: {NET_GW}\n\
-             onlan:\n  extends: onnet\n  base_domain: {lan_base}\n  minion:\n    master: {LAN_GW}\n",
+             onlan:\n  extends: onnet\n  base_domain: {lan_base}\n  minion:\n    master: {LAN_GW}\n\
+             warmnet:\n  extends: onnet\n  warm: true\n\
+             warmlan:\n  extends: onlan\n  warm: true\n",
             pool = lab.pool
         ),
     )
@@ -45,19 +49,26 @@ fn cold_clones_get_their_own_identity_and_address_on_both_networks() {
     let _sidecar = Sidecar::start(&m, "virtseed");
     eprintln!("lab, master and sidecar up after {:.1?}", t0.elapsed());
 
+    round(&lab, &m, ("onnet", "onlan"), &format!("c{tag}"));
+    round(&lab, &m, ("warmnet", "warmlan"), &format!("w{tag}"));
+    eprintln!("test took {:.1?}", t0.elapsed());
+}
+
+/// `CLONES_PER_NETWORK` clones of each profile (one call per network, both at once), checked,
+/// then destroyed.
+fn round(lab: &Lab, m: &Master, (on_net, on_lan): (&str, &str), tag: &str) {
     let names = |net: &str| -> Vec<String> {
         (1..=CLONES_PER_NETWORK)
-            .map(|i| format!("{net}{tag}{i}"))
+            .map(|i| format!("{tag}{net}{i}"))
             .collect()
     };
-    let (on_net, on_lan) = (names("n"), names("l"));
-    // One call per network, both at once.
+    let (net_vms, lan_vms) = (names("n"), names("l"));
     let t = Instant::now();
-    let calls: Vec<_> = [("onnet", &on_net), ("onlan", &on_lan)]
+    let calls: Vec<_> = [(on_net, &net_vms), (on_lan, &lan_vms)]
         .iter()
         .map(|(p, vms)| m.salt_run_bg(&["--out", "json", "cloud.profile", p, &vms.join(",")]))
         .collect();
-    for (call, vms) in calls.into_iter().zip([&on_net, &on_lan]) {
+    for (call, vms) in calls.into_iter().zip([&net_vms, &lan_vms]) {
         let out = wait_exit(call, Duration::from_secs(900));
         let ret = last_json(&out);
         for n in vms {
@@ -65,12 +76,12 @@ fn cold_clones_get_their_own_identity_and_address_on_both_networks() {
         }
     }
     eprintln!(
-        "{} clones answered after {:.1?}",
+        "{on_net}/{on_lan}: {} clones answered after {:.1?}",
         2 * CLONES_PER_NETWORK,
         t.elapsed()
     );
 
-    let all: Vec<&String> = on_net.iter().chain(&on_lan).collect();
+    let all: Vec<&String> = net_vms.iter().chain(&lan_vms).collect();
     for n in &all {
         let (ok, v) = m.salt_json(n, &["test.ping"], 60);
         assert!(ok && v[n.as_str()] == true, "{n}: {v}");
@@ -94,12 +105,11 @@ fn cold_clones_get_their_own_identity_and_address_on_both_networks() {
         .iter()
         .map(|n| (n.to_string(), lab.macs(n)[0].clone()))
         .collect();
-
     for (vms, leases, gw) in [
-        (&on_net, lab.net_leases(), NET_GW),
-        (&on_lan, lab.lan_leases(), LAN_GW),
+        (&net_vms, lab.net_leases(), NET_GW),
+        (&lan_vms, lab.lan_leases(), LAN_GW),
     ] {
-        check_network(&lab, vms, &leases, gw, &macs, &grains);
+        check_network(lab, vms, &leases, gw, &macs, &grains);
     }
 
     let out = m.salt_run(&["--out", "json", "cloud.destroy", &list]);
@@ -121,14 +131,14 @@ fn cold_clones_get_their_own_identity_and_address_on_both_networks() {
     }
     // The leases stay until they expire; no domain holds one any more.
     let held: BTreeSet<String> = domains.iter().flat_map(|d| lab.macs(d)).collect();
-    for l in lab.net_leases().iter().chain(&lab.lan_leases()) {
-        assert!(!held.contains(&l.mac), "a domain still holds {l:?}");
+    for (_, mac) in &macs {
+        assert!(!held.contains(mac), "a domain still has {mac}");
     }
-    eprintln!("test took {:.1?}", t0.elapsed());
 }
 
-/// On one network: one lease per clone (by its MAC), all distinct; ARP agrees; the grains
-/// show the same address and distinct machine-ids (each the clone's UUID).
+/// On one network: one lease per clone (by its MAC, asked with its MAC as client id), all
+/// distinct; ARP agrees; the grains show the same address and the clone's own machine-id
+/// (its UUID).
 fn check_network(
     lab: &Lab,
     vms: &[String],

@@ -229,11 +229,31 @@ impl Lab {
     }
 
     /// The golden image (scripts/build-golden-image.sh, cached) defined in the lab's
-    /// libvirtd, and two shut-off bases over its disk: `NAME-net` on the libvirt network and
-    /// `NAME-lan` on the plain bridge. Returns their names.
+    /// libvirtd, copied into the lab's pool `golden` (warm states are saved beside a base's
+    /// disk: not among the shared image's files), and two shut-off bases over that copy:
+    /// `NAME-net` on the libvirt network and `NAME-lan` on the plain bridge. Returns their names.
     pub fn golden_bases(&self, name: &str) -> (String, String) {
         run_ok(&mut self.with_lab_libvirt(&super::repo().join("scripts/build-golden-image.sh")));
         let xml = self.virsh_ok(&["dumpxml", "--inactive", "virtseed-golden"]);
+        let disk = between(&xml, "<source file='", "'/>");
+        let image = Path::new(&disk["<source file='".len()..disk.len() - 3])
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let copy = self.dir.join("golden");
+        std::fs::create_dir_all(&copy).unwrap();
+        for f in ["disk.qcow2", "vmlinuz", "initrd.img"] {
+            std::fs::copy(image.join(f), copy.join(f)).unwrap();
+        }
+        let pool = format!("{}-golden", self.pool);
+        self.virsh_ok(&[
+            "pool-create-as",
+            &pool,
+            "dir",
+            "--target",
+            copy.to_str().unwrap(),
+        ]);
+        let xml = xml.replace(image.to_str().unwrap(), copy.to_str().unwrap());
         let (net, lan) = (format!("{name}-net"), format!("{name}-lan"));
         for (base, iface) in [
             (
