@@ -34,7 +34,9 @@ const NS_PREFIX: &str = "vslab-";
 
 /// Runs in the namespace, in a new mount namespace (`unshare --mount`): private libvirt
 /// directories over the host's, virtlogd, then libvirtd in the foreground (exec: the lab's
-/// child is libvirtd itself).
+/// child is libvirtd itself). Both run through links named `vslab-*`, so their process names
+/// are not the host daemons' (`pkill -x libvirtd` in the chaos tests, `pgrep -x` in
+/// setup.sh, must neither stop nor find them).
 const START: &str = r#"
 set -e
 D=$1
@@ -55,8 +57,10 @@ mount --bind "$D/etc" /etc/libvirt
 mount --bind "$D/cache" /var/cache/libvirt
 mount --bind "$D/log" /var/log/libvirt
 ip link set lo up
-virtlogd -d -p "$D/virtlogd.pid"
-exec libvirtd -p "$D/libvirtd.pid"
+ln -sf /usr/sbin/virtlogd "$D/vslab-virtlogd"
+ln -sf /usr/sbin/libvirtd "$D/vslab-libvirtd"
+"$D/vslab-virtlogd" -d -p "$D/virtlogd.pid"
+exec "$D/vslab-libvirtd" -p "$D/libvirtd.pid"
 "#;
 
 pub struct Lab {
