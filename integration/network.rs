@@ -14,9 +14,9 @@ mod harness;
 
 use harness::lab::{Lab, Lease, LAN_GW, NET_GW};
 use harness::site::wait_exit;
-use harness::{last_json, text, Master, Sidecar};
+use harness::{last_json, text, EventLog, Master, Sidecar};
 use serde_json::Value;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 const CLONES_PER_NETWORK: usize = 2;
@@ -63,16 +63,19 @@ fn round(lab: &Lab, m: &Master, (on_net, on_lan): (&str, &str), tag: &str) {
             .collect()
     };
     let (net_vms, lan_vms) = (names("n"), names("l"));
+    let events = EventLog::start(m);
     let t = Instant::now();
     let calls: Vec<_> = [(on_net, &net_vms), (on_lan, &lan_vms)]
         .iter()
         .map(|(p, vms)| m.salt_run_bg(&["--out", "json", "cloud.profile", p, &vms.join(",")]))
         .collect();
+    let mut created = Value::Null;
     for (call, vms) in calls.into_iter().zip([&net_vms, &lan_vms]) {
         let out = wait_exit(call, Duration::from_secs(900));
         let ret = last_json(&out);
         for n in vms {
             assert_eq!(ret[n.as_str()]["minion_up"], true, "{n}: {ret}");
+            created[n.as_str()] = ret[n.as_str()].clone();
         }
     }
     eprintln!(
@@ -105,12 +108,14 @@ fn round(lab: &Lab, m: &Master, (on_net, on_lan): (&str, &str), tag: &str) {
         .iter()
         .map(|n| (n.to_string(), lab.macs(n)[0].clone()))
         .collect();
+    let mut ips = BTreeMap::new();
     for (vms, leases, gw) in [
         (&net_vms, lab.net_leases(), NET_GW),
         (&lan_vms, lab.lan_leases(), LAN_GW),
     ] {
-        check_network(lab, vms, &leases, gw, &macs, &grains);
+        ips.extend(check_network(lab, vms, &leases, gw, &macs, &grains));
     }
+    check_addresses_shown(m, &ips, &created, &events);
 
     let out = m.salt_run(&["--out", "json", "cloud.destroy", &list]);
     assert!(out.status.success(), "{}", text(&out.stdout));
@@ -136,6 +141,52 @@ fn round(lab: &Lab, m: &Master, (on_net, on_lan): (&str, &str), tag: &str) {
     }
 }
 
+/// Each clone's own address (`ips`, from its lease), and only it, in salt-cloud's
+/// `private_ips`: in its create's return, its `created` event, `salt-cloud -Q` and
+/// `show_instance` (on the bridge, libvirt knows it from ARP; then from the minion's grains).
+fn check_addresses_shown(
+    m: &Master,
+    ips: &BTreeMap<String, String>,
+    created: &Value,
+    events: &EventLog,
+) {
+    let cloud = |args: &[&str]| {
+        let mut all = vec!["--out", "json", "-y"];
+        all.extend_from_slice(args);
+        let out = m.salt_cloud(&all);
+        assert!(
+            out.status.success(),
+            "salt-cloud {args:?}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        last_json(&out)
+    };
+    let q = cloud(&["-Q"]);
+    let events = events.events();
+    for (n, ip) in ips {
+        let event = events
+            .iter()
+            .find(|e| e["tag"] == format!("salt/cloud/{n}/created"))
+            .unwrap_or_else(|| panic!("no created event for {n}"));
+        let shown = cloud(&["-a", "show_instance", n]);
+        for (what, v) in [
+            ("the create's return", &created[n.as_str()]),
+            ("the created event", &event["data"]),
+            ("-Q", &q["lab"]["libvirt"][n.as_str()]),
+            ("show_instance", &shown["lab"]["libvirt"][n.as_str()]),
+        ] {
+            assert_eq!(
+                v["private_ips"],
+                serde_json::json!([ip]),
+                "{n}: {what}: {v}"
+            );
+            assert_eq!(v["public_ips"], serde_json::json!([]), "{n}: {what}: {v}");
+            assert!(v.get("ip_note").is_none(), "{n}: {what}: {v}");
+        }
+    }
+}
+
 /// On one network: one lease per clone (by its MAC, asked with its MAC as client id), all
 /// distinct; ARP agrees; the grains show the same address and the clone's own machine-id
 /// (its UUID).
@@ -146,9 +197,9 @@ fn check_network(
     gw: &str,
     macs: &[(String, String)],
     grains: &Value,
-) {
+) -> BTreeMap<String, String> {
     let prefix = &gw[..gw.rfind('.').unwrap() + 1];
-    let mut ips = BTreeSet::new();
+    let mut ips = BTreeMap::new();
     let mut ids = BTreeSet::new();
     let neigh = lab.neighbours();
     for n in vms {
@@ -162,7 +213,7 @@ fn check_network(
             format!("01:{mac}"),
             "{n}: the client id is not its MAC's"
         );
-        ips.insert(ip.clone());
+        ips.insert(n.clone(), ip.clone());
         assert!(
             neigh.contains(&(ip.clone(), mac.clone())),
             "{n}: ARP has not {ip} at {mac}: {neigh:?}"
@@ -181,6 +232,8 @@ fn check_network(
         assert_eq!(id, uuid, "{n}: machine-id is not its own UUID: {g}");
         ids.insert(id);
     }
-    assert_eq!(ips.len(), vms.len(), "addresses shared: {leases:?}");
+    let distinct: BTreeSet<&String> = ips.values().collect();
+    assert_eq!(distinct.len(), vms.len(), "addresses shared: {leases:?}");
     assert_eq!(ids.len(), vms.len(), "machine-ids shared: {grains}");
+    ips
 }
