@@ -221,6 +221,12 @@ F
 }
 echo "$NAME" > "$R/etc/hostname"
 : > "$R/etc/machine-id"
+# dbus's package scripts wrote a fixed id into /var/lib/dbus/machine-id, and systemd fills an
+# empty /etc/machine-id from that file at first boot: every clone would get the same id (and
+# the same DHCP DUID). As on a fresh Debian install, it is a link to /etc/machine-id, which
+# systemd then fills from the VM's own SMBIOS UUID (each clone's domain UUID).
+mkdir -p "$R/var/lib/dbus"
+ln -sfn /etc/machine-id "$R/var/lib/dbus/machine-id"
 rm -f "$R/etc/resolv.conf"
 ln -sf /run/systemd/resolve/stub-resolv.conf "$R/etc/resolv.conf" 2>/dev/null || true
 cat > "$R/etc/fstab" <<'F'
@@ -255,6 +261,11 @@ DHCP=ipv4
 # The initramfs already leased eth0's address (guest/initramfs-init): keep it, do not drop
 # and re-add it under the starting minion's connection.
 KeepConfiguration=dhcp
+[DHCPv4]
+# The client identifier busybox's udhcpc sends in the initramfs (1 + the MAC): the server
+# keeps one lease per clone when networkd takes it over, and a warm clone, whose networkd
+# kept the warm domain's machine-id (and so its DUID), asks with its own MAC's.
+ClientIdentifier=mac
 F
 # cloud-init's salt_minion module runs `apt-get install salt-minion`: an empty sources list
 # and a local shim package make that a no-op (salt lives in /opt/salt).

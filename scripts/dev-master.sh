@@ -6,6 +6,8 @@
 #   scripts/dev-master.sh stop DIR
 #   scripts/dev-master.sh env DIR        prints SALT_VENV, SALT_CONFIG_DIR, ports
 #   MASTER_EXTRA_CONF='key: value' appends options to a new config
+#   MASTER_INTERFACE=0.0.0.0 listens there instead of 127.0.0.1 (a new config; the lab's
+#   network namespace, integration/harness/lab.rs, where guests reach it on a bridge)
 #
 # Then: $SALT_VENV/bin/salt -c DIR '*' test.ping
 set -euo pipefail
@@ -31,7 +33,7 @@ write_config() {
     # No root_dir: Salt would nest every path below under it.
     cat > "$dir/master" <<CONF
 # private test master written by virtseed's scripts/dev-master.sh
-interface: 127.0.0.1
+interface: ${MASTER_INTERFACE:-127.0.0.1}
 publish_port: $pub
 ret_port: $ret
 user: $(id -un)
@@ -74,7 +76,7 @@ start)
     for _ in $(seq 300); do
         if [ -S "$dir/sock/master_event_pub.ipc" ] && [ -f "$dir/cache/.root_key" ] &&
            python3 -c "import socket,sys; s=socket.socket(); s.settimeout(0.2); sys.exit(s.connect_ex(('127.0.0.1',$ret)))"; then
-            echo "salt-master $SALT_VERSION on 127.0.0.1:$ret (publish $(port_of publish_port)), config $dir"
+            echo "salt-master $SALT_VERSION on $(port_of interface):$ret (publish $(port_of publish_port)), config $dir"
             exit 0
         fi
         sleep 0.1

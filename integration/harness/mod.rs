@@ -3,6 +3,7 @@
 //! drop, also when a test fails.
 #![allow(dead_code)]
 
+pub mod lab;
 pub mod pool;
 pub mod remote;
 pub mod site;
@@ -32,6 +33,21 @@ pub struct Master {
     pub dir: PathBuf,
     pub version: String,
     pub venv: PathBuf,
+    /// The network namespace the master, its CLIs and the sidecar run in (the lab's), if any.
+    pub netns: Option<String>,
+}
+
+/// `program` run inside network namespace `netns` (`ip netns exec`, which execs it: the
+/// child's pid is the program's), or as it is without one.
+pub fn command_in(netns: Option<&str>, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
 }
 
 impl Master {
@@ -41,6 +57,12 @@ impl Master {
 
     /// A master with extra options appended to its config (YAML).
     pub fn start_with(version: &str, extra_conf: &str) -> Master {
+        Self::start_in(version, extra_conf, None)
+    }
+
+    /// A master inside network namespace `netns`, listening on all its addresses (guests on
+    /// the namespace's bridges reach it there); its CLIs run there too.
+    pub fn start_in(version: &str, extra_conf: &str, netns: Option<&str>) -> Master {
         let venv = cache().join(format!("salt-{version}"));
         assert!(
             venv.join("bin/salt-master").exists(),
@@ -52,6 +74,7 @@ impl Master {
             dir,
             version: version.into(),
             venv,
+            netns: netns.map(str::to_string),
         };
         m.script_with("start", extra_conf);
         m
@@ -62,10 +85,19 @@ impl Master {
     }
 
     fn script_with(&self, cmd: &str, extra_conf: &str) {
-        let out = Command::new(repo().join("scripts/dev-master.sh"))
+        let out = self
+            .command(repo().join("scripts/dev-master.sh"))
             .args([cmd, self.dir.to_str().unwrap()])
             .env("SALT_VERSION", &self.version)
             .env("MASTER_EXTRA_CONF", extra_conf)
+            .env(
+                "MASTER_INTERFACE",
+                if self.netns.is_some() {
+                    "0.0.0.0"
+                } else {
+                    "127.0.0.1"
+                },
+            )
             .output()
             .unwrap();
         assert!(
@@ -97,8 +129,13 @@ impl Master {
         self.script("start");
     }
 
+    /// `program` where this master runs (its network namespace, if any).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        command_in(self.netns.as_deref(), program)
+    }
+
     fn tool(&self, tool: &str, args: &[&str]) -> Output {
-        Command::new(self.venv.join("bin").join(tool))
+        self.command(self.venv.join("bin").join(tool))
             .arg("-c")
             .arg(&self.dir)
             .args(args)
@@ -117,6 +154,18 @@ impl Master {
 
     pub fn salt_run(&self, args: &[&str]) -> Output {
         self.tool("salt-run", args)
+    }
+
+    /// `salt-run ARGS` started, its output piped (`site::wait_exit` collects it).
+    pub fn salt_run_bg(&self, args: &[&str]) -> Child {
+        self.command(self.venv.join("bin/salt-run"))
+            .arg("-c")
+            .arg(&self.dir)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
     }
 
     pub fn salt_cloud(&self, args: &[&str]) -> Output {
@@ -140,7 +189,7 @@ impl Master {
 
     /// Runs Python in the master's venv with MASTER_DIR set.
     pub fn python(&self, code: &str) -> Command {
-        let mut c = Command::new(self.venv.join("bin/python"));
+        let mut c = self.command(self.venv.join("bin/python"));
         c.arg("-c").arg(code).env("MASTER_DIR", &self.dir);
         c
     }
@@ -205,7 +254,8 @@ impl Sidecar {
         let log = master
             .dir
             .join(format!("log/virtseed-{id}{log_suffix}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_virtseed"))
+        let child = master
+            .command(env!("CARGO_BIN_EXE_virtseed"))
             .arg("-c")
             .arg(&master.dir)
             .args(["--log", "info,virtseed=debug", "run"])

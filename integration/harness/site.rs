@@ -3,7 +3,7 @@
 
 use super::pool::Pool;
 use super::Master;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// A master with a pool, a shut-off base domain, salt-cloud providers and profiles, and
@@ -105,14 +105,7 @@ impl Site {
     }
 
     pub fn salt_run_bg(&self, args: &[&str]) -> std::process::Child {
-        Command::new(self.m.venv.join("bin/salt-run"))
-            .arg("-c")
-            .arg(&self.m.dir)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+        self.m.salt_run_bg(args)
     }
 }
 

@@ -12,8 +12,10 @@ use rmpv::Value;
 use std::net::IpAddr;
 use std::path::Path;
 
-/// The addresses minion `id` reported in its cached grains, loopback excluded; none when the
-/// master has no grains for it (yet).
+/// The addresses minion `id` reported in its cached grains, loopback and link-local excluded
+/// (the minion lists every interface's `fe80::` address, which reaches it only from its own
+/// link and with a zone: not an address to list it by); none when the master has no grains
+/// for it (yet).
 pub fn from_grains_cache(cachedir: &Path, id: &str) -> Vec<IpAddr> {
     let older = cachedir.join("minions").join(id).join("data.p");
     let newer = cachedir.join("grains").join(format!("{id}.p"));
@@ -53,13 +55,24 @@ fn grain_addresses(grains: &Value) -> Vec<IpAddr> {
                 _ => None,
             };
             if let Some(a) = text.and_then(|t| t.parse::<IpAddr>().ok()) {
-                if !a.is_loopback() && !a.is_unspecified() && !out.contains(&a) {
+                if !a.is_loopback()
+                    && !a.is_unspecified()
+                    && !is_link_local(&a)
+                    && !out.contains(&a)
+                {
                     out.push(a);
                 }
             }
         }
     }
     out
+}
+
+fn is_link_local(a: &IpAddr) -> bool {
+    match a {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
 }
 
 /// Whether `a` is reachable only within a site: RFC 1918, shared (100.64/10) and link-local
@@ -97,6 +110,27 @@ pub fn split(addresses: &[String]) -> (Vec<String>, Vec<String>) {
         }
     }
     (public, private)
+}
+
+/// salt-cloud's address keys for a VM known by `addresses`: `public_ips` and `private_ips`;
+/// and while a running VM has none, `ip_note` says that its address is not known yet (empty
+/// lists alone read as "no network").
+pub fn salt_cloud_keys(
+    addresses: &[String],
+    running: bool,
+) -> serde_json::Map<String, serde_json::Value> {
+    let (public, private) = split(addresses);
+    let mut keys = serde_json::Map::new();
+    if running && public.is_empty() && private.is_empty() {
+        keys.insert(
+            "ip_note".into(),
+            "address not known yet: no DHCP lease, ARP entry or guest agent answer for its MACs, and no address reported by its minion"
+                .into(),
+        );
+    }
+    keys.insert("public_ips".into(), public.into());
+    keys.insert("private_ips".into(), private.into());
+    keys
 }
 
 #[cfg(test)]
@@ -138,15 +172,10 @@ mod tests {
         assert!(from_grains_cache(d.path(), "web1").is_empty());
         // 3008: the grains alone.
         write(&d.path().join("grains/web1.p"), &grains());
-        let want: Vec<IpAddr> = [
-            "10.0.2.15",
-            "203.0.113.7",
-            "fe80::5054:ff:fe12:3456",
-            "2001:db8::7",
-        ]
-        .iter()
-        .map(|a| a.parse().unwrap())
-        .collect();
+        let want: Vec<IpAddr> = ["10.0.2.15", "203.0.113.7", "2001:db8::7"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
         assert_eq!(from_grains_cache(d.path(), "web1"), want);
         // 3006/3007: under `grains`, beside the pillar; preferred when both exist.
         let data = Value::Map(vec![
@@ -162,7 +191,22 @@ mod tests {
             ["192.0.2.1".parse::<IpAddr>().unwrap()]
         );
         std::fs::write(d.path().join("minions/web1/data.p"), b"\xc1junk").unwrap();
-        assert_eq!(from_grains_cache(d.path(), "web1").len(), 4);
+        assert_eq!(from_grains_cache(d.path(), "web1").len(), 3);
+    }
+
+    #[test]
+    fn an_unknown_address_is_said_so_only_while_running() {
+        let k = salt_cloud_keys(&[], true);
+        assert!(k["ip_note"]
+            .as_str()
+            .unwrap()
+            .starts_with("address not known yet"));
+        assert_eq!(k["private_ips"], serde_json::json!([]));
+        assert!(!salt_cloud_keys(&[], false).contains_key("ip_note"));
+        let k = salt_cloud_keys(&["192.168.150.7".into()], true);
+        assert!(!k.contains_key("ip_note"));
+        assert_eq!(k["private_ips"], serde_json::json!(["192.168.150.7"]));
+        assert_eq!(k["public_ips"], serde_json::json!([]));
     }
 
     #[test]

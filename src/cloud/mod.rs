@@ -540,6 +540,17 @@ impl Cloud {
         i
     }
 
+    /// VM `name`'s addresses as known now (libvirt's `ip_source`, then its minion's
+    /// grains), in salt-cloud's keys (`addresses::salt_cloud_keys`).
+    pub fn address_keys(&self, name: &str) -> Result<serde_json::Map<String, Value>, CloudError> {
+        let (_, i) = self.locate(name)?;
+        let i = self.with_minion_addresses(i);
+        Ok(addresses::salt_cloud_keys(
+            &i.addresses,
+            i.state == "running",
+        ))
+    }
+
     /// `start`, `stop`, `reboot` or `show_instance` on one VM virtseed made.
     pub fn action(&self, action: &str, name: &str) -> Result<Value, CloudError> {
         names::check(name).map_err(CloudError::BadName)?;
@@ -626,13 +637,10 @@ pub struct Recovered {
 /// `ssh_forward`, where SSH reaches it (`ssh_host`/`ssh_port`, as salt-cloud's deploy keys
 /// name them).
 pub fn instance_json(i: &Instance) -> Value {
-    let (public_ips, private_ips) = addresses::split(&i.addresses);
     let mut v = json!({
         "id": i.uuid,
         "name": i.name,
         "state": i.state,
-        "public_ips": public_ips,
-        "private_ips": private_ips,
         "size": format!("{} vCPU, {} MiB", i.vcpus, i.memory_kib / 1024),
         "image": i.ownership.base,
         "profile": i.ownership.profile,
@@ -641,6 +649,9 @@ pub fn instance_json(i: &Instance) -> Value {
         "created": i.ownership.created,
         "fingerprint": i.ownership.fingerprint,
     });
+    for (k, a) in addresses::salt_cloud_keys(&i.addresses, i.state == "running") {
+        v[k] = a;
+    }
     if let Some(port) = i.ownership.ssh_port {
         v["ssh_host"] = json!("127.0.0.1");
         v["ssh_port"] = json!(port);

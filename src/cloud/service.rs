@@ -241,9 +241,16 @@ impl Service {
                 }
             }
         }
+        // Where it is now, in the return and the `created` event, as salt-cloud's drivers
+        // report it (an address not known yet is said so).
+        let mut created = json!({"event": "created instance"});
+        for (k, a) in self.address_keys(&name).await {
+            v[&k] = a.clone();
+            created[k] = a;
+        }
         self.cloud.journal_done(&f.request, &name, &v);
         if !deployed_later {
-            progress.step(&name, "created", json!({"event": "created instance"}));
+            progress.step(&name, "created", created);
         }
         (name, v)
     }
@@ -300,6 +307,20 @@ impl Service {
         };
         progress.step(name, "failed", json!({"error": e}));
         v["Error"] = json!(e);
+    }
+
+    /// `Cloud::address_keys` off the runtime; none when the VM cannot be read.
+    async fn address_keys(&self, name: &str) -> serde_json::Map<String, Value> {
+        let cloud = self.cloud.clone();
+        let n = name.to_string();
+        let r = tokio::task::spawn_blocking(move || cloud.address_keys(&n))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        r.unwrap_or_else(|e| {
+            tracing::warn!(name, "could not read the clone's addresses: {e}");
+            serde_json::Map::new()
+        })
     }
 
     /// Destroys a clone whose minion never answered: VM, volumes and key.

@@ -1,0 +1,239 @@
+//! Clones on real networks, in a lab that never leaves the machine (harness/lab.rs): a
+//! network namespace with its own libvirtd, a libvirt network with DHCP and a plain bridge
+//! whose DHCP server libvirt does not know. The master and the sidecar run in the namespace;
+//! the guests reach the master on their network's gateway address.
+//!
+//! Cold clones of the golden image, then warm clones restored from one saved state per
+//! network, several in one call on each network: each answers `salt NAME test.ping`; the
+//! DHCP leases, the namespace's ARP table and the minions' grains show as many distinct
+//! addresses and machine-ids as clones; destroy leaves no domain, volume, key, or domain
+//! holding a lease. One lab, master and sidecar serve both rounds (one test: they are dropped,
+//! guests and namespace included, also when it fails).
+
+mod harness;
+
+use harness::lab::{Lab, Lease, LAN_GW, NET_GW};
+use harness::site::wait_exit;
+use harness::{last_json, text, EventLog, Master, Sidecar};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+const CLONES_PER_NETWORK: usize = 2;
+
+#[test]
+fn clones_get_their_own_identity_and_address_on_both_networks() {
+    let t0 = Instant::now();
+    let lab = Lab::start();
+    let tag = &salt_proto::auth::new_nonce()[..5];
+    let (net_base, lan_base) = lab.golden_bases(&format!("g{tag}"));
+    let m = Master::start_in("3007.17", "", Some(&lab.ns));
+    std::fs::write(
+        m.dir.join("cloud.providers"),
+        format!("lab:\n  driver: libvirt\n  url: {}\n", lab.uri),
+    )
+    .unwrap();
+    std::fs::write(
+        m.dir.join("cloud.profiles"),
+        format!(
+            "onnet:\n  provider: lab\n  base_domain: {net_base}\n  pool: {pool}\n  seed: smbios\n  \
+             minion_timeout: 600\n  minion:\n    master: {NET_GW}\n\
+             onlan:\n  extends: onnet\n  base_domain: {lan_base}\n  minion:\n    master: {LAN_GW}\n\
+             warmnet:\n  extends: onnet\n  warm: true\n\
+             warmlan:\n  extends: onlan\n  warm: true\n",
+            pool = lab.pool
+        ),
+    )
+    .unwrap();
+    m.install_modules();
+    let _sidecar = Sidecar::start(&m, "virtseed");
+    eprintln!("lab, master and sidecar up after {:.1?}", t0.elapsed());
+
+    round(&lab, &m, ("onnet", "onlan"), &format!("c{tag}"));
+    round(&lab, &m, ("warmnet", "warmlan"), &format!("w{tag}"));
+    eprintln!("test took {:.1?}", t0.elapsed());
+}
+
+/// `CLONES_PER_NETWORK` clones of each profile (one call per network, both at once), checked,
+/// then destroyed.
+fn round(lab: &Lab, m: &Master, (on_net, on_lan): (&str, &str), tag: &str) {
+    let names = |net: &str| -> Vec<String> {
+        (1..=CLONES_PER_NETWORK)
+            .map(|i| format!("{tag}{net}{i}"))
+            .collect()
+    };
+    let (net_vms, lan_vms) = (names("n"), names("l"));
+    let events = EventLog::start(m);
+    let t = Instant::now();
+    let calls: Vec<_> = [(on_net, &net_vms), (on_lan, &lan_vms)]
+        .iter()
+        .map(|(p, vms)| m.salt_run_bg(&["--out", "json", "cloud.profile", p, &vms.join(",")]))
+        .collect();
+    let mut created = Value::Null;
+    for (call, vms) in calls.into_iter().zip([&net_vms, &lan_vms]) {
+        let out = wait_exit(call, Duration::from_secs(900));
+        let ret = last_json(&out);
+        for n in vms {
+            assert_eq!(ret[n.as_str()]["minion_up"], true, "{n}: {ret}");
+            created[n.as_str()] = ret[n.as_str()].clone();
+        }
+    }
+    eprintln!(
+        "{on_net}/{on_lan}: {} clones answered after {:.1?}",
+        2 * CLONES_PER_NETWORK,
+        t.elapsed()
+    );
+
+    let all: Vec<&String> = net_vms.iter().chain(&lan_vms).collect();
+    for n in &all {
+        let (ok, v) = m.salt_json(n, &["test.ping"], 60);
+        assert!(ok && v[n.as_str()] == true, "{n}: {v}");
+    }
+    let list = all.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",");
+    let out = m.salt(&[
+        "-t",
+        "60",
+        "--out",
+        "json",
+        "--static",
+        "-L",
+        &list,
+        "grains.item",
+        "machine_id",
+        "ipv4",
+        "uuid",
+    ]);
+    let grains: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let macs: Vec<(String, String)> = all
+        .iter()
+        .map(|n| (n.to_string(), lab.macs(n)[0].clone()))
+        .collect();
+    let mut ips = BTreeMap::new();
+    for (vms, leases, gw) in [
+        (&net_vms, lab.net_leases(), NET_GW),
+        (&lan_vms, lab.lan_leases(), LAN_GW),
+    ] {
+        ips.extend(check_network(lab, vms, &leases, gw, &macs, &grains));
+    }
+    check_addresses_shown(m, &ips, &created, &events);
+
+    let out = m.salt_run(&["--out", "json", "cloud.destroy", &list]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    let domains = lab.domains();
+    let volumes = lab.volumes();
+    for n in &all {
+        assert!(!domains.contains(n), "{n}: domain left: {domains:?}");
+        assert!(
+            !volumes.iter().any(|v| v.starts_with(n.as_str())),
+            "{n}: volume left: {volumes:?}"
+        );
+        for dir in ["minions", "minions_pre", "minions_rejected"] {
+            assert!(
+                !m.pki().join(dir).join(n).exists(),
+                "{n}: key left in {dir}"
+            );
+        }
+    }
+    // The leases stay until they expire; no domain holds one any more.
+    let held: BTreeSet<String> = domains.iter().flat_map(|d| lab.macs(d)).collect();
+    for (_, mac) in &macs {
+        assert!(!held.contains(mac), "a domain still has {mac}");
+    }
+}
+
+/// Each clone's own address (`ips`, from its lease), and only it, in salt-cloud's
+/// `private_ips`: in its create's return, its `created` event, `salt-cloud -Q` and
+/// `show_instance` (on the bridge, libvirt knows it from ARP; then from the minion's grains).
+fn check_addresses_shown(
+    m: &Master,
+    ips: &BTreeMap<String, String>,
+    created: &Value,
+    events: &EventLog,
+) {
+    let cloud = |args: &[&str]| {
+        let mut all = vec!["--out", "json", "-y"];
+        all.extend_from_slice(args);
+        let out = m.salt_cloud(&all);
+        assert!(
+            out.status.success(),
+            "salt-cloud {args:?}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        last_json(&out)
+    };
+    let q = cloud(&["-Q"]);
+    let events = events.events();
+    for (n, ip) in ips {
+        let event = events
+            .iter()
+            .find(|e| e["tag"] == format!("salt/cloud/{n}/created"))
+            .unwrap_or_else(|| panic!("no created event for {n}"));
+        let shown = cloud(&["-a", "show_instance", n]);
+        for (what, v) in [
+            ("the create's return", &created[n.as_str()]),
+            ("the created event", &event["data"]),
+            ("-Q", &q["lab"]["libvirt"][n.as_str()]),
+            ("show_instance", &shown["lab"]["libvirt"][n.as_str()]),
+        ] {
+            assert_eq!(
+                v["private_ips"],
+                serde_json::json!([ip]),
+                "{n}: {what}: {v}"
+            );
+            assert_eq!(v["public_ips"], serde_json::json!([]), "{n}: {what}: {v}");
+            assert!(v.get("ip_note").is_none(), "{n}: {what}: {v}");
+        }
+    }
+}
+
+/// On one network: one lease per clone (by its MAC, asked with its MAC as client id), all
+/// distinct; ARP agrees; the grains show the same address and the clone's own machine-id
+/// (its UUID).
+fn check_network(
+    lab: &Lab,
+    vms: &[String],
+    leases: &[Lease],
+    gw: &str,
+    macs: &[(String, String)],
+    grains: &Value,
+) -> BTreeMap<String, String> {
+    let prefix = &gw[..gw.rfind('.').unwrap() + 1];
+    let mut ips = BTreeMap::new();
+    let mut ids = BTreeSet::new();
+    let neigh = lab.neighbours();
+    for n in vms {
+        let mac = &macs.iter().find(|(m, _)| m == n).unwrap().1;
+        let mine: Vec<&Lease> = leases.iter().filter(|l| &l.mac == mac).collect();
+        assert_eq!(mine.len(), 1, "{n} ({mac}): leases {leases:?}");
+        let ip = &mine[0].ip;
+        assert!(ip.starts_with(prefix), "{n}: {ip} not on {gw}'s network");
+        assert_eq!(
+            mine[0].client_id,
+            format!("01:{mac}"),
+            "{n}: the client id is not its MAC's"
+        );
+        ips.insert(n.clone(), ip.clone());
+        assert!(
+            neigh.contains(&(ip.clone(), mac.clone())),
+            "{n}: ARP has not {ip} at {mac}: {neigh:?}"
+        );
+        let g = &grains[n.as_str()];
+        let addrs: Vec<&str> = g["ipv4"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{n}: no ipv4 grain: {grains}"))
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|a| *a != "127.0.0.1")
+            .collect();
+        assert_eq!(addrs, [ip.as_str()], "{n}: grains {g}");
+        let id = g["machine_id"].as_str().unwrap_or_default().to_string();
+        let uuid = g["uuid"].as_str().unwrap_or_default().replace('-', "");
+        assert_eq!(id, uuid, "{n}: machine-id is not its own UUID: {g}");
+        ids.insert(id);
+    }
+    let distinct: BTreeSet<&String> = ips.values().collect();
+    assert_eq!(distinct.len(), vms.len(), "addresses shared: {leases:?}");
+    assert_eq!(ids.len(), vms.len(), "machine-ids shared: {grains}");
+    ips
+}
