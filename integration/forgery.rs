@@ -2,7 +2,7 @@
 //! (`mallory`) forges, through Salt's own request channel, everything the bus lets it: the
 //! sidecar's return to a waiting front end (`_minion_event` in its `events` form and in its
 //! `tag`/`data` form, and a job-cache return through `_syndic_return`), progress events, and a
-//! new clone's start event and readiness answers. The front ends (`salt-run cloud.profile`,
+//! new clone's start event, readiness answers and sign-ins (`salt/auth`). The front ends (`salt-run cloud.profile`,
 //! `salt-cloud -p`) print only the sidecar's real answer, the clone is ready only when its
 //! real minion (played by a salt-minion built from its seed) proves its key, and its seed
 //! stays until then. On 3006.30, 3007.17 and 3008.5.
@@ -198,6 +198,15 @@ fn forged_create(
     for answer in [json!(true), json!("0000"), json!(format!("{:064x}", 7))] {
         mal.forge_return(&check, "slsutil.renderer", name, answer);
     }
+    // `salt/auth` for the new name, a pending key, an acceptance and a denial of mallory's key.
+    let minted = std::fs::read_to_string(m.pki().join("minions").join(name)).unwrap();
+    let theirs = std::fs::read_to_string(m.dir.join("mallory/pki/minion.pub")).unwrap();
+    let auth =
+        |act: &str| json!({"id": name, "act": act, "result": act != "denied", "pub": theirs});
+    mal.forge(&[
+        json!({"events": [["salt/auth", auth("pend")], ["salt/auth", auth("accept")], ["salt/auth", auth("denied")]]}),
+        json!({"tagdata": ["salt/auth", auth("denied")]}),
+    ]);
     std::thread::sleep(Duration::from_secs(4));
     let minion_up = format!("salt/cloud/{name}/minion_up");
     assert!(
@@ -235,6 +244,19 @@ fn forged_create(
     }
     let (ok, v) = m.salt_json(name, &["test.ping"], 30);
     assert!(ok && v[name] == true, "{v}");
+    // The forged sign-ins changed no key and reported nothing.
+    assert_eq!(
+        std::fs::read_to_string(m.pki().join("minions").join(name)).unwrap(),
+        minted
+    );
+    assert!(!m.pki().join("minions_pre").join(name).exists());
+    assert!(
+        !events
+            .events()
+            .iter()
+            .any(|e| e["tag"] == "virtseed/key/denied" && e["data"]["id"] == name),
+        "a forged denial was reported"
+    );
     drop(guest);
 }
 
