@@ -150,6 +150,36 @@ fn doctor_on_a_healthy_site_and_each_broken_case() {
     virsh_ok(&["destroy", &base]);
     assert!(v.to_string().contains("running"), "{v}");
 
+    // accept: on_first_auth on a base without the guest agent's channel: no key could be
+    // read from its clones.
+    let orig = edit(&profiles, |t| {
+        t.replacen(
+            "  minion_timeout: 600\n",
+            "  minion_timeout: 600\n  accept: on_first_auth\n",
+            1,
+        )
+    });
+    let (ok, v) = doctor(dir, &py);
+    assert!(ok && status(&v, "profile web") == "ok", "{v:#}");
+    let xml = virsh_ok(&["dumpxml", "--inactive", &base]);
+    let without: String = xml
+        .lines()
+        .filter(|l| {
+            !l.contains("org.qemu.guest_agent.0")
+                && !l.contains("<channel")
+                && !l.contains("</channel>")
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let f = dir.join("base-no-agent.xml");
+    std::fs::write(&f, &without).unwrap();
+    virsh_ok(&["define", f.to_str().unwrap()]);
+    let v = fails(dir, &py, "profile web");
+    std::fs::write(&f, &xml).unwrap();
+    virsh_ok(&["define", f.to_str().unwrap()]);
+    std::fs::write(&profiles, orig).unwrap();
+    assert!(v.to_string().contains("qemu-guest-agent"), "{v}");
+
     // The Salt modules of another release.
     let client = dir.join("extmods/utils/virtseed_client.py");
     let orig = edit(&client, |t| {

@@ -228,6 +228,16 @@ fn libvirt(r: &mut Report, dir: &Path) {
             continue;
         };
         match hv.base(&prof.base_domain) {
+            Ok(b)
+                if prof.accept == virtseed::config::cloud::AcceptMode::OnFirstAuth
+                    && !b.xml.has_agent_channel() =>
+            {
+                r.fail(
+                    check,
+                    format!("accept: on_first_auth reads each clone's own key through the QEMU guest agent, and base {} has no org.qemu.guest_agent.0 channel: no key would ever be accepted", prof.base_domain),
+                    format!("add the channel to the base (`virsh edit {}`: <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>) and install qemu-guest-agent in its image", prof.base_domain),
+                )
+            }
             Ok(b) => r.ok(
                 check,
                 format!(

@@ -31,6 +31,20 @@ pub struct BaseXml {
     pub nvram: Option<String>,
 }
 
+impl BaseXml {
+    /// Whether the base has the QEMU guest agent's virtio channel, which its clones keep
+    /// (`accept: on_first_auth` reads the VM's own key through the agent).
+    pub fn has_agent_channel(&self) -> bool {
+        self.root.child("devices").is_some_and(|d| {
+            d.elements().any(|e| {
+                e.name == "channel"
+                    && e.child("target").and_then(|t| t.attr("name")).as_deref()
+                        == Some("org.qemu.guest_agent.0")
+            })
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum DomainXmlError {
     #[error("{0}")]
@@ -635,6 +649,13 @@ mod tests {
             args[3],
             format!("virtio-net-pci,netdev=vsfwd0,mac={}", macs[0])
         );
+    }
+
+    #[test]
+    fn the_agent_channel_is_found_or_not() {
+        assert!(read_base("base", BASE).unwrap().has_agent_channel());
+        let without = BASE.replace("org.qemu.guest_agent.0", "org.example.other.0");
+        assert!(!read_base("base", &without).unwrap().has_agent_channel());
     }
 
     #[test]
