@@ -11,9 +11,10 @@
 //! virtseed expects. Another minion sees the nonce in the publication (without
 //! `zmq_filtering`) but cannot compute the answer.
 //!
-//! A clone whose image makes its own key (`accept: on_first_auth` or `manual`) has no key
-//! virtseed knows: its readiness is a plain `test.ping` answer, which is only as good as the
-//! bus (RELIABILITY.md says so).
+//! With `accept: on_first_auth` the key is the one read from inside the VM
+//! (`super::autoaccept`). A clone made with `accept: manual` has no key virtseed knows: its
+//! readiness is a plain `test.ping` answer, which is only as good as the bus (RELIABILITY.md
+//! says so).
 
 use crate::bus::clear::ClearChannel;
 use hmac::{KeyInit, Mac};
@@ -33,8 +34,9 @@ pub struct Ready {
     pub first_ping_ms: u64,
 }
 
-/// The private key virtseed minted for a clone (its PEM, as the guest's `minion.pem` holds
-/// it): what the clone's readiness answer must prove it holds. Never printed.
+/// A clone's private key (its PEM, as the guest's `minion.pem` holds it: minted by virtseed,
+/// or read from inside the VM for `on_first_auth`): what the clone's readiness answer must
+/// prove it holds. Never printed.
 #[derive(Clone)]
 pub struct ProofKey(Zeroizing<String>);
 
