@@ -265,6 +265,7 @@ fn heartbeats(version: &str) {
         "zmq_heartbeat_ivl: 200\nzmq_heartbeat_timeout: 800",
     );
     let sidecar = Sidecar::start(&master, "vs-heartbeat");
+    sidecar.wait_log("subscribed to publications", Duration::from_secs(30));
     let publish_port = master.port("publish_port");
     // The subscription's TCP connection: it must be the same one at the end (a publisher that
     // gets no PONG drops the peer, and the crate would reconnect behind our back).

@@ -26,6 +26,11 @@ pub async fn run(config_dir: &Path) -> anyhow::Result<()> {
     let key = own_key(&master, &settings).await?;
     let signer = crate::bus::proof::Signer::new(PrivateKey::from_pem(&key.to_pem())?);
     let channel = join(&master, &settings, key).await?;
+    // Publications first: jobs reach the sidecar from its first moment on the bus, and
+    // wait in the queue for the dispatcher (announcing below signs an event, which takes a
+    // while in a debug build on a loaded machine).
+    let (tx, rx) = mpsc::channel(1024);
+    tokio::spawn(channel.clone().publications(tx));
 
     let events = EventBus::new(&master.sock_dir, settings.salt_version).signed_by(signer.clone());
     tokio::spawn(events.clone().listen());
@@ -36,8 +41,6 @@ pub async fn run(config_dir: &Path) -> anyhow::Result<()> {
         channel.clone(),
     ));
 
-    let (tx, rx) = mpsc::channel(1024);
-    tokio::spawn(channel.clone().publications(tx));
     let cloud = cloud_service(config_dir, &master, &settings, &events);
     if let Some(svc) = &cloud {
         let progress = Arc::new(crate::cloud::service::BusProgress::new(
