@@ -88,7 +88,12 @@ fn real_guests_answer_test_ping_for_both_seed_channels() {
         assert!(!st.status.success(), "{n} still defined");
     }
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(golden_files(), before, "destroy left files behind");
+    // Only this test's clones: the other test here runs at the same time, on the same pool.
+    let left: Vec<String> = golden_files()
+        .into_iter()
+        .filter(|f| !before.contains(f) && (f.contains(&a) || f.contains(&b)))
+        .collect();
+    assert!(left.is_empty(), "destroy left files behind: {left:?}");
 }
 
 /// `accept: on_first_auth` on a real guest: the image makes its own key, and another host
@@ -171,5 +176,9 @@ fn on_first_auth_accepts_the_key_the_vm_holds_not_an_impostors() {
         assert!(!m.pki().join(dir).join(&name).exists(), "key left in {dir}");
     }
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(golden_files(), before, "destroy left files behind");
+    let left: Vec<String> = golden_files()
+        .into_iter()
+        .filter(|f| !before.contains(f) && f.contains(&name))
+        .collect();
+    assert!(left.is_empty(), "destroy left files behind: {left:?}");
 }
