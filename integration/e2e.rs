@@ -114,14 +114,7 @@ fn on_first_auth_accepts_the_key_the_vm_holds_not_an_impostors() {
     let name = format!("own{}", &salt_proto::auth::new_nonce()[..6]);
     let before = golden_files();
 
-    let child = Command::new(m.venv.join("bin/salt-run"))
-        .arg("-c")
-        .arg(&m.dir)
-        .args(["--out", "json", "cloud.profile", "own", &name])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = m.salt_run_bg(&["--out", "json", "cloud.profile", "own", &name]);
     let conf = format!(
         "id: {name}\nmaster: 127.0.0.1\nmaster_port: {}\npublish_port: {}\n",
         m.port("ret_port"),

@@ -12,7 +12,7 @@ mod harness;
 use harness::site::{master_with_base_conf, play_guest, wait_exit};
 use harness::{last_json, text, wait_for, EventLog, Master, Minion, Sidecar};
 use serde_json::{json, Value};
-use std::process::{Command, Stdio};
+
 use std::time::Duration;
 
 /// Mallory's forgeries, one JSON op per argument, sent through Salt's own request channel
@@ -149,15 +149,9 @@ fn forged_create(
     name: &str,
 ) {
     let mark = events.events().len();
-    let child = Command::new(m.venv.join("bin").join(front[0]))
-        .arg("-c")
-        .arg(&m.dir)
-        .args(&front[1..])
-        .arg(name)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut args = front[1..].to_vec();
+    args.push(name);
+    let child = m.tool_bg(front[0], &args);
     // salt-cloud asks `cloud.list_nodes` first: the create is `cloud.profile` (or `create`).
     let job = published(events, mark, "cloud.profile", "virtseed");
     let fun = events

@@ -158,7 +158,12 @@ impl Master {
 
     /// `salt-run ARGS` started, its output piped (`site::wait_exit` collects it).
     pub fn salt_run_bg(&self, args: &[&str]) -> Child {
-        self.command(self.venv.join("bin/salt-run"))
+        self.tool_bg("salt-run", args)
+    }
+
+    /// Salt's CLI `tool` (`salt-run`, `salt-cloud`, ...) started, its output piped.
+    pub fn tool_bg(&self, tool: &str, args: &[&str]) -> Child {
+        self.command(self.venv.join("bin").join(tool))
             .arg("-c")
             .arg(&self.dir)
             .args(args)
