@@ -46,8 +46,84 @@ else
         fi
     fi
 fi
-if [ -z "$src" ] || [ ! -s "$src/virtseed.minion_id" ]; then
+[ -n "$src" ] && [ ! -s "$src/virtseed.minion_id" ] && src=
+warm_port=${VIRTSEED_WARM_PORT:-/dev/virtio-ports/org.virtseed.warm.0}
+[ -e "$warm_port" ] || warm_port=
+if [ -z "$src" ] && [ -z "$warm_port" ]; then
     echo "virtseed: no identity from virtseed on this boot: nothing to do"
+    exit 0
+fi
+
+# Which machine this is: the domain's UUID. The identity is installed once per machine: the
+# UUID it was installed for is kept in $stamp (virtseed-warm writes it too), and a reboot of
+# the same clone changes nothing. Any other UUID is a new clone, of a template that may have
+# been booted before (its own machine-id, SSH host keys, minion id and key, caches, leases):
+# all of that goes first, as virt-sysprep would, then the clone's own identity comes in.
+stamp=$root/var/lib/virtseed/instance
+uuid=${VIRTSEED_UUID:-}
+[ -n "$uuid" ] || { IFS= read -r uuid < /sys/class/dmi/id/product_uuid; } 2>/dev/null || true
+# Without its dashes (the kernel prints it in lower case), as a machine-id. Builtins only.
+saved_ifs=$IFS; IFS=-; set -- $uuid; IFS=$saved_ifs; uuid=${1:-}${2:-}${3:-}${4:-}${5:-}
+old=
+[ -s "$stamp" ] && IFS= read -r old < "$stamp"
+if [ -n "$uuid" ] && [ "$old" = "$uuid" ]; then
+    echo "virtseed: this machine's identity is installed already: nothing to do"
+    exit 0
+fi
+clean_template_state() {
+    cleaned=
+    for f in "$root"/etc/salt/pki/minion/* "$root/etc/salt/minion_id" "$root/var/cache/salt/minion"; do
+        [ -e "$f" ] || [ -L "$f" ] || continue
+        rm -rf "$f"; cleaned="$cleaned ${f#"$root"}"
+    done
+    # cloud-init's per-instance state; a NoCloud seed virtseed put there for the template.
+    for f in instance instances data sem; do
+        [ -e "$root/var/lib/cloud/$f" ] || [ -L "$root/var/lib/cloud/$f" ] || continue
+        rm -rf "$root/var/lib/cloud/$f"; cleaned="$cleaned /var/lib/cloud/$f"
+    done
+    if grep -qs virtseed "$root/var/lib/cloud/seed/nocloud/user-data"; then
+        rm -rf "$root/var/lib/cloud/seed/nocloud"; cleaned="$cleaned /var/lib/cloud/seed/nocloud"
+    fi
+    # DHCP clients' saved leases (dhclient, NetworkManager); networkd keeps none on disk.
+    for f in "$root"/var/lib/dhcp/*.lease* "$root"/var/lib/dhclient/*.lease* "$root"/var/lib/NetworkManager/*.lease; do
+        [ -e "$f" ] || continue
+        rm -f "$f"; cleaned="$cleaned ${f#"$root"}"
+    done
+    # SSH host keys: each type the template had, made again (before sshd starts).
+    for f in "$root"/etc/ssh/ssh_host_*_key; do
+        [ -e "$f" ] || continue
+        t=${f##*/ssh_host_}; t=${t%_key}
+        rm -f "$f" "$f.pub"
+        if ssh-keygen -q -t "$t" -N "" -C "root@${id:-virtseed}" -f "$f" >/dev/null 2>&1; then
+            cleaned="$cleaned ssh_host_${t}_key (new)"
+        else
+            cleaned="$cleaned ssh_host_${t}_key (removed; could not make a new one)"
+        fi
+    done
+    # machine-id: PID 1 took it before any unit ran. On a kernel command line virtseed wrote
+    # (systemd.machine_id=) it is the UUID already; from a bootloader, a booted template's id
+    # is still there: networkd, D-Bus, sshd and the minion, which start after this, get the
+    # clone's; journald keeps the old one until the next boot, so the new id's journal
+    # directory points at the old one (journalctl reads the directory of /etc/machine-id).
+    mid=
+    [ -s "$root/etc/machine-id" ] && IFS= read -r mid < "$root/etc/machine-id"
+    if [ -n "$uuid" ] && [ "$mid" != "$uuid" ]; then
+        echo "$uuid" > "$root/etc/machine-id.tmp" && chmod 0444 "$root/etc/machine-id.tmp" \
+            && cat "$root/etc/machine-id.tmp" > "$root/etc/machine-id" && rm -f "$root/etc/machine-id.tmp"
+        for d in "$root/run/log/journal" "$root/var/log/journal"; do
+            if [ -n "$mid" ] && [ -d "$d/$mid" ] && [ ! -e "$d/$uuid" ]; then ln -s "$mid" "$d/$uuid"; fi
+        done
+        cleaned="$cleaned machine-id (${mid:-empty} -> $uuid)"
+    fi
+    if [ -n "$cleaned" ]; then
+        echo "virtseed: a new clone: removed the template's$cleaned"
+    fi
+}
+if [ -n "$src" ]; then IFS= read -r id < "$src/virtseed.minion_id" || true; fi
+clean_template_state
+if [ -z "$src" ]; then
+    # The domain virtseed boots to save a warm state: virtseed-warm installs the identity.
+    echo "virtseed: warm-state boot: the template's state is gone, virtseed-warm waits for an identity"
     exit 0
 fi
 
@@ -93,7 +169,10 @@ fi
 # Last: salt-minion.service starts only once minion_id exists.
 install -m 0644 "$src/virtseed.minion_id" "$root/etc/salt/minion_id.tmp"
 mv "$root/etc/salt/minion_id.tmp" "$root/etc/salt/minion_id"
-IFS= read -r id < "$src/virtseed.minion_id" || true   # builtins: every exec costs under TCG
+if [ -n "$uuid" ]; then
+    mkdir -p "${stamp%/*}"
+    echo "$uuid" > "$stamp"
+fi
 if [ -z "$root" ]; then
     # Not hostnamectl: this runs before D-Bus, and hostnamectl would wait for it (~5 s here).
     echo "$id" > /etc/hostname

@@ -385,10 +385,30 @@ fn smbios_seed_and_refusals() {
 
 /// Runs guest/virtseed-credentials.sh (the golden image's unit) into a scratch root, with the
 /// identity from `creds` (systemd credentials) or `seed` (the NoCloud volume's files).
+/// The machine is the one with UUID `GUEST_UUID` unless `guest_unit_as` says otherwise.
 fn guest_unit(root: &Path, creds: Option<&Path>, seed: Option<&Path>) -> String {
+    guest_unit_as(root, creds, seed, GUEST_UUID, None)
+}
+
+const GUEST_UUID: &str = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+
+/// `guest_unit` on the machine with `uuid`, with the warm-state port at `warm_port` (a
+/// path that exists plays the port being there).
+fn guest_unit_as(
+    root: &Path,
+    creds: Option<&Path>,
+    seed: Option<&Path>,
+    uuid: &str,
+    warm_port: Option<&Path>,
+) -> String {
     let mut c = Command::new("sh");
     c.arg(harness::repo().join("guest/virtseed-credentials.sh"))
         .env("VIRTSEED_ROOT", root)
+        .env("VIRTSEED_UUID", uuid)
+        .env(
+            "VIRTSEED_WARM_PORT",
+            warm_port.unwrap_or(Path::new("/nonexistent/org.virtseed.warm.0")),
+        )
         .env_remove("CREDENTIALS_DIRECTORY")
         .env_remove("VIRTSEED_SEED");
     if let Some(d) = creds {
@@ -531,10 +551,149 @@ fn guest_unit_installs_the_identity_from_either_seed_channel() {
     assert!(said.contains("nothing to do"), "{said}");
     assert!(!nroot.join("etc").exists());
 
+    // A reboot of the same machine changes nothing, not even the key the minion made.
+    let made = oroot.join("etc/salt/pki/minion/minion.pem");
+    std::fs::write(&made, "the key this clone's minion made").unwrap();
+    let said = guest_unit(&oroot, None, Some(&ovol));
+    assert!(said.contains("installed already"), "{said}");
+    assert_eq!(
+        std::fs::read_to_string(&made).unwrap(),
+        "the key this clone's minion made"
+    );
+
+    // A template that was booted before: its state never reaches a clone.
+    let droot = scratch.join("root-dirty");
+    let template_pem = dirty_template(&droot);
+    let hostkey = droot.join("etc/ssh/ssh_host_ed25519_key");
+    let uuid2 = "11112222-3333-4444-5555-666677778888";
+    let said = guest_unit_as(&droot, Some(&creds), None, uuid2, None);
+    assert!(
+        said.contains("a new clone: removed the template's"),
+        "{said}"
+    );
+    assert!(said.contains("(smbios, its key)"), "{said}");
+    assert_template_state_gone(&droot, &template_pem, "11112222333344445555666677778888");
+    assert_eq!(
+        std::fs::read_to_string(droot.join("etc/salt/pki/minion/minion.pub")).unwrap(),
+        std::fs::read_to_string(m.pki().join("minions").join(&sname)).unwrap(),
+        "the clone's own key, installed after the template's went"
+    );
+    assert_eq!(
+        std::fs::read_to_string(droot.join("etc/salt/minion_id")).unwrap(),
+        sname
+    );
+    let newkey = std::fs::read_to_string(&hostkey).unwrap();
+    assert!(newkey.contains("OPENSSH PRIVATE KEY") && !newkey.contains("template's"));
+    // The new id's journal directory points at the one journald still writes to.
+    assert_eq!(
+        std::fs::read_link(droot.join("var/log/journal/11112222333344445555666677778888")).unwrap(),
+        Path::new("aaaabbbbccccddddeeeeffff00001111")
+    );
+    // The same clone rebooted keeps its new host key.
+    let said = guest_unit_as(&droot, Some(&creds), None, uuid2, None);
+    assert!(said.contains("installed already"), "{said}");
+    assert_eq!(std::fs::read_to_string(&hostkey).unwrap(), newkey);
+
+    // The domain virtseed boots to save a warm state (the port, no seed): the template's
+    // state goes, nothing is installed (virtseed-warm waits for an identity).
+    let wroot = scratch.join("root-warm");
+    let template_pem = dirty_template(&wroot);
+    let port = scratch.join("warm-port");
+    std::fs::write(&port, "").unwrap();
+    let said = guest_unit_as(&wroot, None, None, uuid2, Some(&port));
+    assert!(said.contains("warm-state boot"), "{said}");
+    assert_template_state_gone(&wroot, &template_pem, "11112222333344445555666677778888");
+    assert!(!wroot.join("etc/salt/minion_id").exists());
+    assert!(!wroot.join("var/lib/virtseed/instance").exists());
+
     for n in [&name, &sname, &oname] {
         let out = virtseed(&m.dir, &["destroy", n]);
         assert!(out.status.success(), "{}", text(&out.stderr));
     }
+}
+
+/// What a template booted once with a minion of its own leaves on its disk. Returns its
+/// minion's private key.
+fn dirty_template(root: &Path) -> String {
+    let pem = "-----BEGIN RSA PRIVATE KEY-----\nthe template's\n-----END RSA PRIVATE KEY-----\n";
+    let files: &[(&str, &str)] = &[
+        ("etc/machine-id", "aaaabbbbccccddddeeeeffff00001111\n"),
+        ("etc/salt/minion_id", "template\n"),
+        ("etc/salt/pki/minion/minion.pem", pem),
+        (
+            "etc/salt/pki/minion/minion.pub",
+            "the template's public key",
+        ),
+        (
+            "etc/salt/pki/minion/minion_master.pub",
+            "the master it knew",
+        ),
+        ("var/cache/salt/minion/grains.cache.p", "template grains"),
+        ("var/lib/cloud/instances/iid-template/sem/done", ""),
+        ("var/lib/cloud/data/instance-id", "iid-template"),
+        (
+            "var/lib/cloud/seed/nocloud/user-data",
+            "#cloud-config\n# virtseed\n",
+        ),
+        (
+            "var/lib/dhcp/dhclient.eth0.leases",
+            "lease { fixed-address 192.168.122.50; }",
+        ),
+        ("etc/ssh/ssh_host_ed25519_key", "the template's host key"),
+        (
+            "etc/ssh/ssh_host_ed25519_key.pub",
+            "the template's host key",
+        ),
+        (
+            "var/log/journal/aaaabbbbccccddddeeeeffff00001111/system.journal",
+            "",
+        ),
+    ];
+    for (f, body) in files {
+        let p = root.join(f);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, body).unwrap();
+    }
+    std::os::unix::fs::symlink(
+        "instances/iid-template",
+        root.join("var/lib/cloud/instance"),
+    )
+    .unwrap();
+    pem.to_string()
+}
+
+fn assert_template_state_gone(root: &Path, template_pem: &str, machine_id: &str) {
+    for f in [
+        "var/cache/salt/minion",
+        "var/lib/cloud/instance",
+        "var/lib/cloud/instances",
+        "var/lib/cloud/data",
+        "var/lib/cloud/seed/nocloud",
+        "var/lib/dhcp/dhclient.eth0.leases",
+    ] {
+        assert!(!root.join(f).exists(), "{f} left");
+    }
+    let pki = root.join("etc/salt/pki/minion");
+    for f in ["minion.pem", "minion_master.pub"] {
+        let body = std::fs::read_to_string(pki.join(f)).unwrap_or_default();
+        assert!(
+            body != template_pem && !body.contains("the master it knew"),
+            "{f} is the template's"
+        );
+    }
+    assert_ne!(
+        std::fs::read_to_string(root.join("etc/salt/minion_id")).unwrap_or_default(),
+        "template\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/machine-id")).unwrap(),
+        format!("{machine_id}\n")
+    );
+    let hostkey = std::fs::read_to_string(root.join("etc/ssh/ssh_host_ed25519_key")).unwrap();
+    assert!(
+        !hostkey.contains("template's"),
+        "the template's SSH host key"
+    );
 }
 
 /// `accept: manual`: virtseed accepts nothing (the key waits for salt-key or a reactor), and

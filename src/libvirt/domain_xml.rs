@@ -304,9 +304,13 @@ pub fn clone_xml(
             nv.set_text(path);
         }
     }
+    // A base that was itself seeded (a clone turned template) carries its own identity in
+    // its SMBIOS strings, private key included: never a clone's.
+    drop_virtseed_credentials(&mut root);
     if !spec.oem_strings.is_empty() {
         set_oem_strings(&mut root, &spec.oem_strings);
     }
+    set_machine_id_arg(&mut root, &spec.uuid);
     let base_name = base
         .root
         .child("name")
@@ -410,6 +414,73 @@ fn set_cpus(root: &mut Element, n: u32) {
         }
     }
     root.remove_children(|e| e.name == "vcpus");
+}
+
+/// The kernel argument that makes systemd take `uuid` as the machine-id, whatever a booted
+/// template left in `/etc/machine-id`: PID 1 reads it before any unit, journal or DHCP
+/// client starts. Only bases that boot a kernel directly (`<os><kernel>`) have a command
+/// line in their definition; a bootloader's is inside the disk, and there the guest side
+/// (or the template's own empty machine-id) has to do it.
+pub const MACHINE_ID_ARG: &str = "systemd.machine_id=";
+
+fn set_machine_id_arg(root: &mut Element, uuid: &str) {
+    let Some(os) = root.child_mut("os") else {
+        return;
+    };
+    if os.child("kernel").is_none() {
+        return;
+    }
+    let hex: String = uuid.chars().filter(|c| *c != '-').collect();
+    let cmdline = os.child_or_insert("cmdline");
+    let mut args: Vec<String> = cmdline
+        .text()
+        .split_whitespace()
+        .filter(|a| !a.starts_with(MACHINE_ID_ARG))
+        .map(str::to_string)
+        .collect();
+    args.push(format!("{MACHINE_ID_ARG}{}", hex.to_ascii_lowercase()));
+    cmdline.set_text(&args.join(" "));
+}
+
+/// True if the base's definition gives its kernel a command line, so each clone gets its
+/// machine-id there (`set_machine_id_arg`).
+pub fn boots_kernel_directly(base: &BaseXml) -> bool {
+    base.root
+        .child("os")
+        .is_some_and(|os| os.child("kernel").is_some())
+}
+
+/// Removes the identity virtseed seeded into the base itself (SMBIOS strings naming
+/// `virtseed.` credentials), and the sysinfo and `<smbios mode='sysinfo'/>` if nothing else
+/// is left in them.
+fn drop_virtseed_credentials(root: &mut Element) {
+    let ours = |e: &Element| {
+        let t = e.text();
+        t.starts_with("io.systemd.credential") && t.contains(":virtseed.")
+    };
+    let mut emptied = false;
+    for si in root
+        .elements_mut()
+        .filter(|e| e.name == "sysinfo" && e.attr("type").as_deref() == Some("smbios"))
+    {
+        if let Some(oem) = si.child_mut("oemStrings") {
+            oem.remove_children(|e| e.name == "entry" && ours(e));
+            if oem.elements().next().is_none() {
+                si.remove_children(|e| e.name == "oemStrings");
+            }
+        }
+        emptied |= si.elements().next().is_none();
+    }
+    if emptied {
+        root.remove_children(|e| {
+            e.name == "sysinfo"
+                && e.attr("type").as_deref() == Some("smbios")
+                && e.elements().next().is_none()
+        });
+        if let Some(os) = root.child_mut("os") {
+            os.remove_children(|e| e.name == "smbios");
+        }
+    }
 }
 
 /// SMBIOS type 11 OEM strings, replacing the base's SMBIOS sysinfo.
@@ -812,6 +883,77 @@ mod tests {
             .find(|e| e.name == "virtseed:instance")
             .unwrap();
         assert_eq!(Ownership::parse(&ours.to_xml()).unwrap(), spec().ownership);
+    }
+
+    /// A base that boots its kernel directly and was itself seeded by virtseed (a clone
+    /// shut down and used as a template), with one SMBIOS string of the user's own.
+    const DIRECT_SEEDED_BASE: &str = r#"<domain type='kvm'>
+  <name>tmpl</name>
+  <uuid>11111111-2222-3333-4444-555555555555</uuid>
+  <memory unit='KiB'>1048576</memory>
+  <os>
+    <type arch='x86_64' machine='pc-q35-7.2'>hvm</type>
+    <kernel>/var/lib/golden/vmlinuz</kernel>
+    <cmdline>root=/dev/vda rw systemd.machine_id=11111111222233334444555555555555 quiet</cmdline>
+    <smbios mode='sysinfo'/>
+  </os>
+  <sysinfo type='smbios'>
+    <oemStrings>
+      <entry>io.systemd.credential.binary:virtseed.minion_id=dG1wbA==</entry>
+      <entry>io.systemd.credential.binary:virtseed.minion.pem=c2VjcmV0</entry>
+      <entry>site=lab</entry>
+    </oemStrings>
+  </sysinfo>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='/pool/tmpl.qcow2'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+  </devices>
+</domain>"#;
+
+    #[test]
+    fn direct_kernel_clones_get_their_uuid_as_machine_id() {
+        let b = read_base("tmpl", DIRECT_SEEDED_BASE).unwrap();
+        assert!(boots_kernel_directly(&b));
+        assert!(!boots_kernel_directly(&read_base("base", BASE).unwrap()));
+        let (xml, _) = clone_xml(&b, &spec()).unwrap();
+        let c = dom::parse(&xml).unwrap();
+        assert_eq!(
+            c.child("os").unwrap().child("cmdline").unwrap().text(),
+            "root=/dev/vda rw quiet systemd.machine_id=aaaaaaaabbbbccccddddeeeeeeeeeeee",
+            "the base's id replaced by the clone's"
+        );
+        // No command line appears where the base boots through a bootloader.
+        let (xml, _) = clone_xml(&read_base("base", BASE).unwrap(), &spec()).unwrap();
+        assert!(!xml.contains("cmdline") && !xml.contains(MACHINE_ID_ARG));
+    }
+
+    #[test]
+    fn a_seeded_bases_own_credentials_never_reach_a_clone() {
+        let b = read_base("tmpl", DIRECT_SEEDED_BASE).unwrap();
+        // Seeded by cloud-init (no SMBIOS strings of its own): the base's are dropped, the
+        // user's own string is kept.
+        let (xml, _) = clone_xml(&b, &spec()).unwrap();
+        assert!(!xml.contains("virtseed.minion"), "{xml}");
+        let c = dom::parse(&xml).unwrap();
+        let entries: Vec<String> = c
+            .child("sysinfo")
+            .unwrap()
+            .child("oemStrings")
+            .unwrap()
+            .elements()
+            .map(|e| e.text())
+            .collect();
+        assert_eq!(entries, ["site=lab"]);
+        assert!(c.child("os").unwrap().child("smbios").is_some());
+        // With nothing else in them, the sysinfo and the smbios mode go too.
+        let only_ours = DIRECT_SEEDED_BASE.replace("<entry>site=lab</entry>", "");
+        let (xml, _) = clone_xml(&read_base("tmpl", &only_ours).unwrap(), &spec()).unwrap();
+        let c = dom::parse(&xml).unwrap();
+        assert!(c.child("sysinfo").is_none(), "{xml}");
+        assert!(c.child("os").unwrap().child("smbios").is_none(), "{xml}");
     }
 
     #[test]
