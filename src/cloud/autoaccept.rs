@@ -136,6 +136,11 @@ pub fn pin_once(svc: &Service, id: &str, guest_pki: &str) -> Result<ProofKey, Pi
         ));
     }
     let finger = pem_finger(&pub_text);
+    if let Some((other, list)) = known_elsewhere(&mc.pki_dir, id, &finger) {
+        return Err(NotYet(format!(
+            "the VM holds the key the master has for {other} ({list}): a key copied from a template that was booted with a minion of its own; virtseed accepts it for no clone (the template's /etc/salt/pki/minion must go: virtseed's guest side removes it, see docs/golden-images.md)"
+        )));
+    }
     match record_first(&mc.state_dir, id, &finger) {
         Ok(true) => {}
         Ok(false) => return Err(Refused(format!("another key was accepted for {id} before"))),
@@ -147,6 +152,32 @@ pub fn pin_once(svc: &Service, id: &str, guest_pki: &str) -> Result<ProofKey, Pi
         Err(e) => return Err(NotYet(e.to_string())),
     }
     Ok(ProofKey::new(Zeroizing::new(pem.to_string())))
+}
+
+/// Another minion id under which the master holds the key `finger` (accepted, pending,
+/// rejected or denied), with the list it is in: one key is one minion, and a clone that
+/// holds another minion's key (its template's) is not itself.
+fn known_elsewhere(pki_dir: &Path, id: &str, finger: &str) -> Option<(String, &'static str)> {
+    for list in [
+        "minions",
+        "minions_pre",
+        "minions_rejected",
+        "minions_denied",
+    ] {
+        let Ok(dir) = std::fs::read_dir(pki_dir.join(list)) else {
+            continue;
+        };
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == id || name.starts_with('.') {
+                continue;
+            }
+            if std::fs::read_to_string(e.path()).is_ok_and(|t| pem_finger(&t) == finger) {
+                return Some((name, list));
+            }
+        }
+    }
+    None
 }
 
 /// A key pending under `id` that is not `finger` (the VM's, now accepted) came from another
@@ -306,6 +337,53 @@ pub async fn watch(
             progress.fire(
                 "virtseed/key/denied",
                 json!({"id": id, "reason": "a different key for an id that already has an accepted key"}),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY_A: &str = "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n";
+    const KEY_B: &str = "-----BEGIN PUBLIC KEY-----\nBBBB\n-----END PUBLIC KEY-----\n";
+
+    #[test]
+    fn a_key_the_master_has_for_another_id_is_found_in_any_list() {
+        let d = tempfile::tempdir().unwrap();
+        let put = |list: &str, id: &str, key: &str| {
+            std::fs::create_dir_all(d.path().join(list)).unwrap();
+            std::fs::write(d.path().join(list).join(id), key).unwrap();
+        };
+        let a = pem_finger(KEY_A);
+        assert_eq!(
+            known_elsewhere(d.path(), "web1", &a),
+            None,
+            "no lists at all"
+        );
+        // The clone's own entry is not "elsewhere"; neither is another key.
+        put("minions_pre", "web1", KEY_A);
+        put("minions", "db1", KEY_B);
+        assert_eq!(known_elsewhere(d.path(), "web1", &a), None);
+        for list in [
+            "minions",
+            "minions_pre",
+            "minions_rejected",
+            "minions_denied",
+        ] {
+            let d2 = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(d2.path().join(list)).unwrap();
+            // Salt's files may have \r\n or no final newline: the fingerprint is the key's.
+            std::fs::write(
+                d2.path().join(list).join("template"),
+                KEY_A.replace('\n', "\r\n"),
+            )
+            .unwrap();
+            assert_eq!(
+                known_elsewhere(d2.path(), "web1", &a),
+                Some(("template".to_string(), list)),
+                "{list}"
             );
         }
     }
