@@ -254,6 +254,58 @@ fn forged_create(
     drop(guest);
 }
 
+/// Another host signs in under the next clone's name before virtseed makes it (a real
+/// salt-minion, its key pending): the minted key is accepted, the impostor's pending key is
+/// removed and reported, and the clone (played from its seed) signs in and answers. On 3008
+/// a pending key left beside the accepted one keeps the clone out (its key store reads
+/// pending first).
+fn impostor_signed_in_first(m: &Master, p: &harness::pool::Pool, events: &EventLog, name: &str) {
+    let conf = format!(
+        "id: {name}\nmaster: 127.0.0.1\nmaster_port: {}\npublish_port: {}\n",
+        m.port("ret_port"),
+        m.port("publish_port")
+    );
+    let impostor = Minion::start(m, &m.dir.join("impostor"), &conf);
+    harness::wait_for(
+        "the impostor's pending key",
+        Duration::from_secs(120),
+        || m.pki().join("minions_pre").join(name).exists(),
+    );
+    drop(impostor);
+    let theirs = std::fs::read_to_string(m.dir.join("impostor/pki/minion.pub")).unwrap();
+    let child = m.salt_run_bg(&["--out", "json", "cloud.profile", "web", name]);
+    harness::wait_for("the minted key", Duration::from_secs(120), || {
+        m.pki().join("minions").join(name).exists()
+    });
+    let guest = play_guest(m, p, name);
+    let out = wait_exit(child, Duration::from_secs(240));
+    assert!(
+        out.status.success(),
+        "{}\n{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        guest.log_text()
+    );
+    assert_eq!(last_json(&out)[name]["minion_up"], true);
+    let accepted = std::fs::read_to_string(m.pki().join("minions").join(name)).unwrap();
+    assert_ne!(
+        salt_proto::keys::clean_key(&accepted),
+        salt_proto::keys::clean_key(&theirs)
+    );
+    assert!(!m.pki().join("minions_pre").join(name).exists());
+    assert!(
+        events
+            .events()
+            .iter()
+            .any(|e| e["tag"] == "virtseed/key/denied" && e["data"]["id"] == name),
+        "the impostor's key was not reported: {}",
+        events.text()
+    );
+    let (ok, v) = m.salt_json(name, &["test.ping"], 30);
+    assert!(ok && v[name] == true, "{v}");
+    drop(guest);
+}
+
 fn scenario(version: &str, master_conf: &str) {
     let (m, p, _) = master_with_base_conf(
         version,
@@ -286,15 +338,17 @@ fn scenario(version: &str, master_conf: &str) {
         &["salt-cloud", "--out", "json", "-y", "-p", "web"],
         &b,
     );
+    let c = format!("{}c", p.prefix);
+    impostor_signed_in_first(&m, &p, &events, &c);
     let log = sidecar.log_text();
     assert!(
         log.contains("ignored an answer to the readiness check"),
         "the sidecar did not report the forged readiness answers: {log}"
     );
 
-    let out = m.salt_run(&["--out", "json", "cloud.destroy", &format!("{a},{b}")]);
+    let out = m.salt_run(&["--out", "json", "cloud.destroy", &format!("{a},{b},{c}")]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    for n in [&a, &b] {
+    for n in [&a, &b, &c] {
         harness::site::nothing_left(&m, &p.name, n);
     }
 }

@@ -7,7 +7,8 @@
 #   scripts/dev-master.sh env DIR        prints SALT_VENV, SALT_CONFIG_DIR, ports
 #   MASTER_EXTRA_CONF='key: value' appends options to a new config
 #   MASTER_INTERFACE=0.0.0.0 listens there instead of 127.0.0.1 (a new config; the lab's
-#   network namespace, integration/harness/lab.rs, where guests reach it on a bridge)
+#   network namespace, integration/harness/lab.rs, where guests reach it on a bridge), or
+#   on another loopback address (127.0.0.2: two cluster nodes on one machine)
 #
 # Then: $SALT_VENV/bin/salt -c DIR '*' test.ping
 set -euo pipefail
@@ -73,9 +74,10 @@ start)
     if pid_of >/dev/null; then echo "master already running in $dir"; exit 0; fi
     "$venv/bin/salt-master" -c "$dir" -d
     ret=$(port_of ret_port)
+    addr=$(port_of interface); [ "$addr" != 0.0.0.0 ] || addr=127.0.0.1
     for _ in $(seq 300); do
         if [ -S "$dir/sock/master_event_pub.ipc" ] && [ -f "$dir/cache/.root_key" ] &&
-           python3 -c "import socket,sys; s=socket.socket(); s.settimeout(0.2); sys.exit(s.connect_ex(('127.0.0.1',$ret)))"; then
+           python3 -c "import socket,sys; s=socket.socket(); s.settimeout(0.2); sys.exit(s.connect_ex(('$addr',$ret)))"; then
             echo "salt-master $SALT_VERSION on $(port_of interface):$ret (publish $(port_of publish_port)), config $dir"
             exit 0
         fi

@@ -89,7 +89,7 @@ start_libvirtd() {
 # registry lacks, so salt itself is installed with --no-deps.
 salt_deps() {
     local ver=$1 zmq="pyzmq<26"
-    case $ver in 3008.*) zmq="pyzmq>=25.1.2" ;; esac
+    case $ver in 3008.*) zmq="pyzmq>=25.1.2 xxhash" ;; esac
     echo "$zmq" PyYAML msgpack Jinja2 MarkupSafe "tornado>=6.3" cryptography pycryptodomex \
         psutil distro looseversion packaging jmespath requests urllib3 certifi idna \
         charset-normalizer python-dateutil setproctitle jaraco.text jaraco.functools \
@@ -100,6 +100,8 @@ salt_deps() {
 install_salt() {
     local ver=$1 venv=$CACHE/salt-$1
     if [ -x "$venv/bin/salt-master" ] && "$venv/bin/python" -c "import salt.version,sys; sys.exit(salt.version.__version__ != '$ver')" 2>/dev/null; then
+        # Added to the list later (3008's mmap_key key store imports xxhash).
+        case $ver in 3008.*) "$venv/bin/python" -c "import xxhash" 2>/dev/null || "$venv/bin/pip" install -q xxhash ;; esac
         ok "salt $ver ready in $venv"
         return
     fi

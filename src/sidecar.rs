@@ -78,11 +78,15 @@ async fn own_key(master: &MasterOpts, settings: &Settings) -> anyhow::Result<Pri
     let key = tokio::task::spawn_blocking(move || pki::load_or_create_keypair(&dir, 2048))
         .await?
         .context("the sidecar's own key")?;
-    match pki::pre_accept(&master.pki_dir, id, key.public_key().pem()) {
+    if let Some(why) = master.key_store_problem() {
+        error!("{why}; accept the sidecar's own key with `salt-key -y -a {id}` (virtseed keeps retrying); cloud.* jobs stay off");
+        return Ok(key);
+    }
+    match pki::pre_accept(master.key_dir(), id, key.public_key().pem()) {
         Ok(pki::Accepted::Ours) => {}
         Ok(pki::Accepted::Other) => error!(
             "another key is accepted for `{id}` in {}; remove it with `salt-key -d {id}` (virtseed keeps retrying)",
-            master.pki_dir.display()
+            master.key_dir().display()
         ),
         Ok(pki::Accepted::Absent) => {}
         Err(e) => warn!("cannot pre-accept our key ({e}); accept it with `salt-key -y -a {id}` (virtseed keeps retrying)"),

@@ -35,6 +35,8 @@ pub struct Master {
     pub venv: PathBuf,
     /// The network namespace the master, its CLIs and the sidecar run in (the lab's), if any.
     pub netns: Option<String>,
+    /// The address it listens on (`interface`).
+    pub interface: String,
 }
 
 /// `program` run inside network namespace `netns` (`ip netns exec`, which execs it: the
@@ -63,6 +65,21 @@ impl Master {
     /// A master inside network namespace `netns`, listening on all its addresses (guests on
     /// the namespace's bridges reach it there); its CLIs run there too.
     pub fn start_in(version: &str, extra_conf: &str, netns: Option<&str>) -> Master {
+        let interface = if netns.is_some() {
+            "0.0.0.0"
+        } else {
+            "127.0.0.1"
+        };
+        Self::start_full(version, extra_conf, netns, interface)
+    }
+
+    /// A master listening on loopback address `interface` (127.0.0.2, ...: two cluster nodes
+    /// on one machine need distinct addresses).
+    pub fn start_at(version: &str, extra_conf: &str, interface: &str) -> Master {
+        Self::start_full(version, extra_conf, None, interface)
+    }
+
+    fn start_full(version: &str, extra_conf: &str, netns: Option<&str>, interface: &str) -> Master {
         let venv = cache().join(format!("salt-{version}"));
         assert!(
             venv.join("bin/salt-master").exists(),
@@ -75,6 +92,7 @@ impl Master {
             version: version.into(),
             venv,
             netns: netns.map(str::to_string),
+            interface: interface.to_string(),
         };
         m.script_with("start", extra_conf);
         m
@@ -90,14 +108,7 @@ impl Master {
             .args([cmd, self.dir.to_str().unwrap()])
             .env("SALT_VERSION", &self.version)
             .env("MASTER_EXTRA_CONF", extra_conf)
-            .env(
-                "MASTER_INTERFACE",
-                if self.netns.is_some() {
-                    "0.0.0.0"
-                } else {
-                    "127.0.0.1"
-                },
-            )
+            .env("MASTER_INTERFACE", &self.interface)
             .output()
             .unwrap();
         assert!(
@@ -216,6 +227,16 @@ impl Master {
 
     pub fn pki(&self) -> PathBuf {
         self.dir.join("pki/master")
+    }
+
+    /// Where this master keeps minion keys: `pki()`, or a cluster's `cluster_pki_dir`.
+    pub fn key_dir(&self) -> PathBuf {
+        std::fs::read_to_string(self.dir.join("master"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("cluster_pki_dir: "))
+            .map(|d| PathBuf::from(d.trim()))
+            .unwrap_or_else(|| self.pki())
     }
 }
 

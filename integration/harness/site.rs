@@ -115,7 +115,7 @@ pub fn play_guest(m: &Master, p: &Pool, name: &str) -> super::Minion {
     use yaml_serde::Value as Y;
     let seed = p.dir.join(format!("{name}-seed.img"));
     super::wait_for("the seed volume", Duration::from_secs(60), || {
-        seed.exists() && m.pki().join("minions").join(name).exists()
+        seed.exists() && m.key_dir().join("minions").join(name).exists()
     });
     let ud: Y = yaml_serde::from_str(&super::mread(&seed, "user-data")).unwrap();
     let sm = &ud["salt_minion"];

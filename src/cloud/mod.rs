@@ -34,9 +34,11 @@ pub const DEFAULT_MAX_PARALLEL: usize = 8;
 /// What the clone pipeline needs of the Salt master beside it.
 #[derive(Clone)]
 pub struct MasterCtx {
+    /// Where the master keeps minion keys (`pki_dir`, or a cluster's `cluster_pki_dir`).
     pub pki_dir: std::path::PathBuf,
     pub cachedir: std::path::PathBuf,
-    /// The master's public key (`pki_dir/master.pub`): the only master a clone trusts.
+    /// The master's public key (`pki_dir/master.pub`, a cluster's `cluster.pub`): the only
+    /// master a clone trusts.
     pub master_pub: String,
     pub ret_port: u16,
     pub publish_port: u16,
@@ -54,7 +56,10 @@ impl MasterCtx {
         settings: &crate::config::settings::Settings,
     ) -> Result<Self, CloudError> {
         let version = settings.salt_version;
-        let path = m.pki_dir.join("master.pub");
+        if let Some(why) = m.key_store_problem() {
+            return Err(CloudError::Config(why));
+        }
+        let path = m.trusted_key_path();
         let master_pub = std::fs::read_to_string(&path).map_err(|e| {
             CloudError::Config(format!(
                 "cannot read the master's public key {}: {e} (has the master run once? does virtseed run as the master's user?)",
@@ -62,7 +67,7 @@ impl MasterCtx {
             ))
         })?;
         Ok(Self {
-            pki_dir: m.pki_dir.clone(),
+            pki_dir: m.key_dir().to_path_buf(),
             cachedir: m.cachedir.clone(),
             master_pub,
             ret_port: m.ret_port,

@@ -20,6 +20,13 @@ pub struct MasterOpts {
     pub user: String,
     pub zmq_filtering: bool,
     pub transport: String,
+    /// A master cluster (3007+): `cluster_id`, and `cluster_pki_dir` (Salt falls back to
+    /// `pki_dir`), where the cluster keeps every minion key and its own `cluster.pub`.
+    pub cluster_id: Option<String>,
+    pub cluster_pki_dir: Option<PathBuf>,
+    /// 3008's `keys.cache_driver` (absent before 3008; Salt's default is `localfs_key`, the
+    /// files in `pki_dir`).
+    pub keys_cache_driver: Option<String>,
 }
 
 impl MasterOpts {
@@ -85,7 +92,49 @@ impl MasterOpts {
                 .and_then(yaml::as_bool)
                 .unwrap_or(false),
             transport: s("transport", "zeromq"),
+            cluster_id: v
+                .get("cluster_id")
+                .and_then(yaml::as_text)
+                .filter(|c| !c.is_empty()),
+            cluster_pki_dir: v
+                .get("cluster_pki_dir")
+                .and_then(yaml::as_text)
+                .filter(|c| !c.is_empty())
+                .map(PathBuf::from),
+            keys_cache_driver: v.get("keys.cache_driver").and_then(yaml::as_text),
         })
+    }
+
+    /// Why virtseed cannot accept keys on this master, if it cannot: a 3008 key store that is
+    /// not the `minions/` files (`keys.cache_driver: mmap_key` keeps an index a file written
+    /// beside it never enters; salt/cache/mmap_key.py has no file fallback).
+    pub fn key_store_problem(&self) -> Option<String> {
+        match self.keys_cache_driver.as_deref() {
+            None | Some("localfs_key") => None,
+            Some(other) => Some(format!(
+                "the master's `keys.cache_driver: {other}` keeps minion keys where virtseed cannot write them through Salt; virtseed accepts keys as files in {}/minions, which only `localfs_key` (Salt's default) reads: remove the setting, or set it to localfs_key",
+                self.key_dir().display()
+            )),
+        }
+    }
+
+    /// Where the master keeps minion keys (`minions/`, `minions_pre/`, ...): `pki_dir`, or in
+    /// a cluster `cluster_pki_dir` (salt/channel/server.py `_auth`, salt/key.py).
+    pub fn key_dir(&self) -> &Path {
+        match (&self.cluster_id, &self.cluster_pki_dir) {
+            (Some(_), Some(d)) => d,
+            _ => &self.pki_dir,
+        }
+    }
+
+    /// The public key minions must trust: `master.pub`, or in a cluster the cluster's
+    /// `cluster.pub` (every node signs in with it, salt/crypt.py `MasterKeys.get_pub_str`).
+    pub fn trusted_key_path(&self) -> PathBuf {
+        if self.cluster_id.is_some() {
+            self.key_dir().join("cluster.pub")
+        } else {
+            self.pki_dir.join("master.pub")
+        }
     }
 
     /// `tcp://host:port` of the request server.
@@ -139,6 +188,39 @@ mod tests {
         std::fs::write(d.join("master"), "ret_port: 70000\n").unwrap();
         let e = MasterOpts::load(&d).unwrap_err().to_string();
         assert!(e.contains("`ret_port` must be a port number"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_cluster_keeps_keys_and_its_public_key_in_cluster_pki_dir() {
+        let d = tempdir();
+        std::fs::write(d.join("master"), "pki_dir: /p\n").unwrap();
+        let m = MasterOpts::load(&d).unwrap();
+        assert_eq!(m.key_dir(), Path::new("/p"));
+        assert_eq!(m.trusted_key_path(), PathBuf::from("/p/master.pub"));
+        std::fs::write(
+            d.join("master"),
+            "pki_dir: /p\ncluster_id: c1\ncluster_pki_dir: /shared/pki\n",
+        )
+        .unwrap();
+        let m = MasterOpts::load(&d).unwrap();
+        assert_eq!(m.cluster_id.as_deref(), Some("c1"));
+        assert_eq!(m.key_dir(), Path::new("/shared/pki"));
+        assert_eq!(
+            m.trusted_key_path(),
+            PathBuf::from("/shared/pki/cluster.pub")
+        );
+        // cluster_id without cluster_pki_dir: Salt uses pki_dir for both.
+        std::fs::write(d.join("master"), "pki_dir: /p\ncluster_id: c1\n").unwrap();
+        let m = MasterOpts::load(&d).unwrap();
+        assert_eq!(m.key_dir(), Path::new("/p"));
+        assert_eq!(m.trusted_key_path(), PathBuf::from("/p/cluster.pub"));
+        assert_eq!(m.key_store_problem(), None);
+        std::fs::write(d.join("master"), "keys.cache_driver: localfs_key\n").unwrap();
+        assert_eq!(MasterOpts::load(&d).unwrap().key_store_problem(), None);
+        std::fs::write(d.join("master"), "keys.cache_driver: mmap_key\n").unwrap();
+        let why = MasterOpts::load(&d).unwrap().key_store_problem().unwrap();
+        assert!(why.contains("`keys.cache_driver: mmap_key`"), "{why}");
         std::fs::remove_dir_all(&d).unwrap();
     }
 

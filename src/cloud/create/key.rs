@@ -46,6 +46,20 @@ impl Action<Made> for Key<'_> {
             "salt/key",
             json!({"result": true, "act": mc.accept_act, "id": name}),
         );
+        // A key pending under the new name is not the minted one (pre_accept removed ours):
+        // another host signed in under it first. 3008's key store reads pending before
+        // accepted (salt/cache/localfs_key.py), so left there it would keep the clone out.
+        let pre = mc.pki_dir.join("minions_pre").join(name);
+        if pre.exists() && std::fs::remove_file(&pre).is_ok() {
+            tracing::warn!(
+                id = name,
+                "removed a pending key that is not the one virtseed minted (another host signed in under the new name)"
+            );
+            self.progress.fire(
+                "virtseed/key/denied",
+                json!({"id": name, "reason": "a pending key that is not the one virtseed minted"}),
+            );
+        }
         Ok(())
     }
 
