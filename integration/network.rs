@@ -35,6 +35,7 @@ fn clones_get_their_own_identity_and_address_on_both_networks() {
     let lab = Lab::start();
     let tag = &salt_proto::auth::new_nonce()[..5];
     let (net_base, lan_base) = lab.golden_bases(&format!("g{tag}"));
+    let (plain_net, _) = lab.plain_bases(&format!("p{tag}"));
     let m = Master::start_in("3007.17", "", Some(&lab.ns));
     std::fs::write(
         m.dir.join("cloud.providers"),
@@ -49,8 +50,17 @@ fn clones_get_their_own_identity_and_address_on_both_networks() {
              onlan:\n  extends: onnet\n  base_domain: {lan_base}\n  minion:\n    master: {LAN_GW}\n\
              warmnet:\n  extends: onnet\n  warm: true\n\
              warmlan:\n  extends: onlan\n  warm: true\n\
-             quicklan:\n  extends: onlan\n  wait_for_minion: false\n",
-            pool = lab.pool
+             quicklan:\n  extends: onlan\n  wait_for_minion: false\n\
+             dirtynet:\n  extends: onnet\n  base_domain: {template}\n  seed: cloud-init\n  \
+             accept: on_first_auth\n  ip_source: qemu-agent\n\
+             sshnet:\n  provider: lab\n  base_domain: {plain_net}\n  pool: {pool}\n  \
+             ssh_username: root\n  password: plain\n  script: {script}\n  script_args: -F\n  \
+             minion_timeout: 600\n  minion:\n    master: {NET_GW}\n",
+            script = harness::repo()
+                .join("scripts/deploy-preinstalled-minion.sh")
+                .display(),
+            pool = lab.pool,
+            template = template_name(&format!("c{tag}")),
         ),
     )
     .unwrap();
@@ -59,8 +69,17 @@ fn clones_get_their_own_identity_and_address_on_both_networks() {
     eprintln!("lab, master and sidecar up after {:.1?}", t0.elapsed());
 
     not_known_yet_is_said_so(&lab, &m, &format!("q{tag}"));
-    round(&lab, &m, ("onnet", "onlan"), &format!("c{tag}"));
-    round(&lab, &m, ("warmnet", "warmlan"), &format!("w{tag}"));
+    let template = template_name(&format!("c{tag}"));
+    round(
+        &lab,
+        &m,
+        ("onnet", "onlan"),
+        &format!("c{tag}"),
+        Some(&template),
+    );
+    dirty_template(&lab, &m, &template, &format!("d{tag}"));
+    ssh_deploy_to_the_clones_address(&lab, &m, &format!("s{tag}"));
+    round(&lab, &m, ("warmnet", "warmlan"), &format!("w{tag}"), None);
     eprintln!("test took {:.1?}", t0.elapsed());
 }
 
@@ -95,9 +114,178 @@ fn not_known_yet_is_said_so(lab: &Lab, m: &Master, name: &str) {
     assert!(!lab.domains().contains(&name.to_string()));
 }
 
+/// The cold round's first clone on the libvirt network: it booted with a minion of its own
+/// (a machine-id, a minion id and key, a lease), and it is kept, shut down, as a template
+/// made the way users make theirs (`dirty_template`).
+fn template_name(cold_tag: &str) -> String {
+    format!("{cold_tag}n1")
+}
+
+/// Clones of a template that was booted once: `template`, shut down cleanly, then cloned
+/// (NoCloud seed; the VMs make their own keys, `accept: on_first_auth`). Each clone is
+/// itself: its own machine-id (its UUID), lease and key; the template's key is accepted for
+/// none, and its SMBIOS credentials (it was seeded by SMBIOS) reach none. Their addresses
+/// come from the guest agent (`ip_source: qemu-agent`).
+fn dirty_template(lab: &Lab, m: &Master, template: &str, tag: &str) {
+    let t = Instant::now();
+    let template_key = std::fs::read_to_string(m.pki().join("minions").join(template)).unwrap();
+    // Shut down from inside, through its minion (the golden image has no logind, which
+    // ACPI shutdown and `shutdown +0`, the guest agent's way, need).
+    let (ok, v) = m.salt_json(template, &["cmd.run_bg", "sleep 1; systemctl poweroff"], 60);
+    assert!(ok, "{template}: {v}");
+    harness::wait_for(
+        &format!("{template} shut down"),
+        Duration::from_secs(180),
+        || lab.virsh_ok(&["domstate", template]).trim() == "shut off",
+    );
+    let vms: Vec<String> = (1..=2).map(|i| format!("{tag}n{i}")).collect();
+    let events = EventLog::start(m);
+    let out = m.salt_run(&["--out", "json", "cloud.profile", "dirtynet", &vms.join(",")]);
+    let ret = last_json(&out);
+    for n in &vms {
+        assert_eq!(ret[n.as_str()]["minion_up"], true, "{n}: {ret}");
+    }
+    eprintln!(
+        "2 clones of the booted template {template} answered after {:.1?}",
+        t.elapsed()
+    );
+    let list = vms.join(",");
+    let out = m.salt(&[
+        "-t",
+        "60",
+        "--out",
+        "json",
+        "--static",
+        "-L",
+        &list,
+        "grains.item",
+        "machine_id",
+        "ipv4",
+        "uuid",
+    ]);
+    let grains: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let macs: Vec<(String, String)> = vms
+        .iter()
+        .map(|n| (n.clone(), lab.macs(n)[0].clone()))
+        .collect();
+    let ips = check_network(lab, &vms, &lab.net_leases(), NET_GW, &macs, &grains);
+    let template_ip = lab
+        .net_leases()
+        .into_iter()
+        .find(|l| l.mac == lab.macs(template)[0])
+        .map(|l| l.ip);
+    // Their addresses as the guest agent reports them (`ip_source: qemu-agent`).
+    check_addresses_shown(m, &ips, &ret, &events);
+    let mut keys = BTreeSet::new();
+    for n in &vms {
+        assert_ne!(
+            ips.get(n),
+            template_ip.as_ref(),
+            "{n} has the template's address"
+        );
+        let accepted = std::fs::read_to_string(m.pki().join("minions").join(n)).unwrap();
+        assert_ne!(accepted, template_key, "{n}: the template's key accepted");
+        let (_, v) = m.salt_json(
+            n,
+            &[
+                "cmd.run",
+                "cat /etc/salt/pki/minion/minion.pub; journalctl -o cat -u virtseed-credentials",
+            ],
+            60,
+        );
+        let said = v[n.as_str()].as_str().unwrap_or_default();
+        assert!(said.starts_with(accepted.trim()), "{n}: holds {said}");
+        assert!(
+            said.contains("a new clone: removed the template's")
+                && said.contains("/etc/salt/pki/minion/minion.pem")
+                && said.contains("/etc/salt/minion_id"),
+            "{n}: {said}"
+        );
+        assert!(said.contains("cloud-init, no key"), "{n}: {said}");
+        keys.insert(accepted);
+    }
+    assert_eq!(keys.len(), vms.len(), "keys shared");
+    let out = m.salt_run(&[
+        "--out",
+        "json",
+        "cloud.destroy",
+        &format!("{list},{template}"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    let domains = lab.domains();
+    for n in vms.iter().chain([&template.to_string()]) {
+        assert!(!domains.contains(n), "{n}: domain left: {domains:?}");
+        assert!(!m.pki().join("minions").join(n).exists(), "{n}: key left");
+    }
+}
+
+/// `seed: ssh` (salt-cloud's guide: `ssh_username` and `password`, no seed) on the libvirt
+/// network, no port forwarding: salt-cloud's bootstrap logs in at the clone's own address
+/// (its DHCP lease, found by ip_source) and the minion it deploys answers over the bridge.
+fn ssh_deploy_to_the_clones_address(lab: &Lab, m: &Master, name: &str) {
+    let t = Instant::now();
+    let events = EventLog::start(m);
+    let out = m.salt_cloud(&["--out", "json", "-y", "-p", "sshnet", name]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let ret = last_json(&out);
+    let v = &ret[name];
+    assert_eq!(v["minion_up"], true, "{ret}");
+    assert_eq!(v["seed"], "ssh", "{ret}");
+    eprintln!(
+        "seed: ssh on the libvirt network: answered after {:.1?}",
+        t.elapsed()
+    );
+    let mac = lab.macs(name)[0].clone();
+    let lease = lab
+        .net_leases()
+        .into_iter()
+        .find(|l| l.mac == mac)
+        .unwrap_or_else(|| panic!("{name}: no lease for {mac}"));
+    assert_eq!(v["private_ips"], serde_json::json!([lease.ip]), "{ret}");
+    assert!(v.get("ip_note").is_none(), "{ret}");
+    assert!(v.get("ssh_port").is_none(), "no forwarded port: {ret}");
+    let tag = format!("salt/cloud/{name}/created");
+    let created = events
+        .events()
+        .into_iter()
+        .find(|e| e["tag"] == tag)
+        .unwrap_or_else(|| panic!("no {tag}: {}", events.text()));
+    assert_eq!(
+        created["data"]["private_ips"],
+        serde_json::json!([lease.ip]),
+        "{created}"
+    );
+    // The master accepted the key salt-cloud deployed, and the minion answers.
+    let (pinged, p) = m.salt_json(name, &["test.ping"], 60);
+    assert!(pinged && p[name] == true, "{p}");
+    let accepted = std::fs::read_to_string(m.pki().join("minions").join(name)).unwrap();
+    let (_, k) = m.salt_json(
+        name,
+        &["cmd.run", "cat /etc/salt/pki/minion/minion.pub"],
+        60,
+    );
+    assert_eq!(k[name].as_str().unwrap_or_default().trim(), accepted.trim());
+    let (_, g) = m.salt_json(name, &["grains.get", "ipv4"], 60);
+    assert!(
+        g[name]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|i| i == lease.ip.as_str())),
+        "{g}"
+    );
+    let out = m.salt_cloud(&["--out", "json", "-y", "-d", name]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert!(!lab.domains().contains(&name.to_string()));
+    assert!(!m.pki().join("minions").join(name).exists());
+}
+
 /// `clones_per_network()` clones of each profile (one call per network, both at once), checked,
-/// then destroyed.
-fn round(lab: &Lab, m: &Master, (on_net, on_lan): (&str, &str), tag: &str) {
+/// then destroyed, but `keep`.
+fn round(lab: &Lab, m: &Master, (on_net, on_lan): (&str, &str), tag: &str, keep: Option<&str>) {
     let names = |net: &str| -> Vec<String> {
         (1..=clones_per_network())
             .map(|i| format!("{tag}{net}{i}"))
@@ -179,6 +367,11 @@ fn round(lab: &Lab, m: &Master, (on_net, on_lan): (&str, &str), tag: &str) {
         }
     }
 
+    let all: Vec<&String> = all
+        .into_iter()
+        .filter(|n| Some(n.as_str()) != keep)
+        .collect();
+    let list = all.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",");
     let out = m.salt_run(&["--out", "json", "cloud.destroy", &list]);
     assert!(out.status.success(), "{}", text(&out.stdout));
     let domains = lab.domains();
@@ -198,7 +391,10 @@ fn round(lab: &Lab, m: &Master, (on_net, on_lan): (&str, &str), tag: &str) {
     }
     // The leases stay until they expire; no domain holds one any more.
     let held: BTreeSet<String> = domains.iter().flat_map(|d| lab.macs(d)).collect();
-    for (_, mac) in &macs {
+    for (n, mac) in &macs {
+        if Some(n.as_str()) == keep {
+            continue;
+        }
         assert!(!held.contains(mac), "a domain still has {mac}");
     }
 }
@@ -298,4 +494,95 @@ fn check_network(
     assert_eq!(distinct.len(), vms.len(), "addresses shared: {leases:?}");
     assert_eq!(ids.len(), vms.len(), "machine-ids shared: {grains}");
     ips
+}
+
+/// Time to ping per network, cold and warm, side by side in one run (BENCHMARKS.md, "Real
+/// networks"): one clone at a time of the same golden image on QEMU user networking, on the
+/// libvirt network and on the plain bridge, each timed as its whole `salt-run cloud.profile`
+/// call (to the proven readiness answer). `BENCH_ROUNDS` rounds (default 3); each warm
+/// profile's state is made by one untimed clone first. Run by scripts/bench-networks.sh.
+#[test]
+#[ignore = "a benchmark: scripts/bench-networks.sh"]
+fn bench_time_to_ping_per_network() {
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let lab = Lab::start();
+    let tag = &salt_proto::auth::new_nonce()[..5];
+    let (net_base, lan_base, user_base) = lab.golden_bases_with_user(&format!("b{tag}"), true);
+    let m = Master::start_in("3007.17", "", Some(&lab.ns));
+    std::fs::write(
+        m.dir.join("cloud.providers"),
+        format!("lab:\n  driver: libvirt\n  url: {}\n", lab.uri),
+    )
+    .unwrap();
+    std::fs::write(
+        m.dir.join("cloud.profiles"),
+        format!(
+            "user:\n  provider: lab\n  base_domain: {user_base}\n  pool: {pool}\n  seed: smbios\n  \
+             minion_timeout: 600\n  minion:\n    master: 10.0.2.2\n\
+             net:\n  extends: user\n  base_domain: {net_base}\n  minion:\n    master: {NET_GW}\n\
+             bridge:\n  extends: user\n  base_domain: {lan_base}\n  minion:\n    master: {LAN_GW}\n\
+             user-warm:\n  extends: user\n  warm: true\n\
+             net-warm:\n  extends: net\n  warm: true\n\
+             bridge-warm:\n  extends: bridge\n  warm: true\n",
+            pool = lab.pool
+        ),
+    )
+    .unwrap();
+    m.install_modules();
+    let _sidecar = Sidecar::start(&m, "virtseed");
+    let networks = ["user", "net", "bridge"];
+    let clone = |profile: &str, name: &str| -> Duration {
+        let t = Instant::now();
+        let out = m.salt_run(&["--out", "json", "cloud.profile", profile, name]);
+        let took = t.elapsed();
+        let ret = last_json(&out);
+        assert_eq!(ret[name]["minion_up"], true, "{profile} {name}: {ret}");
+        let out = m.salt_run(&["--out", "json", "cloud.destroy", name]);
+        assert!(out.status.success(), "{}", text(&out.stdout));
+        took
+    };
+    for n in networks {
+        clone(&format!("{n}-warm"), &format!("x{tag}{n}"));
+    }
+    let mut times: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for r in 0..rounds {
+        for flow in ["cold", "warm"] {
+            for n in networks {
+                let profile = if flow == "cold" {
+                    n.to_string()
+                } else {
+                    format!("{n}-warm")
+                };
+                let took = clone(&profile, &format!("r{tag}{r}{}{}", &n[..1], &flow[..1]));
+                eprintln!("round {r}: {profile}: {took:.1?}");
+                times
+                    .entry(format!("{flow} {n}"))
+                    .or_default()
+                    .push(took.as_secs_f64());
+            }
+        }
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!("| flow | network | time to ping (median of {rounds}) | runs | vs user networking |");
+    println!("|---|---|---|---|---|");
+    for flow in ["cold", "warm"] {
+        let user = median(&times[&format!("{flow} user")]);
+        for n in networks {
+            let v = &times[&format!("{flow} {n}")];
+            let runs: Vec<String> = v.iter().map(|t| format!("{t:.1}")).collect();
+            println!(
+                "| {flow} | {n} | {:.1} s | {} | {:.2}x |",
+                median(v),
+                runs.join(", "),
+                median(v) / user
+            );
+        }
+    }
 }

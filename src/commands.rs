@@ -209,6 +209,15 @@ fn or_base<T: std::fmt::Display>(v: Option<T>, unit: &str) -> String {
         .unwrap_or_else(|| "as base".into())
 }
 
+/// What of a template that was booted before each clone of `p` does not keep.
+fn what_is_reset(p: &Profile) -> &'static str {
+    use virtseed::config::cloud::SeedKind as Seed;
+    match p.seed {
+        Seed::Ssh => "new UUID and MACs; salt-cloud's deploy installs its minion key and config; nothing else of the template is reset (a booted template's machine-id, SSH host keys and leases reach every clone: clean it with virt-sysprep, or make it seed-ready, docs/golden-images.md)",
+        _ => "new UUID, MACs, machine-id, minion id and key; virtseed's guest side in the image removes what a booted template left (minion key and id, /var/cache/salt/minion, cloud-init instance state, DHCP leases, SSH host keys) at the clone's first boot (docs/golden-images.md)",
+    }
+}
+
 /// One resolved profile, as check-config shows it: what each key will do.
 fn print_profile(name: &str, p: &Profile) {
     println!("  {name} ({})", p.file.display());
@@ -225,6 +234,7 @@ fn print_profile(name: &str, p: &Profile) {
             IpSource::QemuAgent => "qemu-agent",
         }
     );
+    println!("    each clone: {}", what_is_reset(p));
     println!(
         "    cpus: {}, cpuunits: {}, memory: {}, disk: {}, onboot: {}",
         or_base(p.cpus, ""),

@@ -237,19 +237,42 @@ impl Lab {
     /// disk: not among the shared image's files), and two shut-off bases over that copy:
     /// `NAME-net` on the libvirt network and `NAME-lan` on the plain bridge. Returns their names.
     pub fn golden_bases(&self, name: &str) -> (String, String) {
-        run_ok(&mut self.with_lab_libvirt(&super::repo().join("scripts/build-golden-image.sh")));
-        let xml = self.virsh_ok(&["dumpxml", "--inactive", "virtseed-golden"]);
+        let (net, lan, _) = self.golden_bases_with_user(name, false);
+        (net, lan)
+    }
+
+    /// `golden_bases`, and with `user` also `NAME-user` on QEMU user networking (the guest
+    /// reaches the namespace's loopback at 10.0.2.2), for comparisons.
+    pub fn golden_bases_with_user(&self, name: &str, user: bool) -> (String, String, String) {
+        self.bases(name, false, user)
+    }
+
+    /// `golden_bases` of the plain image (`build-golden-image.sh --plain`: sshd, root's
+    /// password `plain`, no seed channel), for `seed: ssh`.
+    pub fn plain_bases(&self, name: &str) -> (String, String) {
+        let (net, lan, _) = self.bases(name, true, false);
+        (net, lan)
+    }
+
+    fn bases(&self, name: &str, plain: bool, user: bool) -> (String, String, String) {
+        let kind = if plain { "plain" } else { "golden" };
+        let mut build = self.with_lab_libvirt(&super::repo().join("scripts/build-golden-image.sh"));
+        if plain {
+            build.arg("--plain");
+        }
+        run_ok(&mut build);
+        let xml = self.virsh_ok(&["dumpxml", "--inactive", &format!("virtseed-{kind}")]);
         let disk = between(&xml, "<source file='", "'/>");
         let image = Path::new(&disk["<source file='".len()..disk.len() - 3])
             .parent()
             .unwrap()
             .to_path_buf();
-        let copy = self.dir.join("golden");
+        let copy = self.dir.join(kind);
         std::fs::create_dir_all(&copy).unwrap();
         for f in ["disk.qcow2", "vmlinuz", "initrd.img"] {
             std::fs::copy(image.join(f), copy.join(f)).unwrap();
         }
-        let pool = format!("{}-golden", self.pool);
+        let pool = format!("{}-{kind}", self.pool);
         self.virsh_ok(&[
             "pool-create-as",
             &pool,
@@ -274,7 +297,14 @@ impl Lab {
             std::fs::write(&f, x).unwrap();
             self.virsh_ok(&["define", f.to_str().unwrap()]);
         }
-        (net, lan)
+        let usr = format!("{name}-user");
+        if user {
+            let x = rewrite_base(&xml, &usr, "<interface type='user'>");
+            let f = self.dir.join(format!("{usr}.xml"));
+            std::fs::write(&f, x).unwrap();
+            self.virsh_ok(&["define", f.to_str().unwrap()]);
+        }
+        (net, lan, usr)
     }
 
     /// The libvirt network's leases (`virsh net-dhcp-leases`).

@@ -92,7 +92,8 @@ pub fn is_private(a: &IpAddr) -> bool {
 }
 
 /// `addresses` (text, as libvirt and the cache give them) split into public and private;
-/// loopback and what is not an address are dropped.
+/// loopback, link-local (the guest agent reports `fe80::` on every interface: it reaches the
+/// VM only from its own link, with a zone) and what is not an address are dropped.
 pub fn split(addresses: &[String]) -> (Vec<String>, Vec<String>) {
     let mut public = Vec::new();
     let mut private = Vec::new();
@@ -100,7 +101,7 @@ pub fn split(addresses: &[String]) -> (Vec<String>, Vec<String>) {
         let Ok(a) = t.parse::<IpAddr>() else {
             continue;
         };
-        if a.is_loopback() {
+        if a.is_loopback() || is_link_local(&a) {
             continue;
         }
         if is_private(&a) {
@@ -237,10 +238,9 @@ mod tests {
                 "172.16.0.1",
                 "192.168.122.5",
                 "100.64.0.1",
-                "169.254.1.1",
-                "fd00::1",
-                "fe80::1"
-            ]
+                "fd00::1"
+            ],
+            "link-local (169.254/16, fe80::/10) left out"
         );
     }
 }

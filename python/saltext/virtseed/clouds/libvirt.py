@@ -402,8 +402,24 @@ def _create_by_ssh(vm_):
     timings["first_ping"] = int((time.time() - begun) * 1000)
     out["deployed"] = True
     out["minion_up"] = True
-    _fire(vm_, "created", {"event": "created instance"})
+    # The clone had no address when it was made (not booted yet): its address now, as the
+    # seeded clones' returns and `created` events carry it.
+    ips = _addresses_now(name)
+    if ips:
+        out.update(ips)
+        out.pop("ip_note", None)
+    _fire(vm_, "created", dict({"event": "created instance"}, **ips))
     return out
+
+
+def _addresses_now(name):
+    """The VM's `public_ips`/`private_ips` as `show_instance` gives them now; {} if none."""
+    try:
+        node = _action("show_instance", name) or {}
+    except Exception:  # pylint: disable=broad-except
+        return {}
+    ips = {k: list(node.get(k) or []) for k in ("public_ips", "private_ips")}
+    return ips if ips["public_ips"] or ips["private_ips"] else {}
 
 
 def _deploy_and_wait(vm_, out):
