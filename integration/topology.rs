@@ -6,8 +6,11 @@
 //! clone made through node B's `salt-run` gets its key accepted in the cluster's store and is
 //! seeded with `cluster.pub` (the key every node signs in with); the clone (a salt-minion
 //! playing the guest from its seed) answers `test.ping` through either node; destroy takes
-//! the key out of the cluster's store. And a 3008 key store virtseed cannot write
-//! (`keys.cache_driver: mmap_key`) is refused by name, before anything is made.
+//! the key out of the cluster's store. Hot multi-master and failover: two masters sharing one
+//! key pair (Salt's guide), the second in the sidecar's `masters:`; a clone listing both is
+//! accepted on both, also while one is down, answers from each, fails over, and destroy
+//! removes it from both. And a 3008 key store virtseed cannot write (`keys.cache_driver:
+//! mmap_key`) is refused by name, before anything is made.
 
 mod harness;
 
@@ -158,4 +161,164 @@ fn a_key_store_virtseed_cannot_write_is_refused_by_name() {
     let log = sidecar.log_text();
     assert!(log.contains("keys.cache_driver: mmap_key"), "{log}");
     assert!(log.contains("`salt-key -y -a virtseed`"), "{log}");
+}
+
+/// Whether `name` is in `salt-key -L`'s accepted list on `m`.
+fn accepted_on(m: &Master, name: &str) -> bool {
+    let out = m.salt_key(&["--out", "json", "-L"]);
+    let keys: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    keys["minions"]
+        .as_array()
+        .is_some_and(|l| l.iter().any(|k| k == name))
+}
+
+fn pings(m: &Master, name: &str) -> bool {
+    let (ok, v) = m.salt_json(name, &["test.ping"], 20);
+    ok && v[name] == true
+}
+
+#[test]
+fn multi_master_and_failover_3007() {
+    let version = "3007.17";
+    let p = Pool::new("mm");
+    // Two hosts, as in production: addresses of their own, the same ports (failover's
+    // liveness check looks for a connection to the publish port).
+    let (ia, ib) = ("127.0.0.6", "127.0.0.7");
+    let a = Master::start_at(version, "", ia);
+    let b = Master::start_at(version, "", ib);
+    b.stop();
+    let conf = std::fs::read_to_string(b.dir.join("master")).unwrap();
+    let conf: String = conf
+        .lines()
+        .map(|l| match l.split_once(": ") {
+            Some((k @ ("ret_port" | "publish_port"), _)) => format!("{k}: {}\n", a.port(k)),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(b.dir.join("master"), conf).unwrap();
+    // Salt's multi-master guide: every master has the first one's key pair.
+    for f in ["master.pem", "master.pub"] {
+        std::fs::copy(a.pki().join(f), b.pki().join(f)).unwrap();
+    }
+    b.restart();
+    let vda = p.base_volume("base-vda.qcow2", "qcow2", 64);
+    let base = format!("{}base", p.prefix);
+    p.base_domain(&base, &[("vda", "qcow2", Pool::file_source(&vda))]);
+    write_cloud(
+        &a,
+        &format!(
+            "hot:\n  provider: kvm\n  base_domain: {base}\n  minion_timeout: 240\n  minion:\n    \
+             master: [{ia}, {ib}]\n\
+             failover:\n  extends: hot\n  minion:\n    master_type: failover\n    \
+             master_alive_interval: 2\n    master_tries: -1\n\
+             three:\n  extends: hot\n  minion:\n    master: [{ia}, {ib}, m3]\n"
+        ),
+    );
+    a.install_modules();
+    let sidecar = Sidecar::start_settings(
+        &a,
+        "virtseed",
+        &[],
+        "",
+        &format!("masters: ['{}']\n", b.dir.display()),
+    );
+    sidecar.wait_log("serving cloud.* jobs", Duration::from_secs(60));
+
+    // Hot: accepted on both, answers from both.
+    let hot = format!("{}h", p.prefix);
+    let child = a.salt_run_bg(&["--out", "json", "cloud.profile", "hot", &hot]);
+    let g1 = play_guest(&a, &p, &hot);
+    let out = wait_exit(child, Duration::from_secs(300));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        g1.log_text()
+    );
+    assert_eq!(last_json(&out)[hot.as_str()]["minion_up"], true);
+    for m in [&a, &b] {
+        assert!(accepted_on(m, &hot), "{}", m.dir.display());
+    }
+    harness::wait_for(
+        "an answer through each master",
+        Duration::from_secs(90),
+        || pings(&a, &hot) && pings(&b, &hot),
+    );
+
+    // The second master down while a clone is made: its key is accepted there all the same,
+    // and once it is back the clone answers through it.
+    b.stop();
+    let down = format!("{}d", p.prefix);
+    let child = a.salt_run_bg(&["--out", "json", "cloud.profile", "hot", &down]);
+    let g2 = play_guest(&a, &p, &down);
+    let out = wait_exit(child, Duration::from_secs(300));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        g2.log_text()
+    );
+    b.restart();
+    assert!(accepted_on(&b, &down));
+    harness::wait_for(
+        "the clone through the master that was down",
+        Duration::from_secs(120),
+        || pings(&b, &down),
+    );
+
+    // Failover: the first master stops; the clone answers through the second.
+    let fo = format!("{}f", p.prefix);
+    let child = a.salt_run_bg(&["--out", "json", "cloud.profile", "failover", &fo]);
+    let g3 = play_guest(&a, &p, &fo);
+    let out = wait_exit(child, Duration::from_secs(300));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        g3.log_text()
+    );
+    a.stop();
+    harness::wait_for(
+        "the failover to the second master",
+        Duration::from_secs(180),
+        || pings(&b, &fo),
+    );
+    a.restart();
+
+    // More masters listed than virtseed accepts keys on: refused, nothing made.
+    let out = a.salt_run(&[
+        "--out",
+        "json",
+        "cloud.profile",
+        "three",
+        &format!("{}t", p.prefix),
+    ]);
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(said.contains("lists 3 masters"), "{said}");
+    assert!(!p.domains().contains(&format!("{}t", p.prefix)));
+
+    drop((g1, g2, g3));
+    harness::wait_for(
+        "the sidecar back on the first master",
+        Duration::from_secs(120),
+        || {
+            let out = a.salt_run(&[
+                "--out",
+                "json",
+                "cloud.destroy",
+                &format!("{hot},{down},{fo}"),
+            ]);
+            out.status.success() && !text(&out.stdout).contains("error")
+        },
+    );
+    for n in [&hot, &down, &fo] {
+        for m in [&a, &b] {
+            assert!(
+                !m.pki().join("minions").join(n).exists(),
+                "{n} left on {}",
+                m.dir.display()
+            );
+        }
+        assert!(!p.domains().contains(n));
+    }
 }

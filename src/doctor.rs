@@ -116,7 +116,14 @@ fn site(r: &mut Report, dir: &Path, salt_python: Option<&Path>) {
 }
 
 fn pki_dir(r: &mut Report, opts: &MasterOpts) {
-    let minions = opts.pki_dir.join("minions");
+    if let Some(why) = opts.key_store_problem() {
+        r.fail(
+            "key store",
+            why,
+            "virtseed writes accepted keys as files: keep `keys.cache_driver` at localfs_key",
+        );
+    }
+    let minions = opts.key_dir().join("minions");
     let probe = minions.join(format!(".virtseed-doctor-{}", std::process::id()));
     match std::fs::write(&probe, b"") {
         Ok(()) => {
@@ -136,7 +143,7 @@ fn pki_dir(r: &mut Report, opts: &MasterOpts) {
 
 fn sidecar_key(r: &mut Report, opts: &MasterOpts, settings: &Settings) {
     let own = settings.pki_dir.join("minion.pub");
-    let accepted = opts.pki_dir.join("minions").join(&settings.id);
+    let accepted = opts.key_dir().join("minions").join(&settings.id);
     let Ok(ours) = std::fs::read_to_string(&own) else {
         r.fail(
             "sidecar key",
@@ -241,9 +248,14 @@ fn libvirt(r: &mut Report, dir: &Path) {
             Ok(b) => r.ok(
                 check,
                 format!(
-                    "base {} shut off, {} disk(s); the guest's identity unit is not checked (inside the image, docs/golden-images.md)",
+                    "base {} shut off, {} disk(s); {}; the guest's identity unit, which removes what a booted template left (minion id and key, SSH host keys, leases), is not checked (inside the image, docs/golden-images.md)",
                     prof.base_domain,
-                    b.disks.len()
+                    b.disks.len(),
+                    if virtseed::libvirt::domain_xml::boots_kernel_directly(&b.xml) {
+                        "each clone's machine-id is its UUID, on its kernel command line"
+                    } else {
+                        "boots through a bootloader: a booted template's /etc/machine-id reaches PID 1 and journald in every clone (virtseed's guest side replaces it before the network and the minion start; empty it in the template to have none)"
+                    }
                 ),
             ),
             Err(e) => r.fail(

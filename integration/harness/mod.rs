@@ -271,8 +271,19 @@ impl Sidecar {
         env: &[(&str, &str)],
         log_suffix: &str,
     ) -> Sidecar {
+        Self::start_settings(master, id, env, log_suffix, "")
+    }
+
+    /// The same with `extra` (YAML) appended to its settings.
+    pub fn start_settings(
+        master: &Master,
+        id: &str,
+        env: &[(&str, &str)],
+        log_suffix: &str,
+        extra: &str,
+    ) -> Sidecar {
         let settings = format!(
-            "id: {id}\npki_dir: {}\nsalt_version: '{}'\n",
+            "id: {id}\npki_dir: {}\nsalt_version: '{}'\n{extra}",
             master.dir.join("pki").join(id).display(),
             master.version
         );

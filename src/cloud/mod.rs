@@ -48,6 +48,63 @@ pub struct MasterCtx {
     pub accept_act: &'static str,
     /// virtseed's own state (`accept: on_first_auth` records the first key seen per id).
     pub state_dir: std::path::PathBuf,
+    /// The other masters of a multi-master or failover list (settings `masters:`).
+    pub peers: Vec<PeerMaster>,
+}
+
+/// Another master a clone signs in to (multi-master, failover), whose key store virtseed
+/// reaches as files (on this host, or a shared filesystem): never over the network.
+#[derive(Clone, Debug)]
+pub struct PeerMaster {
+    pub config_dir: std::path::PathBuf,
+    pub key_dir: std::path::PathBuf,
+    pub cachedir: std::path::PathBuf,
+    /// The key its minions trust (`master.pub`, a cluster's `cluster.pub`).
+    pub trusted_pub: String,
+    pub publish_port: u16,
+}
+
+impl MasterCtx {
+    /// How many masters `minion: master:` lists: a list, or one.
+    pub fn listed_masters(minion: &yaml_serde::Mapping) -> usize {
+        match minion.get("master") {
+            Some(yaml_serde::Value::Sequence(l)) => l.len(),
+            Some(_) => 1,
+            None => 0,
+        }
+    }
+
+    /// The masters a clone of a profile with `minion` signs in to beyond this one: none for
+    /// one master; for a list, every master in settings `masters:`, when there are enough
+    /// and all of them present one key (a minion caches one master key for all its masters,
+    /// salt/crypt.py `AsyncAuth.mpub`). Errors say what to set.
+    pub fn peers_for(
+        &self,
+        profile: &str,
+        minion: &yaml_serde::Mapping,
+    ) -> Result<&[PeerMaster], CloudError> {
+        let listed = Self::listed_masters(minion);
+        if listed <= 1 {
+            return Ok(&[]);
+        }
+        if listed > 1 + self.peers.len() {
+            return Err(CloudError::Config(format!(
+                "profile {profile:?}: `minion: master:` lists {listed} masters, and virtseed accepts keys on {} (this one and the {} in `masters:` of its settings): a clone would stay pending on the others; add their config dirs to `masters:` (this host or a shared filesystem), or list only those masters",
+                1 + self.peers.len(),
+                self.peers.len()
+            )));
+        }
+        let clean = salt_proto::keys::clean_key;
+        for p in &self.peers {
+            if clean(&p.trusted_pub) != clean(&self.master_pub) {
+                return Err(CloudError::Config(format!(
+                    "profile {profile:?}: the master in {} has another key than this one: a minion of several masters keeps one master key and refuses a master with another (\"The master key has changed\"); give every master the same master.pem/master.pub (Salt's multi-master guide)",
+                    p.config_dir.display()
+                )));
+            }
+        }
+        Ok(&self.peers)
+    }
 }
 
 impl MasterCtx {
@@ -75,6 +132,39 @@ impl MasterCtx {
             zmq_filtering: m.zmq_filtering,
             accept_act: version.map_or("accept", |v| v.key_act_accept()),
             state_dir: settings.pki_dir.clone(),
+            peers: settings
+                .masters
+                .iter()
+                .map(|dir| PeerMaster::load(dir))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+impl PeerMaster {
+    fn load(dir: &std::path::Path) -> Result<Self, CloudError> {
+        let m = crate::config::master::MasterOpts::load(dir)
+            .map_err(|e| CloudError::Config(format!("`masters:` {}: {e}", dir.display())))?;
+        if let Some(why) = m.key_store_problem() {
+            return Err(CloudError::Config(format!(
+                "`masters:` {}: {why}",
+                dir.display()
+            )));
+        }
+        let path = m.trusted_key_path();
+        let trusted_pub = std::fs::read_to_string(&path).map_err(|e| {
+            CloudError::Config(format!(
+                "`masters:` {}: cannot read its key {}: {e}",
+                dir.display(),
+                path.display()
+            ))
+        })?;
+        Ok(Self {
+            config_dir: dir.to_path_buf(),
+            key_dir: m.key_dir().to_path_buf(),
+            cachedir: m.cachedir.clone(),
+            trusted_pub,
+            publish_port: m.publish_port,
         })
     }
 }
@@ -485,6 +575,16 @@ impl Cloud {
                 }
             }
             .map_err(|e| CloudError::Internal(e.to_string()))?;
+            // The same key on the other masters of a multi-master list (only while it is
+            // the one virtseed accepted there: the fingerprint decides).
+            if inst.ownership.accept != "manual" && !inst.ownership.fingerprint.is_empty() {
+                for p in &mc.peers {
+                    crate::pki::revoke(&p.key_dir, &p.cachedir, name, &inst.ownership.fingerprint)
+                        .map_err(|e| {
+                            CloudError::Internal(format!("{}: {e}", p.config_dir.display()))
+                        })?;
+                }
+            }
             autoaccept::forget(&mc.state_dir, name);
             if key_removed {
                 progress.fire(
@@ -684,6 +784,54 @@ mod tests {
             vcpus: 1,
             memory_kib: 1 << 20,
         }
+    }
+
+    #[test]
+    fn several_masters_need_each_known_and_one_key() {
+        let key = "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n";
+        let peer = |pub_: &str| PeerMaster {
+            config_dir: "/etc/salt-m2".into(),
+            key_dir: "/etc/salt-m2/pki".into(),
+            cachedir: "/var/cache/m2".into(),
+            trusted_pub: pub_.into(),
+            publish_port: 4505,
+        };
+        let mut mc = MasterCtx {
+            pki_dir: "/p".into(),
+            cachedir: "/c".into(),
+            master_pub: key.into(),
+            ret_port: 4506,
+            publish_port: 4505,
+            zmq_filtering: false,
+            accept_act: "accept",
+            state_dir: "/s".into(),
+            peers: vec![],
+        };
+        let minion = |m: &str| -> yaml_serde::Mapping {
+            yaml_serde::from_str(&format!("master: {m}\n")).unwrap()
+        };
+        assert_eq!(MasterCtx::listed_masters(&minion("m1")), 1);
+        assert_eq!(MasterCtx::listed_masters(&minion("[m1, m2]")), 2);
+        // One master: no peers needed, whatever the settings.
+        assert!(mc.peers_for("p", &minion("m1")).unwrap().is_empty());
+        let e = mc
+            .peers_for("p", &minion("[m1, m2]"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("lists 2 masters") && e.contains("`masters:`"),
+            "{e}"
+        );
+        mc.peers = vec![peer(&key.replace('\n', "\r\n"))];
+        assert_eq!(mc.peers_for("p", &minion("[m1, m2]")).unwrap().len(), 1);
+        mc.peers = vec![peer(
+            "-----BEGIN PUBLIC KEY-----\nBBBB\n-----END PUBLIC KEY-----\n",
+        )];
+        let e = mc
+            .peers_for("p", &minion("[m1, m2]"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("another key"), "{e}");
     }
 
     #[test]

@@ -6,6 +6,10 @@
 //! salt_version: '3007.17'      # the master's Salt release: event bus framing, and whether to
 //!                              # work around 3007's CLI race (see jobs::SALT_3007_RETURN_FLOOR)
 //! master_finger: 'aa:bb:...'   # refuse a master whose key has another fingerprint
+//! masters: [/etc/salt-m2]      # the config dirs of the other masters of a multi-master or
+//!                              # failover list (on this host or a shared filesystem): a
+//!                              # clone whose `minion: master:` lists several masters gets its
+//!                              # key accepted on each of them
 //! ```
 
 use super::{yaml, ConfigError};
@@ -17,6 +21,8 @@ pub struct Settings {
     pub pki_dir: PathBuf,
     pub salt_version: Option<salt_proto::version::SaltVersion>,
     pub master_finger: Option<String>,
+    /// Other masters' config dirs (multi-master, failover).
+    pub masters: Vec<PathBuf>,
 }
 
 impl Settings {
@@ -59,7 +65,32 @@ impl Settings {
                 })
             }
         };
+        let masters = match v.get("masters") {
+            None | Some(yaml_serde::Value::Null) => vec![],
+            Some(yaml_serde::Value::Sequence(items)) => items
+                .iter()
+                .map(|i| {
+                    yaml::as_text(i)
+                        .map(PathBuf::from)
+                        .filter(|p| p.is_absolute())
+                        .ok_or_else(|| ConfigError::Key {
+                            path: path.clone(),
+                            key: "masters".into(),
+                            expected: "must list absolute paths (other masters' config dirs)"
+                                .into(),
+                        })
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => {
+                return Err(ConfigError::Key {
+                    path,
+                    key: "masters".into(),
+                    expected: "must be a list of other masters' config dirs".into(),
+                })
+            }
+        };
         Ok(Self {
+            masters,
             pki_dir: text("pki_dir")
                 .map_or_else(|| config_dir.join("pki").join("virtseed"), PathBuf::from),
             id,

@@ -16,6 +16,7 @@ use serde_json::json;
 
 pub struct Key<'a> {
     pub master: Option<&'a MasterCtx>,
+    pub profile: &'a crate::config::cloud::Profile,
     pub name: &'a str,
     /// The profile's `force`: replace another key under this id.
     pub force: bool,
@@ -41,6 +42,19 @@ impl Action<Made> for Key<'_> {
                 crate::pki::force_accept(&mc.pki_dir, name, pem).map_err(internal)?;
             }
             Accepted::Other => return Err(CloudError::KeyTaken(name.into())),
+        }
+        // The other masters of a multi-master list: the same key, never over another.
+        for peer in mc.peers_for(&self.profile.name, &self.profile.minion)? {
+            match crate::pki::pre_accept(&peer.key_dir, name, pem).map_err(internal)? {
+                Accepted::Ours | Accepted::Absent => {}
+                Accepted::Other => {
+                    return Err(CloudError::Config(format!(
+                        "another key is accepted for {name} on the master in {}",
+                        peer.config_dir.display()
+                    )))
+                }
+            }
+            let _ = std::fs::remove_file(peer.key_dir.join("minions_pre").join(name));
         }
         self.progress.fire(
             "salt/key",
@@ -71,8 +85,12 @@ impl Action<Made> for Key<'_> {
 /// Undoes an [`Intent::Key`]: removes the accepted key of `id` if it has fingerprint
 /// `finger`, and the master's cache for it, and says so on the bus.
 pub fn undo(mc: &MasterCtx, id: &str, finger: &str, progress: &dyn Progress) -> Result<(), String> {
-    let removed =
+    let mut removed =
         crate::pki::revoke(&mc.pki_dir, &mc.cachedir, id, finger).map_err(|e| e.to_string())?;
+    for p in &mc.peers {
+        removed |= crate::pki::revoke(&p.key_dir, &p.cachedir, id, finger)
+            .map_err(|e| format!("{}: {e}", p.config_dir.display()))?;
+    }
     if removed {
         progress.fire(
             "salt/key",

@@ -225,6 +225,7 @@ impl Plan<'_> {
         };
         let key = key::Key {
             master: self.master,
+            profile: self.prof,
             name: self.name,
             force: self.prof.force,
             progress: self.progress,
@@ -448,6 +449,16 @@ impl Cloud {
             }
         })?;
         check_given_key(prof, self.master.is_some(), opts.minion_pub.is_some())?;
+        if let Some(mc) = &self.master {
+            if !mc.peers_for(&prof.name, &prof.minion)?.is_empty()
+                && prof.accept != AcceptMode::Preseed
+            {
+                return Err(CloudError::Config(format!(
+                    "profile {:?}: several masters in `minion: master:` need `accept: preseed` (the default): virtseed accepts the key it minted on each of them",
+                    prof.name
+                )));
+            }
+        }
         hv.check_free(name)?;
         let (base, warm) = if prof.warm {
             if self.master.is_none() {

@@ -125,7 +125,13 @@ fn identity(
     if conf.get("master_port").is_none() {
         conf.insert("master_port".into(), Y::Number(mc.ret_port.into()));
     }
-    if conf.get("publish_port").is_none() {
+    // Several masters on ports of their own: each tells its port when the minion signs in,
+    // which the minion takes unless its config names one (salt/channel/client.py). Named
+    // when they share it: failover's liveness check (`status.master`) looks for a
+    // connection to that port.
+    let one_port = MasterCtx::listed_masters(&prof.minion) <= 1
+        || mc.peers.iter().all(|p| p.publish_port == mc.publish_port);
+    if conf.get("publish_port").is_none() && one_port {
         conf.insert("publish_port".into(), Y::Number(mc.publish_port.into()));
     }
     // With the master's `zmq_filtering`, a clone reads only publications for its own id (and
