@@ -322,3 +322,38 @@ fn multi_master_and_failover_3007() {
         assert!(!p.domains().contains(n));
     }
 }
+
+/// `key_cache: sched`: the master targets from a key list it refreshes on its own schedule;
+/// a create returns only when `salt NAME test.ping` matches the new key (the readiness
+/// check is itself a job published to the clone's name).
+#[test]
+fn key_cache_sched_3007() {
+    let m = Master::start_with("3007.17", "key_cache: sched\n");
+    let p = Pool::new("kcs");
+    let vda = p.base_volume("base-vda.qcow2", "qcow2", 64);
+    let base = format!("{}base", p.prefix);
+    p.base_domain(&base, &[("vda", "qcow2", Pool::file_source(&vda))]);
+    write_cloud(
+        &m,
+        &format!("web:\n  provider: kvm\n  base_domain: {base}\n  minion:\n    master: 127.0.0.1\n  minion_timeout: 240\n"),
+    );
+    m.install_modules();
+    let _sidecar = Sidecar::start(&m, "virtseed");
+    let name = format!("{}a", p.prefix);
+    let child = m.salt_run_bg(&["--out", "json", "cloud.profile", "web", &name]);
+    let guest = play_guest(&m, &p, &name);
+    let out = wait_exit(child, Duration::from_secs(300));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        guest.log_text()
+    );
+    assert_eq!(last_json(&out)[name.as_str()]["minion_up"], true);
+    // At once, no retry: the name matches now.
+    let (ok, v) = m.salt_json(&name, &["test.ping"], 30);
+    assert!(ok && v[name.as_str()] == true, "{v}");
+    drop(guest);
+    let out = m.salt_run(&["--out", "json", "cloud.destroy", &name]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+}
