@@ -38,6 +38,20 @@ fn clones_per_network(warm: bool) -> usize {
     }
 }
 
+/// A master in the lab's namespace, with the lab's libvirtd as provider `lab`, `profiles`
+/// and virtseed's modules.
+fn lab_master(lab: &Lab, profiles: &str) -> Master {
+    let m = Master::start_in("3007.17", "", Some(&lab.ns));
+    std::fs::write(
+        m.dir.join("cloud.providers"),
+        format!("lab:\n  driver: libvirt\n  url: {}\n", lab.uri),
+    )
+    .unwrap();
+    std::fs::write(m.dir.join("cloud.profiles"), profiles).unwrap();
+    m.install_modules();
+    m
+}
+
 #[test]
 fn clones_get_their_own_identity_and_address_on_both_networks() {
     let t0 = Instant::now();
@@ -45,15 +59,9 @@ fn clones_get_their_own_identity_and_address_on_both_networks() {
     let tag = &salt_proto::auth::new_nonce()[..5];
     let (net_base, lan_base) = lab.golden_bases(&format!("g{tag}"));
     let (plain_net, _) = lab.plain_bases(&format!("p{tag}"));
-    let m = Master::start_in("3007.17", "", Some(&lab.ns));
-    std::fs::write(
-        m.dir.join("cloud.providers"),
-        format!("lab:\n  driver: libvirt\n  url: {}\n", lab.uri),
-    )
-    .unwrap();
-    std::fs::write(
-        m.dir.join("cloud.profiles"),
-        format!(
+    let m = lab_master(
+        &lab,
+        &format!(
             "onnet:\n  provider: lab\n  base_domain: {net_base}\n  pool: {pool}\n  seed: smbios\n  \
              minion_timeout: 600\n  minion:\n    master: {NET_GW}\n\
              onlan:\n  extends: onnet\n  base_domain: {lan_base}\n  minion:\n    master: {LAN_GW}\n\
@@ -71,9 +79,7 @@ fn clones_get_their_own_identity_and_address_on_both_networks() {
             pool = lab.pool,
             template = template_name(&format!("c{tag}")),
         ),
-    )
-    .unwrap();
-    m.install_modules();
+    );
     let _sidecar = Sidecar::start(&m, "virtseed");
     eprintln!("lab, master and sidecar up after {:.1?}", t0.elapsed());
 
@@ -159,24 +165,7 @@ fn dirty_template(lab: &Lab, m: &Master, template: &str, tag: &str) {
         t.elapsed()
     );
     let list = vms.join(",");
-    let out = m.salt(&[
-        "-t",
-        "60",
-        "--out",
-        "json",
-        "--static",
-        "-L",
-        &list,
-        "grains.item",
-        "machine_id",
-        "ipv4",
-        "uuid",
-    ]);
-    let grains: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let macs: Vec<(String, String)> = vms
-        .iter()
-        .map(|n| (n.clone(), lab.macs(n)[0].clone()))
-        .collect();
+    let (grains, macs) = identities(lab, m, &vms);
     let ips = check_network(lab, &vms, &lab.net_leases(), NET_GW, &macs, &grains);
     let template_ip = lab
         .net_leases()
@@ -327,25 +316,8 @@ fn round(lab: &Lab, m: &Master, (on_net, on_lan): (&str, &str), tag: &str, keep:
         let (ok, v) = m.salt_json(n, &["test.ping"], 60);
         assert!(ok && v[n.as_str()] == true, "{n}: {v}");
     }
-    let list = all.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",");
-    let out = m.salt(&[
-        "-t",
-        "60",
-        "--out",
-        "json",
-        "--static",
-        "-L",
-        &list,
-        "grains.item",
-        "machine_id",
-        "ipv4",
-        "uuid",
-    ]);
-    let grains: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let macs: Vec<(String, String)> = all
-        .iter()
-        .map(|n| (n.to_string(), lab.macs(n)[0].clone()))
-        .collect();
+    let all_names: Vec<String> = all.iter().map(|n| n.to_string()).collect();
+    let (grains, macs) = identities(lab, m, &all_names);
     let mut ips = BTreeMap::new();
     for (vms, leases, gw) in [
         (&net_vms, lab.net_leases(), NET_GW),
@@ -406,6 +378,30 @@ fn round(lab: &Lab, m: &Master, (on_net, on_lan): (&str, &str), tag: &str, keep:
         }
         assert!(!held.contains(mac), "a domain still has {mac}");
     }
+}
+
+/// The clones' `machine_id`, `ipv4` and `uuid` grains, and each one's first MAC.
+fn identities(lab: &Lab, m: &Master, vms: &[String]) -> (Value, Vec<(String, String)>) {
+    let list = vms.join(",");
+    let out = m.salt(&[
+        "-t",
+        "60",
+        "--out",
+        "json",
+        "--static",
+        "-L",
+        &list,
+        "grains.item",
+        "machine_id",
+        "ipv4",
+        "uuid",
+    ]);
+    let grains: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let macs = vms
+        .iter()
+        .map(|n| (n.clone(), lab.macs(n)[0].clone()))
+        .collect();
+    (grains, macs)
 }
 
 /// Each clone's own address (`ips`, from its lease), and only it, in salt-cloud's
@@ -520,15 +516,9 @@ fn bench_time_to_ping_per_network() {
     let lab = Lab::start();
     let tag = &salt_proto::auth::new_nonce()[..5];
     let (net_base, lan_base, user_base) = lab.golden_bases_with_user(&format!("b{tag}"), true);
-    let m = Master::start_in("3007.17", "", Some(&lab.ns));
-    std::fs::write(
-        m.dir.join("cloud.providers"),
-        format!("lab:\n  driver: libvirt\n  url: {}\n", lab.uri),
-    )
-    .unwrap();
-    std::fs::write(
-        m.dir.join("cloud.profiles"),
-        format!(
+    let m = lab_master(
+        &lab,
+        &format!(
             "user:\n  provider: lab\n  base_domain: {user_base}\n  pool: {pool}\n  seed: smbios\n  \
              minion_timeout: 600\n  minion:\n    master: 10.0.2.2\n\
              net:\n  extends: user\n  base_domain: {net_base}\n  minion:\n    master: {NET_GW}\n\
@@ -538,9 +528,7 @@ fn bench_time_to_ping_per_network() {
              bridge-warm:\n  extends: bridge\n  warm: true\n",
             pool = lab.pool
         ),
-    )
-    .unwrap();
-    m.install_modules();
+    );
     let _sidecar = Sidecar::start(&m, "virtseed");
     let networks = ["user", "net", "bridge"];
     let clone = |profile: &str, name: &str| -> Duration {

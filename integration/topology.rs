@@ -20,6 +20,42 @@ use harness::{last_json, text, virtseed, Master, Sidecar};
 use std::path::Path;
 use std::time::Duration;
 
+/// A pool with a shut-off base domain over a small qcow2 disk; the base's name.
+fn base_of(p: &Pool) -> String {
+    let vda = p.base_volume("base-vda.qcow2", "qcow2", 64);
+    let base = format!("{}base", p.prefix);
+    p.base_domain(&base, &[("vda", "qcow2", Pool::file_source(&vda))]);
+    base
+}
+
+/// `salt-run cloud.profile PROFILE NAME` through `front`, the guest played from its seed
+/// once its key is in `keys`'s store; the create must succeed with the minion up.
+fn made_by_played_guest(
+    front: &Master,
+    keys: &Master,
+    p: &Pool,
+    profile: &str,
+    name: &str,
+) -> harness::Minion {
+    let child = front.salt_run_bg(&["--out", "json", "cloud.profile", profile, name]);
+    let guest = play_guest(keys, p, name);
+    let out = wait_exit(child, Duration::from_secs(300));
+    assert!(
+        out.status.success(),
+        "{}\n{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        guest.log_text()
+    );
+    assert_eq!(
+        last_json(&out)[name]["minion_up"],
+        true,
+        "{}",
+        text(&out.stdout)
+    );
+    guest
+}
+
 /// Node `me` of cluster `id` whose other node is `peer`, sharing `shared/pki`.
 fn node_conf(id: &str, me: &str, peer: &str, shared: &Path) -> String {
     format!(
@@ -40,9 +76,7 @@ fn cluster(version: &str, (a_ip, b_ip): (&str, &str)) {
     assert_eq!(a.key_dir(), shared.join("pki"));
     let cluster_pub = std::fs::read_to_string(shared.join("pki/cluster.pub")).unwrap();
 
-    let vda = p.base_volume("base-vda.qcow2", "qcow2", 64);
-    let base = format!("{}base", p.prefix);
-    p.base_domain(&base, &[("vda", "qcow2", Pool::file_source(&vda))]);
+    let base = base_of(&p);
     let profiles = format!(
         "web:\n  provider: kvm\n  base_domain: {base}\n  minion:\n    master: {a_ip}\n  minion_timeout: 240\n"
     );
@@ -57,18 +91,7 @@ fn cluster(version: &str, (a_ip, b_ip): (&str, &str)) {
     assert!(!a.pki().join("minions/virtseed").exists());
 
     let name = format!("{}a", p.prefix);
-    let child = b.salt_run_bg(&["--out", "json", "cloud.profile", "web", &name]);
-    let guest = play_guest(&a, &p, &name);
-    let out = wait_exit(child, Duration::from_secs(300));
-    assert!(
-        out.status.success(),
-        "{}\n{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr),
-        guest.log_text()
-    );
-    let ret = last_json(&out);
-    assert_eq!(ret[name.as_str()]["minion_up"], true, "{ret}");
+    let guest = made_by_played_guest(&b, &a, &p, "web", &name);
     // Accepted in the cluster's store (not a node's own pki_dir), seeded with cluster.pub.
     assert!(shared.join("pki/minions").join(&name).exists());
     for m in [&a, &b] {
@@ -115,9 +138,7 @@ fn cluster_of_two_3008() {
 fn a_key_store_virtseed_cannot_write_is_refused_by_name() {
     let m = Master::start_with("3008.5", "keys.cache_driver: mmap_key\n");
     let p = Pool::new("mmk");
-    let vda = p.base_volume("base-vda.qcow2", "qcow2", 64);
-    let base = format!("{}base", p.prefix);
-    p.base_domain(&base, &[("vda", "qcow2", Pool::file_source(&vda))]);
+    let base = base_of(&p);
     write_cloud(
         &m,
         &format!(
@@ -201,9 +222,7 @@ fn multi_master_and_failover_3007() {
         std::fs::copy(a.pki().join(f), b.pki().join(f)).unwrap();
     }
     b.restart();
-    let vda = p.base_volume("base-vda.qcow2", "qcow2", 64);
-    let base = format!("{}base", p.prefix);
-    p.base_domain(&base, &[("vda", "qcow2", Pool::file_source(&vda))]);
+    let base = base_of(&p);
     write_cloud(
         &a,
         &format!(
@@ -226,16 +245,7 @@ fn multi_master_and_failover_3007() {
 
     // Hot: accepted on both, answers from both.
     let hot = format!("{}h", p.prefix);
-    let child = a.salt_run_bg(&["--out", "json", "cloud.profile", "hot", &hot]);
-    let g1 = play_guest(&a, &p, &hot);
-    let out = wait_exit(child, Duration::from_secs(300));
-    assert!(
-        out.status.success(),
-        "{}{}",
-        text(&out.stdout),
-        g1.log_text()
-    );
-    assert_eq!(last_json(&out)[hot.as_str()]["minion_up"], true);
+    let g1 = made_by_played_guest(&a, &a, &p, "hot", &hot);
     for m in [&a, &b] {
         assert!(accepted_on(m, &hot), "{}", m.dir.display());
     }
@@ -249,15 +259,7 @@ fn multi_master_and_failover_3007() {
     // and once it is back the clone answers through it.
     b.stop();
     let down = format!("{}d", p.prefix);
-    let child = a.salt_run_bg(&["--out", "json", "cloud.profile", "hot", &down]);
-    let g2 = play_guest(&a, &p, &down);
-    let out = wait_exit(child, Duration::from_secs(300));
-    assert!(
-        out.status.success(),
-        "{}{}",
-        text(&out.stdout),
-        g2.log_text()
-    );
+    let g2 = made_by_played_guest(&a, &a, &p, "hot", &down);
     b.restart();
     assert!(accepted_on(&b, &down));
     harness::wait_for(
@@ -268,15 +270,7 @@ fn multi_master_and_failover_3007() {
 
     // Failover: the first master stops; the clone answers through the second.
     let fo = format!("{}f", p.prefix);
-    let child = a.salt_run_bg(&["--out", "json", "cloud.profile", "failover", &fo]);
-    let g3 = play_guest(&a, &p, &fo);
-    let out = wait_exit(child, Duration::from_secs(300));
-    assert!(
-        out.status.success(),
-        "{}{}",
-        text(&out.stdout),
-        g3.log_text()
-    );
+    let g3 = made_by_played_guest(&a, &a, &p, "failover", &fo);
     a.stop();
     harness::wait_for(
         "the failover to the second master",
@@ -330,9 +324,7 @@ fn multi_master_and_failover_3007() {
 fn key_cache_sched_3007() {
     let m = Master::start_with("3007.17", "key_cache: sched\n");
     let p = Pool::new("kcs");
-    let vda = p.base_volume("base-vda.qcow2", "qcow2", 64);
-    let base = format!("{}base", p.prefix);
-    p.base_domain(&base, &[("vda", "qcow2", Pool::file_source(&vda))]);
+    let base = base_of(&p);
     write_cloud(
         &m,
         &format!("web:\n  provider: kvm\n  base_domain: {base}\n  minion:\n    master: 127.0.0.1\n  minion_timeout: 240\n"),
@@ -340,16 +332,7 @@ fn key_cache_sched_3007() {
     m.install_modules();
     let _sidecar = Sidecar::start(&m, "virtseed");
     let name = format!("{}a", p.prefix);
-    let child = m.salt_run_bg(&["--out", "json", "cloud.profile", "web", &name]);
-    let guest = play_guest(&m, &p, &name);
-    let out = wait_exit(child, Duration::from_secs(300));
-    assert!(
-        out.status.success(),
-        "{}{}",
-        text(&out.stdout),
-        guest.log_text()
-    );
-    assert_eq!(last_json(&out)[name.as_str()]["minion_up"], true);
+    let guest = made_by_played_guest(&m, &m, &p, "web", &name);
     // At once, no retry: the name matches now.
     let (ok, v) = m.salt_json(&name, &["test.ping"], 30);
     assert!(ok && v[name.as_str()] == true, "{v}");
