@@ -181,9 +181,10 @@ fi
 echo "virtseed: installed the identity of $id ($channel, $keys)"
 # The minion computes its grains (ipv4, ...) once, as it starts. The initramfs leases eth0
 # within a few seconds on any DHCP network it reaches; when it did not (a busy host, a slow
-# server), wait here for networkd's lease (a default route), up to LEASE_WAIT s: a minion
-# started without an address would tell the master only 127.0.0.1, and could not reach it
-# before the lease anyway. Shell builtins but sleep: every exec costs under TCG.
+# server), wait here for networkd's lease (a default route), up to LEASE_WAIT s (90: ten
+# clones booting at once on two TCG cores took over 20 s to lease on a bridge): a minion
+# started without an address would tell the master only 127.0.0.1 in its grains, and could
+# not reach it before the lease anyway. Shell builtins but sleep: every exec costs under TCG.
 has_default_route() {
     while read -r _ifc dst _rest; do
         [ "$dst" = 00000000 ] && return 0
@@ -191,11 +192,11 @@ has_default_route() {
     return 1
 }
 if [ -z "$root" ] && [ -e /sys/class/net/eth0 ] && ! has_default_route; then
-    n=0; max=$(( ${LEASE_WAIT:-20} * 5 ))
+    n=0; max=$(( ${LEASE_WAIT:-90} * 5 ))
     while [ $n -lt $max ] && ! has_default_route; do sleep 0.2; n=$((n + 1)); done
     if has_default_route; then
         echo "virtseed: waited $((n / 5)).$((n % 5 * 2)) s for a DHCP lease (none from the initramfs)"
     else
-        echo "virtseed: no DHCP lease after ${LEASE_WAIT:-20} s: starting the minion without an address"
+        echo "virtseed: no DHCP lease after ${LEASE_WAIT:-90} s: starting the minion without an address"
     fi
 fi

@@ -91,6 +91,25 @@ fn doctor_on_a_healthy_site_and_each_broken_case() {
     ] {
         assert_eq!(status(&v, c), "ok", "{c}: {v:#}");
     }
+    // How the base's clones get their machine-id (this test base boots from its disk, so a
+    // booted template's would reach PID 1 and journald).
+    let web = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "profile web")
+        .unwrap()
+        .to_string();
+    assert!(web.contains("boots through a bootloader"), "{web}");
+    // check-config says, per profile, what a clone of a booted template does not keep.
+    let out = virtseed(dir, &["check-config"]);
+    let cc = text(&out.stdout);
+    assert!(
+        cc.contains(
+            "each clone: new UUID, MACs, machine-id, minion id and key; virtseed's guest side"
+        ),
+        "{cc}"
+    );
     // The text form: one line per check.
     let out = virtseed(dir, &["doctor", "--salt-python", py.to_str().unwrap()]);
     assert!(out.status.success());

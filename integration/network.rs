@@ -72,7 +72,8 @@ fn clones_get_their_own_identity_and_address_on_both_networks() {
              accept: on_first_auth\n  ip_source: qemu-agent\n\
              sshnet:\n  provider: lab\n  base_domain: {plain_net}\n  pool: {pool}\n  \
              ssh_username: root\n  password: plain\n  script: {script}\n  script_args: -F\n  \
-             minion_timeout: 600\n  minion:\n    master: {NET_GW}\n",
+             minion_timeout: 600\n  minion:\n    master: {NET_GW}\n\
+             sshdirty:\n  extends: sshnet\n  base_domain: s{tag}\n",
             script = harness::repo()
                 .join("scripts/deploy-preinstalled-minion.sh")
                 .display(),
@@ -94,6 +95,7 @@ fn clones_get_their_own_identity_and_address_on_both_networks() {
     );
     dirty_template(&lab, &m, &template, &format!("d{tag}"));
     ssh_deploy_to_the_clones_address(&lab, &m, &format!("s{tag}"));
+    dirty_plain_template(&lab, &m, &format!("s{tag}"), &format!("t{tag}"));
     round(&lab, &m, ("warmnet", "warmlan"), &format!("w{tag}"), None);
     eprintln!("test took {:.1?}", t0.elapsed());
 }
@@ -144,15 +146,9 @@ fn template_name(cold_tag: &str) -> String {
 fn dirty_template(lab: &Lab, m: &Master, template: &str, tag: &str) {
     let t = Instant::now();
     let template_key = std::fs::read_to_string(m.pki().join("minions").join(template)).unwrap();
-    // Shut down from inside, through its minion (the golden image has no logind, which
-    // ACPI shutdown and `shutdown +0`, the guest agent's way, need).
-    let (ok, v) = m.salt_json(template, &["cmd.run_bg", "sleep 1; systemctl poweroff"], 60);
-    assert!(ok, "{template}: {v}");
-    harness::wait_for(
-        &format!("{template} shut down"),
-        Duration::from_secs(180),
-        || lab.virsh_ok(&["domstate", template]).trim() == "shut off",
-    );
+    // From inside, through its minion: the golden image has no logind, which ACPI shutdown
+    // and `shutdown +0` (the guest agent's way) need.
+    shut_down(lab, m, template);
     let vms: Vec<String> = (1..=2).map(|i| format!("{tag}n{i}")).collect();
     let events = EventLog::start(m);
     let out = m.salt_run(&["--out", "json", "cloud.profile", "dirtynet", &vms.join(",")]);
@@ -275,10 +271,85 @@ fn ssh_deploy_to_the_clones_address(lab: &Lab, m: &Master, name: &str) {
             .is_some_and(|a| a.iter().any(|i| i == lease.ip.as_str())),
         "{g}"
     );
-    let out = m.salt_cloud(&["--out", "json", "-y", "-d", name]);
+}
+
+/// Shuts down `template` from inside, through its minion (logind or not).
+fn shut_down(lab: &Lab, m: &Master, template: &str) {
+    let (ok, v) = m.salt_json(template, &["cmd.run_bg", "sleep 1; systemctl poweroff"], 60);
+    assert!(ok, "{template}: {v}");
+    harness::wait_for(
+        &format!("{template} shut down"),
+        Duration::from_secs(180),
+        || lab.virsh_ok(&["domstate", template]).trim() == "shut off",
+    );
+}
+
+/// The `seed: ssh` clone (`template`: deployed, its minion accepted, SSH host keys and a
+/// machine-id of its own), shut down and cloned twice with `seed: ssh` (two `salt-cloud -p`):
+/// the deploy's preflight drops what the template's boot left, so each clone has its own
+/// SSH host key, machine-id and minion key; the template's key is accepted for neither.
+fn dirty_plain_template(lab: &Lab, m: &Master, template: &str, tag: &str) {
+    let t = Instant::now();
+    let facts = |n: &str| -> (String, String) {
+        let (_, v) = m.salt_json(
+            n,
+            &[
+                "cmd.run",
+                "ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub | cut -d' ' -f2; cat /etc/machine-id",
+            ],
+            60,
+        );
+        let said = v[n].as_str().unwrap_or_default().to_string();
+        let (host_key, machine_id) = said.split_once('\n').unwrap_or_else(|| panic!("{n}: {v}"));
+        (host_key.to_string(), machine_id.trim().to_string())
+    };
+    let template_facts = facts(template);
+    let template_key = std::fs::read_to_string(m.pki().join("minions").join(template)).unwrap();
+    shut_down(lab, m, template);
+    let vms: Vec<String> = (1..=2).map(|i| format!("{tag}n{i}")).collect();
+    // Two `salt-cloud -p` at once (`-P` prints "being provisioned in parallel", not results).
+    let calls: Vec<_> = vms
+        .iter()
+        .map(|n| m.tool_bg("salt-cloud", &["--out", "json", "-y", "-p", "sshdirty", n]))
+        .collect();
+    let mut ret = serde_json::json!({});
+    for (call, n) in calls.into_iter().zip(&vms) {
+        let out = wait_exit(call, Duration::from_secs(900));
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        ret[n.as_str()] = last_json(&out)[n.as_str()].clone();
+    }
+    eprintln!(
+        "2 seed: ssh clones of the booted plain template answered after {:.1?}",
+        t.elapsed()
+    );
+    let mut seen = vec![template_facts.clone()];
+    for n in &vms {
+        assert_eq!(ret[n.as_str()]["minion_up"], true, "{n}: {ret}");
+        let f = facts(n);
+        let uuid = lab.virsh_ok(&["domuuid", n]).trim().replace('-', "");
+        assert_eq!(f.1, uuid, "{n}: machine-id is not its own UUID");
+        assert!(
+            !seen.iter().any(|s| s.0 == f.0 || s.1 == f.1),
+            "{n} shares an SSH host key or machine-id: {f:?} in {seen:?}"
+        );
+        seen.push(f);
+        let accepted = std::fs::read_to_string(m.pki().join("minions").join(n)).unwrap();
+        assert_ne!(accepted, template_key, "{n}: the template's key accepted");
+    }
+    let mut args = vec!["--out", "json", "-y", "-d", template];
+    args.extend(vms.iter().map(String::as_str));
+    let out = m.salt_cloud(&args);
     assert!(out.status.success(), "{}", text(&out.stdout));
-    assert!(!lab.domains().contains(&name.to_string()));
-    assert!(!m.pki().join("minions").join(name).exists());
+    let domains = lab.domains();
+    for n in vms.iter().map(String::as_str).chain([template]) {
+        assert!(!domains.contains(&n.to_string()), "{n} left");
+        assert!(!m.pki().join("minions").join(n).exists(), "{n}: key left");
+    }
 }
 
 /// `clones_per_network(warm)` clones of each profile (one call per network, both at once), checked,

@@ -213,7 +213,7 @@ fn or_base<T: std::fmt::Display>(v: Option<T>, unit: &str) -> String {
 fn what_is_reset(p: &Profile) -> &'static str {
     use virtseed::config::cloud::SeedKind as Seed;
     match p.seed {
-        Seed::Ssh => "new UUID and MACs; salt-cloud's deploy installs its minion key and config; nothing else of the template is reset (a booted template's machine-id, SSH host keys and leases reach every clone: clean it with virt-sysprep, or make it seed-ready, docs/golden-images.md)",
+        Seed::Ssh => "new UUID, MACs and machine-id; before the deploy, virtseed's driver removes over SSH what a booted template left (minion key, id and cache, cloud-init instance state, dhclient leases, SSH host keys older than the boot); the deploy installs its minion key and config (docs/golden-images.md)",
         _ => "new UUID, MACs, machine-id, minion id and key; virtseed's guest side in the image removes what a booted template left (minion key and id, /var/cache/salt/minion, cloud-init instance state, DHCP leases, SSH host keys) at the clone's first boot (docs/golden-images.md)",
     }
 }

@@ -356,6 +356,26 @@ def reboot(name, kwargs=None, call=None):
 # --- seed: ssh ---------------------------------------------------------------------------
 
 # Keys of salt-cloud's deploy events that hold secrets, dropped whatever their value.
+# Run over SSH before the deploy script (salt-cloud's `preflight_cmds`, after the keys are
+# uploaded to its temporary dir): what a template that was booted before left, that the
+# deploy does not replace. The minion's old key, id and cache; cloud-init's instance state;
+# dhclient's leases; SSH host keys older than this boot (made again, each type); a
+# machine-id that is not this VM's (its SMBIOS UUID). As virtseed's guest side does for the
+# seeded flows (guest/virtseed-credentials.sh).
+CLEAN_TEMPLATE_STATE = (
+    "sh -c '"
+    "rm -f /etc/salt/pki/minion/minion.pem /etc/salt/pki/minion/minion.pub "
+    "/etc/salt/pki/minion/minion_master.pub /etc/salt/minion_id; "
+    "rm -rf /var/cache/salt/minion /var/lib/cloud/instance /var/lib/cloud/instances "
+    "/var/lib/cloud/data /var/lib/cloud/sem; rm -f /var/lib/dhcp/*.lease*; "
+    "for k in /etc/ssh/ssh_host_*_key; do [ -e \"$k\" ] && [ \"$k\" -ot /run/systemd ] || continue; "
+    "t=${k##*/ssh_host_}; t=${t%_key}; rm -f \"$k\" \"$k.pub\"; "
+    "ssh-keygen -q -t \"$t\" -N \"\" -f \"$k\"; done; "
+    "u=$(tr -d - 2>/dev/null < /sys/class/dmi/id/product_uuid); "
+    "[ -z \"$u\" ] || [ \"$(cat /etc/machine-id 2>/dev/null)\" = \"$u\" ] || echo \"$u\" > /etc/machine-id; "
+    "true'"
+)
+
 SECRET_EVENT_KEYS = ("password", "passwd", "priv_key", "private_key", "minion_pem", "master_pem")
 
 
@@ -439,6 +459,8 @@ def _deploy_and_wait(vm_, out):
     event = salt.utils.event.get_master_event(mopts, mopts["sock_dir"], listen=True)
     try:
         event.subscribe("")
+        user_cmds = config.get_cloud_config_value("preflight_cmds", vm_, __opts__, default=[]) or []
+        vm_["preflight_cmds"] = [CLEAN_TEMPLATE_STATE] + list(user_cmds)
         ret = _bootstrap(vm_)
         if isinstance(ret, dict) and "Error" in ret:
             user = value("ssh_username", "root")
