@@ -57,11 +57,22 @@ pub async fn run(config_dir: &Path) -> anyhow::Result<()> {
     if let Some(svc) = &cloud {
         tokio::spawn(reconcile(svc.clone(), channel.clone(), signer.clone()));
     }
+    let facts = Arc::new(crate::jobs::facts::Facts::new(
+        &settings.id,
+        &master,
+        settings.salt_version,
+        cloud.as_ref().map(|s| &*s.cloud),
+    ));
+    {
+        let (facts, channel) = (facts.clone(), channel.clone());
+        tokio::spawn(async move { facts.report_or_warn(&channel).await });
+    }
     let dispatcher = Arc::new(Dispatcher::new(
         channel.clone(),
         signer,
         settings.salt_version,
         cloud,
+        facts,
     ));
     tokio::spawn(dispatcher.serve(rx));
 

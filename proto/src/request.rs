@@ -127,6 +127,57 @@ impl Return<'_> {
     }
 }
 
+/// A `_pillar` request as `salt/pillar/__init__.py:AsyncRemotePillar` sends it (`ver: "2"`:
+/// the answer comes encrypted to the minion's own key and signed by the master).
+pub fn pillar_load(id: &str, grains: Value) -> Value {
+    map([
+        ("cmd", text("_pillar")),
+        ("id", text(id)),
+        ("grains", grains),
+        ("saltenv", Value::Nil),
+        ("pillarenv", Value::Nil),
+        ("pillar_override", map::<&str>([])),
+        ("extra_minion_data", map::<&str>([])),
+        ("ver", text("2")),
+    ])
+}
+
+/// Opens a `send_private` reply (`salt/channel/server.py:_encrypt_private`, read as
+/// `crypted_transfer_decode_dictentry` does): `{"key": RSA-OAEP(own key, K), dictkey:
+/// Crypticle(K).dumps({"data": msgpack({"key", dictkey, "nonce"}), "sig"})}`. The master's
+/// signature over `data` must verify, and `data` must echo this request's nonce and key.
+pub fn open_private(
+    reply: &Value,
+    dictkey: &str,
+    own: &crate::keys::PrivateKey,
+    master: &crate::keys::PublicKey,
+    enc_algo: EncAlgo,
+    sig_algo: SigAlgo,
+    nonce: &str,
+) -> Result<Value> {
+    if let Some(err) = msgpack::get(reply, "error").or_else(|| msgpack::get(reply, "msg")) {
+        return Err(Error::Master(msgpack::to_json(err)));
+    }
+    let sealed_key = msgpack::req_bytes(reply, "key")?;
+    let key = own.oaep_decrypt(enc_algo, sealed_key)?;
+    let pcrypt = Crypticle::from_key_string(&key)?;
+    let blob = msgpack::get(reply, dictkey)
+        .and_then(msgpack::bytes_of)
+        .ok_or(Error::Missing("pillar"))?;
+    let signed = pcrypt.loads(blob, None)?;
+    let data = msgpack::req_bytes(&signed, "data")?;
+    let sig = msgpack::req_bytes(&signed, "sig")?;
+    master.verify(sig_algo, data, sig)?;
+    let inner = msgpack::decode(data)?;
+    if msgpack::get(&inner, "nonce").and_then(msgpack::str_of) != Some(nonce) {
+        return Err(Error::Nonce);
+    }
+    if msgpack::get(&inner, "key").and_then(msgpack::bytes_of) != Some(sealed_key) {
+        return Err(Error::BadSignature("private reply key"));
+    }
+    Ok(msgpack::get(&inner, dictkey).cloned().unwrap_or(Value::Nil))
+}
+
 /// A `_minion_event` in the `tag` form Salt minions use. The master fires the **whole load**
 /// under `tag` (no blacklist), so reactors see `{cmd, id, tag, data, ...}`.
 pub fn minion_event(id: &str, tag: &str, data: Value) -> Value {
@@ -199,5 +250,65 @@ mod tests {
             decode_clear_reply(&msgpack::encode(&Value::from(1))).unwrap(),
             Value::from(1)
         );
+    }
+
+    /// A `send_private` reply built as the master builds it opens to the pillar; a wrong
+    /// nonce, a signature by another key or a tampered key are refused.
+    #[test]
+    fn private_reply() {
+        use crate::keys::PrivateKey;
+        let minion = PrivateKey::generate(1024).unwrap();
+        let master = PrivateKey::generate(1024).unwrap();
+        let impostor = PrivateKey::generate(1024).unwrap();
+        let nonce = "0123456789abcdef0123456789abcdef";
+        let pillar = map([("role", text("web"))]);
+        let seal = |signer: &PrivateKey, nonce: &str| {
+            let k = generate_key_string();
+            let sealed = minion
+                .public_key()
+                .oaep_encrypt(EncAlgo::OaepSha1, k.as_bytes())
+                .unwrap();
+            let data = msgpack::encode(&map([
+                ("key", bin(sealed.clone())),
+                ("pillar", pillar.clone()),
+                ("nonce", text(nonce)),
+            ]));
+            let sig = signer.sign(SigAlgo::Pkcs1v15Sha1, &data);
+            let inner = map([("data", bin(data)), ("sig", bin(sig))]);
+            let pcrypt = Crypticle::from_key_string(k.as_bytes()).unwrap();
+            map([
+                ("key", bin(sealed)),
+                ("pillar", bin(pcrypt.dumps(&inner, None))),
+            ])
+        };
+        let open = |reply: &Value| {
+            open_private(
+                reply,
+                "pillar",
+                &minion,
+                master.public_key(),
+                EncAlgo::OaepSha1,
+                SigAlgo::Pkcs1v15Sha1,
+                nonce,
+            )
+        };
+        assert_eq!(open(&seal(&master, nonce)).unwrap(), pillar);
+        assert_eq!(
+            open(&seal(&master, "ffffffffffffffffffffffffffffffff")),
+            Err(Error::Nonce)
+        );
+        assert!(open(&seal(&impostor, nonce)).is_err());
+        let mut swapped = seal(&master, nonce);
+        let other = seal(&master, nonce);
+        msgpack::set(
+            &mut swapped,
+            "key",
+            msgpack::get(&other, "key").unwrap().clone(),
+        );
+        assert!(open(&swapped).is_err());
+        assert!(matches!(
+            open(&map([("error", text("bad load"))])),
+            Err(Error::Master(_))
+        ));
     }
 }

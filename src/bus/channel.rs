@@ -224,6 +224,39 @@ impl Channel {
     /// Sends an aes request and returns the master's answer. A refused request (the master
     /// forgot our session, or restarted) is retried once after signing in again.
     pub async fn send(&self, load: Value) -> Result<Value, BusError> {
+        self.send_opened(load, |peer, reply, nonce, _| {
+            peer.decode_reply(reply, nonce).map_err(BusError::from)
+        })
+        .await
+    }
+
+    /// Asks the master for our pillar with `grains` (`_pillar`, as a minion does at start and
+    /// on `saltutil.refresh_pillar`); with `minion_data_cache` the master keeps both, so its
+    /// grain and pillar targeting see them. The answer is encrypted to our key and signed by
+    /// the master.
+    pub async fn pillar(&self, grains: Value) -> Result<Value, BusError> {
+        let load = salt_proto::request::pillar_load(&self.cfg.id, grains);
+        self.send_opened(load, |peer, reply, nonce, session| {
+            let v = peer.decode_reply(reply, nonce)?;
+            salt_proto::request::open_private(
+                &v,
+                "pillar",
+                &self.cfg.key,
+                &session.master,
+                peer.enc_algo,
+                peer.sig_algo,
+                nonce,
+            )
+            .map_err(BusError::from)
+        })
+        .await
+    }
+
+    async fn send_opened(
+        &self,
+        load: Value,
+        open: impl Fn(&AesPeer, &[u8], &str, &Session) -> Result<Value, BusError>,
+    ) -> Result<Value, BusError> {
         let mut session = self.session().await;
         for attempt in 0..2 {
             let peer = AesPeer {
@@ -242,7 +275,7 @@ impl Channel {
                 .request(peer.request(load.clone(), &nonce, ts), REQUEST_TIMEOUT)
                 .await
             {
-                Ok(reply) => peer.decode_reply(&reply, &nonce).map_err(BusError::from),
+                Ok(reply) => open(&peer, &reply, &nonce, &session),
                 Err(e) => Err(e),
             };
             match result {

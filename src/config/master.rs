@@ -27,6 +27,11 @@ pub struct MasterOpts {
     /// 3008's `keys.cache_driver` (absent before 3008; Salt's default is `localfs_key`, the
     /// files in `pki_dir`).
     pub keys_cache_driver: Option<String>,
+    /// `minion_data_cache` (default on): whether the master keeps each minion's grains and
+    /// pillar, and so whether its grain, pillar and compound targeting can see them.
+    pub minion_data_cache: bool,
+    /// `nodegroups`, as the master expands them inside compound targets.
+    pub nodegroups: serde_json::Map<String, serde_json::Value>,
 }
 
 impl MasterOpts {
@@ -102,6 +107,18 @@ impl MasterOpts {
                 .filter(|c| !c.is_empty())
                 .map(PathBuf::from),
             keys_cache_driver: v.get("keys.cache_driver").and_then(yaml::as_text),
+            minion_data_cache: v
+                .get("minion_data_cache")
+                .and_then(yaml::as_bool)
+                .unwrap_or(true),
+            nodegroups: v
+                .get("nodegroups")
+                .and_then(|n| serde_json::to_value(n).ok())
+                .and_then(|n| match n {
+                    serde_json::Value::Object(m) => Some(m),
+                    _ => None,
+                })
+                .unwrap_or_default(),
         })
     }
 

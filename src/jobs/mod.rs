@@ -9,8 +9,12 @@ mod cloud_create;
 mod cloud_destroy;
 mod cloud_profile;
 mod cloud_query;
+pub mod facts;
 mod find_job;
+mod fleet;
 mod list_functions;
+mod minion_data;
+mod subdict;
 pub mod target;
 mod test_arg;
 mod test_ping;
@@ -30,7 +34,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn, Instrument};
 
-/// Every function the sidecar answers, for `sys.list_functions`.
+/// Every function the sidecar answers, for `sys.list_functions`, besides the fleet-wide
+/// ones ([`fleet::FUNCTIONS`], [`minion_data::GRAINS`], [`minion_data::PILLAR`]).
 pub const FUNCTIONS: &[&str] = &[
     cloud_profile::NAME,
     cloud_create::NAME,
@@ -104,6 +109,11 @@ impl Running {
         true
     }
 
+    /// Every job running, as `saltutil.running` lists them.
+    pub fn all(&self) -> Vec<Value> {
+        self.jobs.lock().expect("lock").values().cloned().collect()
+    }
+
     /// The load of a job still running, as `find_job` reports it.
     pub fn get(&self, jid: &str) -> Option<Value> {
         let jid = Jid::parse(jid).ok()?;
@@ -117,8 +127,11 @@ pub struct Dispatcher {
     /// Signs the returns virtseed's front ends ask for (see [`crate::bus::proof`]).
     signer: Signer,
     cloud: Option<Arc<crate::cloud::service::Service>>,
+    /// Our grains and pillar, and whether the master counts us in a target.
+    facts: Arc<facts::Facts>,
     running: Running,
     return_floor: Duration,
+    salt_version: Option<salt_proto::version::SaltVersion>,
 }
 
 /// Salt 3007's `salt` CLI misses a return that reaches its event socket in the same read as
@@ -134,6 +147,7 @@ impl Dispatcher {
         signer: Signer,
         salt_version: Option<salt_proto::version::SaltVersion>,
         cloud: Option<Arc<crate::cloud::service::Service>>,
+        facts: Arc<facts::Facts>,
     ) -> Self {
         let return_floor = match salt_version {
             Some(v) if v.major != 3007 => Duration::ZERO,
@@ -143,8 +157,10 @@ impl Dispatcher {
             channel,
             signer,
             cloud,
+            facts,
             running: Running::default(),
             return_floor,
+            salt_version,
         }
     }
 
@@ -155,7 +171,7 @@ impl Dispatcher {
     }
 
     fn accept(self: Arc<Self>, p: Publication) {
-        if !target::matches(self.channel.id(), &p.tgt, &p.tgt_type) {
+        if !self.facts.expects(&p) {
             return;
         }
         if !self.running.first_sight(&p.jid) {
@@ -221,11 +237,17 @@ impl Dispatcher {
     async fn call(&self, p: &Publication) -> Outcome {
         match p.fun.as_str() {
             test_ping::NAME => test_ping::run(p),
-            test_version::NAME => test_version::run(p),
+            test_version::NAME => test_version::run(p, self.salt_version),
             test_arg::NAME => test_arg::run(p),
             test_sleep::NAME => test_sleep::run(p).await,
             find_job::NAME => find_job::run(p, &self.running),
             list_functions::NAME => list_functions::run(p),
+            f if minion_data::GRAINS.contains(&f) || minion_data::PILLAR.contains(&f) => {
+                minion_data::run(p, &self.facts)
+            }
+            f if fleet::FUNCTIONS.contains(&f) => {
+                fleet::run(p, &self.facts, &self.channel, &self.running).await
+            }
             f if f.starts_with("cloud.") && FUNCTIONS.contains(&f) => {
                 if let Some(msg) = other_release(p) {
                     return Outcome::error(msg);
