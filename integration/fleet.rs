@@ -91,7 +91,9 @@ fn targets() -> Vec<(&'static str, Value, bool)> {
         ("pillar", json!("dc:fra1"), true),
         ("pillar", json!("role:web"), false),
         ("pillar_pcre", json!("role:inf.*"), true),
+        ("pillar_pcre", json!("role:web.*"), false),
         ("pillar_exact", json!("role:infra"), true),
+        ("pillar_exact", json!("role:infr*"), false),
         ("ipcidr", json!("127.0.0.0/8"), false),
         ("compound", json!("* and not G@os:Windows"), true),
         ("compound", json!("* and not G@virtseed:*"), false),
@@ -277,6 +279,7 @@ fn fleet_without_minion_data_cache_3007() {
             ("grain", json!("kernel:Windows"), true),
             ("pillar", json!("role:web"), true),
             ("compound", json!("* and not G@virtseed:*"), true),
+            ("ipcidr", json!("10.0.0.0/8"), true),
             ("glob", json!("web*"), false),
         ],
         // web1 matches on its own grains: counted in, it does not answer (Salt's way).

@@ -318,9 +318,11 @@ fn parse_target(word: &str, salt_3008: bool) -> Option<(char, Option<&str>, &str
     }
     if "GPIJ".contains(engine) && c1 != '\n' {
         let (i2, c2) = chars.next()?;
-        let pattern = &word[i2 + 1..];
-        if c2 == '@' && !pattern.is_empty() && !pattern.contains('\n') {
-            return Some((engine, Some(&word[i1..i2]), pattern));
+        if c2 == '@' {
+            let pattern = &word[i2 + 1..];
+            if !pattern.is_empty() && !pattern.contains('\n') {
+                return Some((engine, Some(&word[i1..i2]), pattern));
+            }
         }
     }
     None
@@ -628,6 +630,7 @@ mod tests {
         ] {
             let _ = seen.expects(&Value::from(tgt), tgt_type, ":");
         }
+        assert!(!seen.expects(&Value::from("G{\u{fffd}s:Windows"), "compound", ":"));
         assert!(!seen.expects(&Value::from(1), "compound", ":"));
         assert!(!seen.expects(&Value::Array(vec![Value::from(1)]), "compound", ":"));
         assert!(!seen.expects(&Value::Array(vec![Value::from("*")]), "glob", ":"));
