@@ -22,11 +22,13 @@ const TYPES: [&str; 12] = [
 ];
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&first, rest)) = data.split_first() else {
+    // A flags byte, a target type byte, the target.
+    let [first, kind, rest @ ..] = data else {
         return;
     };
-    let tgt_type = TYPES[usize::from(first) % TYPES.len()];
-    // The target as text, or (second half of the byte) as msgpack (a list target).
+    let first = *first;
+    let tgt_type = TYPES[usize::from(*kind) % TYPES.len()];
+    // The target as text, or (flag 0x80) as msgpack (a list target).
     let tgt = if first & 0x80 != 0 {
         match salt_proto::msgpack::decode(rest) {
             Ok(v) => v,
@@ -39,15 +41,14 @@ fuzz_target!(|data: &[u8]| {
     let pillar = json!({"role": "infra", "l": [{"x": "1"}, ["y"]], "n": null});
     let groups = json!({"all": "*", "g": "N@h or virt*", "h": "N@g and G@a:b", "l": ["a", "b("]});
     let groups = groups.as_object().unwrap();
-    for (cache, cached, salt_3008) in [(true, true, false), (true, false, true), (false, false, false), (false, false, true)] {
-        let seen = Seen {
-            id: "virtseed",
-            cache,
-            data: cached.then_some((&grains, &pillar)),
-            nodegroups: groups,
-            salt_3008,
-        };
-        let _ = seen.expects(&tgt, tgt_type, ":");
-        let _ = seen.expects(&tgt, tgt_type, "|");
-    }
+    // The master's settings from the byte's other bits: cache on/off, our data cached or
+    // not, the Salt line, the delimiter.
+    let seen = Seen {
+        id: "virtseed",
+        cache: first & 0x10 != 0,
+        data: (first & 0x20 != 0).then_some((&grains, &pillar)),
+        nodegroups: groups,
+        salt_3008: first & 0x40 != 0,
+    };
+    let _ = seen.expects(&tgt, tgt_type, if first & 0x08 != 0 { "|" } else { ":" });
 });
