@@ -1,12 +1,11 @@
-//! virtseed as Salt operators install and run it: `pip install .` into a fresh venv with a
+//! virtseed as Salt operators install and run it: the release wheel into a fresh venv with a
 //! real Salt (made here as scripts/setup.sh makes its venvs), then `salt-run cloud.profile`
 //! and `salt-cloud -p` through the Salt modules Salt's loader finds by the `salt.loader` entry
 //! point, with nothing of virtseed in `extension_modules`, served by the sidecar the wheel
 //! installed. Also: readable progress, `--out json`, the release check, and the systemd units.
 //!
-//! The wheel is built once, with cargo's `dev` profile (`MATURIN_PEP517_ARGS=--profile dev`)
-//! in a target dir of its own; BENCHMARKS.md measures the release build `pip install .` does
-//! by default.
+//! The wheel is scripts/release.sh's (cargo's `dev` profile, in a target dir of its own);
+//! BENCHMARKS.md measures the release build `pip install .` does by default.
 
 mod harness;
 
@@ -14,7 +13,7 @@ use harness::site::master_with_base;
 use harness::{last_json, repo, text, Master};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const SALT: &str = "3007.17";
 
@@ -50,29 +49,11 @@ fn fresh_venv(cache: &Path, version: &str) -> PathBuf {
     venv
 }
 
-/// The wheel `pip install .` installs, built once for the whole test binary (the tests run
-/// side by side), with its own cargo target dir: maturin takes the binary out of the target
-/// dir it builds in, and the other test binaries run this tree's `target/debug/virtseed`.
-fn wheel(venv: &Path) -> PathBuf {
-    static WHEEL: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    WHEEL
-        .get_or_init(|| {
-            let out = repo().join("target/wheel/dist");
-            let _ = std::fs::remove_dir_all(&out);
-            let t = Instant::now();
-            run(Command::new(venv.join("bin/pip"))
-                .args(["wheel", "-q", "--no-deps", "-w"])
-                .arg(&out)
-                .arg(repo())
-                .env("MATURIN_PEP517_ARGS", "--profile dev")
-                .env("CARGO_TARGET_DIR", repo().join("target/wheel")));
-            eprintln!("pip wheel {} took {:?}", repo().display(), t.elapsed());
-            files(&out)
-                .into_iter()
-                .find(|f| f.extension().is_some_and(|e| e == "whl"))
-                .expect("a wheel")
-        })
-        .clone()
+/// The release wheel (scripts/release.sh, built once per test binary from cargo's dev
+/// profile): what operators install. `pip install .` builds the same wheel from the same
+/// pyproject.toml, natively linked instead of by zig.
+fn wheel(_venv: &Path) -> PathBuf {
+    harness::release::artifacts().wheel.clone()
 }
 
 /// Every file under `dir`.

@@ -25,7 +25,7 @@ install_debs() {
     # (integration/harness/lab.rs). e2fsprogs: debugfs reads a clone's files from its disk.
     local want=(libvirt-daemon-system libvirt-dev pkg-config dosfstools mtools python3-venv
                 debootstrap ovmf qemu-system-x86 qemu-utils qemu-block-extra openssh-server
-                dnsmasq-base e2fsprogs iproute2
+                dnsmasq-base e2fsprogs iproute2 binutils
                 systemd)  # systemd: only its systemd-analyze, to verify dist/systemd units
     local missing=()
     for p in "${want[@]}"; do
@@ -55,7 +55,7 @@ install_debs() {
     apt-get install -y -qq --allow-downgrades --no-install-recommends \
         -o Dpkg::Options::=--force-confold \
         libvirt-daemon-system libvirt-dev pkg-config dosfstools mtools python3-venv debootstrap ovmf systemd \
-        openssh-server dnsmasq-base e2fsprogs iproute2 "qemu-system-x86=$qv" "qemu-utils=$qv" "qemu-block-extra=$qv" >/dev/null
+        openssh-server dnsmasq-base e2fsprogs iproute2 binutils "qemu-system-x86=$qv" "qemu-utils=$qv" "qemu-block-extra=$qv" >/dev/null
     [ -z "$policy" ] || rm -f "$policy"
     ok "installed (qemu $qv)"
 }

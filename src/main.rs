@@ -77,6 +77,10 @@ enum Command {
         /// salt-cloud on PATH).
         #[arg(long)]
         salt_python: Option<std::path::PathBuf>,
+        /// Write the modules into DIR/runners, DIR/clouds, DIR/output and DIR/utils instead
+        /// (for a package), reading no master config.
+        #[arg(long, value_name = "DIR")]
+        into: Option<std::path::PathBuf>,
     },
     /// Check the site (master config and pki_dir, the sidecar's key and the master, each
     /// provider's libvirt, each profile's base, the Salt modules and their release, the
@@ -151,9 +155,10 @@ fn main() -> ExitCode {
         }
         Command::List => commands::list(&cli.config_dir),
         Command::CheckConfig => commands::check_config(&cli.config_dir),
-        Command::InstallRunner { salt_python } => {
-            salt_modules::install(&cli.config_dir, salt_python.as_deref())
-        }
+        Command::InstallRunner { salt_python, into } => match into {
+            Some(dir) => salt_modules::write_into(&dir),
+            None => salt_modules::install(&cli.config_dir, salt_python.as_deref()),
+        },
         Command::Doctor { salt_python, out } => {
             doctor::run(&cli.config_dir, salt_python.as_deref(), out == "json")
         }

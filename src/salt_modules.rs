@@ -128,6 +128,42 @@ fn same_file(a: &str, b: &Path) -> bool {
     }
 }
 
+/// Writes each module into `dir/<loader kind>/` as a copy outside the pip package: its client
+/// import is the `virtseed_client` beside it, its default sidecar `sidecar_id`.
+fn write_modules(dir: &Path, sidecar_id: &str) -> Result<Vec<PathBuf>> {
+    let mut installed = Vec::new();
+    for (kind, file, text) in MODULES {
+        let sub = dir.join(kind);
+        std::fs::create_dir_all(&sub)
+            .map_err(|e| anyhow!("cannot create {}: {e}", sub.display()))?;
+        let text = text
+            .replace(
+                "DEFAULT_SIDECAR = \"virtseed\"",
+                &format!("DEFAULT_SIDECAR = {sidecar_id:?}"),
+            )
+            .replace(
+                "from saltext.virtseed.utils import virtseed_client as vc  # virtseed: client import",
+                "import virtseed_client as vc  # virtseed: client import",
+            )
+            .replace(
+                "from saltext.virtseed.utils import virtseed_proof  # virtseed: proof import",
+                "import virtseed_proof  # virtseed: proof import",
+            );
+        let path = sub.join(file);
+        virtseed::pki::write_atomic(&path, text.as_bytes(), 0o644)?;
+        println!("installed {}", path.display());
+        installed.push(path);
+    }
+    Ok(installed)
+}
+
+/// `install-runner --into DIR`: the modules for a package (the Debian package ships them in
+/// /usr/lib/virtseed/salt, read by the master through the `*_dirs` of its drop-in), without
+/// reading any master's config.
+pub fn write_into(dir: &Path) -> Result<()> {
+    write_modules(dir, "virtseed").map(|_| ())
+}
+
 /// Writes the modules into the master's extension modules, with this sidecar's id as the
 /// default target, then has Salt's loader confirm it loads them.
 pub fn install(config_dir: &Path, python: Option<&Path>) -> Result<()> {
@@ -141,30 +177,7 @@ pub fn install(config_dir: &Path, python: Option<&Path>) -> Result<()> {
         }
         None => opts.extension_modules.clone(),
     };
-    let mut installed = Vec::new();
-    for (kind, file, text) in MODULES {
-        let dir = ext.join(kind);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| anyhow!("cannot create {}: {e}", dir.display()))?;
-        // The copies' client is extension_modules/utils's, not a pip-installed package's.
-        let text = text
-            .replace(
-                "DEFAULT_SIDECAR = \"virtseed\"",
-                &format!("DEFAULT_SIDECAR = {:?}", settings.id),
-            )
-            .replace(
-                "from saltext.virtseed.utils import virtseed_client as vc  # virtseed: client import",
-                "import virtseed_client as vc  # virtseed: client import",
-            )
-            .replace(
-                "from saltext.virtseed.utils import virtseed_proof  # virtseed: proof import",
-                "import virtseed_proof  # virtseed: proof import",
-            );
-        let path = dir.join(file);
-        virtseed::pki::write_atomic(&path, text.as_bytes(), 0o644)?;
-        println!("installed {}", path.display());
-        installed.push(path);
-    }
+    let installed = write_modules(&ext, &settings.id)?;
     let Some(py) = python else {
         println!(
             "could not find Salt's Python (no salt-master, salt-run or salt-cloud on PATH; or pass --salt-python) to confirm that Salt loads them; check with `salt-run sys.doc cloud.profile`"

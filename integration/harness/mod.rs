@@ -5,6 +5,7 @@
 
 pub mod lab;
 pub mod pool;
+pub mod release;
 pub mod remote;
 pub mod site;
 
