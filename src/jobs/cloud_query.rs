@@ -4,6 +4,7 @@
 
 use super::cloud_args as a;
 use super::Outcome;
+use crate::cloud::hosts::unreachable;
 use crate::cloud::{instance_json, service::Service};
 use salt_proto::publish::Publication;
 use serde_json::{json, Map, Value};
@@ -15,47 +16,52 @@ pub const LIST_NODES_SELECT: &str = "cloud.list_nodes_select";
 pub const QUERY: &str = "cloud.query";
 pub const ACTION: &str = "cloud.action";
 
+/// The fields of `list_nodes` (and `list_nodes_select` without `query.selection`).
+const BRIEF: [&str; 8] = [
+    "id",
+    "name",
+    "state",
+    "public_ips",
+    "private_ips",
+    "size",
+    "image",
+    "host",
+];
+
 /// Nodes grouped as salt-cloud's `query` does: provider alias, then driver, then name;
-/// `provider` names one alias, or is `all`.
+/// `provider` names one alias, or is `all`. A host that cannot be listed is an `Error` in
+/// the listing of each provider it belongs to, beside the VMs of its other hosts
+/// (`cloud_args::note_error`); every other provider is listed as usual.
 fn nodes(svc: &Service, full: bool, provider: &str) -> Value {
     let mut out = Map::new();
-    let mut errors = Vec::new();
     for (uri, r) in svc.cloud.list() {
-        match r {
-            Ok(list) => {
-                for i in list {
-                    if provider != "all" && i.ownership.provider != provider {
-                        continue;
-                    }
-                    let alias = i.ownership.provider.clone();
+        let list = match r {
+            Ok(list) => list,
+            Err(e) => {
+                for (alias, host) in svc.cloud.providers_at(&uri, provider) {
+                    let msg = unreachable(&alias, &host, &e);
+                    tracing::warn!("{msg}; its VMs are left out of the listing");
                     let entry = out.entry(alias).or_insert_with(|| json!({"libvirt": {}}));
-                    let mut v = instance_json(&i);
-                    v["host"] = json!(svc.cloud.host_name(&uri));
-                    if !full {
-                        if let Value::Object(m) = &mut v {
-                            m.retain(|k, _| {
-                                [
-                                    "id",
-                                    "name",
-                                    "state",
-                                    "public_ips",
-                                    "private_ips",
-                                    "size",
-                                    "image",
-                                    "host",
-                                ]
-                                .contains(&k.as_str())
-                            });
-                        }
-                    }
-                    entry["libvirt"][i.name.as_str()] = v;
+                    a::note_error(&mut entry["libvirt"], &msg);
+                }
+                continue;
+            }
+        };
+        for i in list {
+            if provider != "all" && i.ownership.provider != provider {
+                continue;
+            }
+            let alias = i.ownership.provider.clone();
+            let entry = out.entry(alias).or_insert_with(|| json!({"libvirt": {}}));
+            let mut v = instance_json(&i);
+            v["host"] = json!(svc.cloud.host_name(&uri));
+            if !full {
+                if let Value::Object(m) = &mut v {
+                    m.retain(|k, _| BRIEF.contains(&k.as_str()));
                 }
             }
-            Err(e) => errors.push(format!("{uri}: {e}")),
+            entry["libvirt"][i.name.as_str()] = v;
         }
-    }
-    if !errors.is_empty() {
-        out.insert("Error".into(), json!(errors));
     }
     Value::Object(out)
 }
