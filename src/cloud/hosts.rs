@@ -98,6 +98,24 @@ fn open(uri: &str, limit: Duration) -> Result<Hypervisor, LibvirtError> {
     Ok(h)
 }
 
+/// What virtseed says of a provider's host it could not reach or list (a listing leaves its
+/// VMs or bases out and lists the other hosts'; a create or destroy that needs it fails):
+/// which host of which provider, its URI (without a password), and libvirt's reason.
+pub fn unreachable(alias: &str, host: &Host, e: &LibvirtError) -> String {
+    let why = match e {
+        LibvirtError::Call { op, msg, .. } if op == "connect" => {
+            format!("is unreachable: {msg}")
+        }
+        LibvirtError::Call { op, msg, .. } => format!("did not answer ({op}): {msg}"),
+        other => format!("failed: {other}"),
+    };
+    format!(
+        "provider {alias}: host {} ({}) {why}",
+        host.name,
+        crate::config::cloud::hosts::shown_uri(&host.uri)
+    )
+}
+
 /// What placement knows of one host.
 #[derive(Debug, Clone)]
 pub struct Candidate {
@@ -125,6 +143,22 @@ pub fn place(cands: &[Candidate], need_mib: u64, n: usize) -> Result<Vec<usize>,
 }
 
 impl super::Cloud {
+    /// The served libvirt providers (`provider`: one alias, or `all`) with a host at `uri`,
+    /// each with that host: whom a host that cannot be listed concerns.
+    pub fn providers_at(&self, uri: &str, provider: &str) -> Vec<(String, Host)> {
+        self.config
+            .providers
+            .values()
+            .flatten()
+            .filter(|p| p.driver == "libvirt" && (provider == "all" || p.alias == provider))
+            .filter(|p| self.serves(&p.alias))
+            .filter_map(|p| {
+                let h = p.hosts.iter().find(|h| h.uri == uri)?;
+                Some((p.alias.clone(), h.clone()))
+            })
+            .collect()
+    }
+
     /// Where each of `names` goes among the profile's hosts (by URI), or why it cannot be
     /// made: its name is taken on one of them, or no host can take it. Blocking.
     pub fn place_clones(
@@ -165,7 +199,7 @@ impl super::Cloud {
                         has_base: base.is_some(),
                     });
                 }
-                Ok(Err(e)) => down.push(format!("{}: {e}", h.name)),
+                Ok(Err(e)) => down.push(unreachable(&prof.provider, h, &e)),
                 Err(_) => down.push(format!("{}: the query failed", h.name)),
             }
         }
@@ -176,7 +210,7 @@ impl super::Cloud {
         let placed = place(&cands, need_mib.unwrap_or(0), free.len()).map_err(|e| {
             let mut e = format!("{e} {:?}", prof.base_domain);
             if !down.is_empty() {
-                e.push_str(&format!(" (unreachable: {})", down.join("; ")));
+                e.push_str(&format!(" ({})", down.join("; ")));
             }
             e
         });
@@ -234,5 +268,26 @@ mod tests {
         assert_eq!(place(&only_c, 1024, 2).unwrap(), [1, 1]);
         let none = [cand("a", 4096, false)];
         assert!(place(&none, 1, 1).unwrap_err().contains("base domain"));
+    }
+
+    #[test]
+    fn an_unreachable_host_is_named_with_its_provider() {
+        let h = Host {
+            name: "kvm1".into(),
+            uri: "qemu+ssh://salt:pw@127.0.0.1:1/system".into(),
+        };
+        let e = LibvirtError::Call {
+            uri: h.uri.clone(),
+            op: "connect".into(),
+            msg: "Cannot recv data: ssh: connect to host 127.0.0.1 port 1: Connection refused"
+                .into(),
+            code: virt::sys::VIR_ERR_SYSTEM_ERROR as i32,
+        };
+        let msg = unreachable("kvm-via-ssh", &h, &e);
+        assert_eq!(
+            msg,
+            "provider kvm-via-ssh: host kvm1 (qemu+ssh://salt:***@127.0.0.1:1/system) is \
+             unreachable: Cannot recv data: ssh: connect to host 127.0.0.1 port 1: Connection refused"
+        );
     }
 }

@@ -181,8 +181,9 @@ pub enum CloudError {
     Libvirt(#[from] LibvirtError),
     #[error("minion id {0:?} already has an accepted key on the master (another machine?); remove it with `salt-key -d {0}` or set `force: true` in the profile")]
     KeyTaken(String),
-    #[error("libvirt host {host} is unreachable: {msg}")]
-    HostDown { host: String, msg: String },
+    /// A remote host a create needs is unreachable (`hosts::unreachable` says which).
+    #[error("{0}")]
+    HostDown(String),
     #[error("injected failure after step {0}")]
     Injected(&'static str),
     #[error("internal: {0}")]
@@ -496,11 +497,17 @@ impl Cloud {
             let shown = hv.show(name);
             Ok::<_, LibvirtError>((hv, shown))
         });
-        for r in shown.into_values() {
+        for (uri, r) in shown {
             let (hv, shown) = match r {
                 Ok(x) => x,
                 Err(e) => {
-                    errors.push(e.to_string());
+                    // Named by the providers whose host it is (their VMs there cannot be
+                    // looked at); the VM is still found on any other host.
+                    errors.extend(
+                        self.providers_at(&uri, "all")
+                            .iter()
+                            .map(|(alias, h)| hosts::unreachable(alias, h, &e)),
+                    );
                     continue;
                 }
             };
@@ -520,7 +527,7 @@ impl Cloud {
                 }
                 let mut msg = format!("no VM named {name:?} made by virtseed on any libvirt provider");
                 if !errors.is_empty() {
-                    msg.push_str(&format!(" (unreachable: {})", errors.join("; ")));
+                    msg.push_str(&format!(" ({})", errors.join("; ")));
                 }
                 Err(CloudError::Config(msg))
             }
@@ -617,18 +624,16 @@ impl Cloud {
         Ok(())
     }
 
-    /// Every VM virtseed made, per provider URI.
-    pub fn list(&self) -> BTreeMap<String, Result<Vec<Instance>, String>> {
+    /// Every VM virtseed made, per provider URI; a host that could not be listed is its
+    /// own error (the others are listed all the same).
+    pub fn list(&self) -> BTreeMap<String, Result<Vec<Instance>, LibvirtError>> {
         self.on_each_host(|uri| {
-            self.hypervisor(uri)
-                .and_then(|h| h.list())
-                .map(|l| {
-                    l.into_iter()
-                        .filter(|i| self.serves(&i.ownership.provider))
-                        .map(|i| self.with_minion_addresses(i))
-                        .collect()
-                })
-                .map_err(|e| e.to_string())
+            self.hypervisor(uri).and_then(|h| h.list()).map(|l| {
+                l.into_iter()
+                    .filter(|i| self.serves(&i.ownership.provider))
+                    .map(|i| self.with_minion_addresses(i))
+                    .collect()
+            })
         })
     }
 

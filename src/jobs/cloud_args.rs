@@ -72,6 +72,19 @@ pub fn profile_keys(p: &Publication, skip: &[&str]) -> Result<yaml_serde::Mappin
     Ok(keys)
 }
 
+/// Adds `msg` to a provider's listing (`{name: {...}}`, the `driver` level of salt-cloud's
+/// `{alias: {driver: {...}}}`) as its `Error`, beside what its other hosts hold: salt-cloud
+/// builds that shape itself from each provider's answer, so a provider's failure can only
+/// be shown there, and `salt-cloud -Q` and `salt-run cloud.query` show the same. An entry
+/// is a map, the `Error` a string; several failed hosts' messages are joined.
+pub fn note_error(listing: &mut serde_json::Value, msg: &str) {
+    let joined = match listing.get("Error").and_then(|e| e.as_str()) {
+        Some(earlier) => format!("{earlier}; {msg}"),
+        None => msg.to_string(),
+    };
+    listing["Error"] = serde_json::Value::String(joined);
+}
+
 /// A JSON value as a Salt return value.
 pub fn ret(v: &serde_json::Value) -> Value {
     crate::bus::from_json(v)

@@ -8,7 +8,9 @@
 
 use super::cloud_args as a;
 use super::Outcome;
+use crate::cloud::hosts::unreachable;
 use crate::cloud::service::Service;
+use crate::config::cloud::hosts::shown_uri;
 use crate::config::cloud::Provider;
 use salt_proto::publish::Publication;
 use serde_json::{json, Map, Value};
@@ -32,15 +34,17 @@ fn providers<'a>(svc: &'a Service, provider: &str) -> Vec<&'a Provider> {
         .collect()
 }
 
-/// The bases of every host of the provider, each with the hosts that have it.
+/// The bases of every host of the provider, each with the hosts that have it; a host that
+/// cannot be listed is the listing's `Error` (`cloud_args::note_error`).
 fn images(svc: &Service, p: &Provider) -> Value {
-    let mut out = Map::new();
-    let mut errors = Vec::new();
+    let mut out = Value::Object(Map::new());
     for h in &p.hosts {
         let bases = match svc.cloud.hypervisor(&h.uri).and_then(|hv| hv.bases()) {
             Ok(b) => b,
             Err(e) => {
-                errors.push(format!("{}: {e}", h.name));
+                let msg = unreachable(&p.alias, h, &e);
+                tracing::warn!("{msg}; its bases are left out of the listing");
+                a::note_error(&mut out, &msg);
                 continue;
             }
         };
@@ -53,18 +57,16 @@ fn images(svc: &Service, p: &Provider) -> Value {
                 .filter(|pr| pr.provider == p.alias && pr.base_domain == b.name)
                 .map(|pr| pr.name.as_str())
                 .collect();
-            let e = out.entry(b.name.clone()).or_insert_with(
-                || json!({"name": b.name, "vcpus": b.vcpus, "memory_mib": b.memory_mib, "profiles": profiles, "hosts": []}),
-            );
+            let e = &mut out[b.name.as_str()];
+            if e.is_null() {
+                *e = json!({"name": b.name, "vcpus": b.vcpus, "memory_mib": b.memory_mib, "profiles": profiles, "hosts": []});
+            }
             if let Some(hosts) = e["hosts"].as_array_mut() {
                 hosts.push(json!(h.name));
             }
         }
     }
-    if out.is_empty() && !errors.is_empty() {
-        return json!({ "Error": errors });
-    }
-    Value::Object(out)
+    out
 }
 
 fn sizes(svc: &Service, p: &Provider) -> Value {
@@ -82,7 +84,7 @@ fn sizes(svc: &Service, p: &Provider) -> Value {
 }
 
 /// Each host of the provider (by its name): free memory, and which of the provider's
-/// profiles' bases it has.
+/// profiles' bases it has; a host that cannot be reached is listed with its `Error`.
 fn locations(svc: &Service, p: &Provider) -> Value {
     let wanted: Vec<&str> = svc
         .cloud
@@ -102,7 +104,7 @@ fn locations(svc: &Service, p: &Provider) -> Value {
                 .map(|b| (b.to_string(), json!(bases.iter().any(|x| x == b))))
                 .collect();
             Ok(json!({
-                "url": h.uri,
+                "url": shown_uri(&h.uri),
                 "hostname": info.hostname,
                 "cpus": info.cpus,
                 "memory_mib": info.memory_mib,
@@ -111,10 +113,12 @@ fn locations(svc: &Service, p: &Provider) -> Value {
                 "has_base": has,
             }))
         });
-        out.insert(
-            h.name.clone(),
-            r.unwrap_or_else(|e| json!({"url": h.uri, "Error": e.to_string()})),
-        );
+        let entry = r.unwrap_or_else(|e| {
+            let msg = unreachable(&p.alias, h, &e);
+            tracing::warn!("{msg}");
+            json!({"url": shown_uri(&h.uri), "Error": msg})
+        });
+        out.insert(h.name.clone(), entry);
     }
     Value::Object(out)
 }
@@ -132,9 +136,8 @@ pub async fn run(p: &Publication, svc: &Arc<Service>) -> Outcome {
                 LIST_SIZES => sizes(&s, pr),
                 _ => locations(&s, pr),
             };
-            // A failed query is the alias's `Error` (the job fails); else salt-cloud's nesting.
-            let entry = if v.get("Error").is_some() { v } else { json!({ "libvirt": v }) };
-            out.insert(pr.alias.clone(), entry);
+            // salt-cloud's nesting; a host that failed is inside, as `nodes` shows it.
+            out.insert(pr.alias.clone(), json!({ "libvirt": v }));
         }
         if out.is_empty() {
             return json!({"Error": format!("no libvirt provider {provider:?} served by this sidecar")});

@@ -4,9 +4,13 @@
 
 use super::cloud_args as a;
 use super::Outcome;
+use crate::cloud::hosts::unreachable;
 use crate::cloud::{instance_json, service::Service};
+use crate::config::cloud::hosts::Host;
+use crate::libvirt::{Instance, LibvirtError};
 use salt_proto::publish::Publication;
 use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub const LIST_NODES: &str = "cloud.list_nodes";
@@ -15,47 +19,70 @@ pub const LIST_NODES_SELECT: &str = "cloud.list_nodes_select";
 pub const QUERY: &str = "cloud.query";
 pub const ACTION: &str = "cloud.action";
 
+/// The fields of `list_nodes` (and `list_nodes_select` without `query.selection`).
+const BRIEF: [&str; 8] = [
+    "id",
+    "name",
+    "state",
+    "public_ips",
+    "private_ips",
+    "size",
+    "image",
+    "host",
+];
+
 /// Nodes grouped as salt-cloud's `query` does: provider alias, then driver, then name;
 /// `provider` names one alias, or is `all`.
 fn nodes(svc: &Service, full: bool, provider: &str) -> Value {
+    grouped(
+        svc.cloud.list(),
+        full,
+        provider,
+        |uri| svc.cloud.host_name(uri),
+        |uri| svc.cloud.providers_at(uri, provider),
+    )
+}
+
+/// What each host listed (by URI) in salt-cloud's shape. A host that could not be listed
+/// is an `Error` in the listing of each provider `down_for(uri)` says it belongs to, beside
+/// the VMs of that provider's other hosts (`cloud_args::note_error`); every other provider
+/// is listed as usual.
+fn grouped(
+    listed: BTreeMap<String, Result<Vec<Instance>, LibvirtError>>,
+    full: bool,
+    provider: &str,
+    host_name: impl Fn(&str) -> String,
+    down_for: impl Fn(&str) -> Vec<(String, Host)>,
+) -> Value {
     let mut out = Map::new();
-    let mut errors = Vec::new();
-    for (uri, r) in svc.cloud.list() {
-        match r {
-            Ok(list) => {
-                for i in list {
-                    if provider != "all" && i.ownership.provider != provider {
-                        continue;
-                    }
-                    let alias = i.ownership.provider.clone();
+    for (uri, r) in listed {
+        let list = match r {
+            Ok(list) => list,
+            Err(e) => {
+                for (alias, host) in down_for(&uri) {
+                    let msg = unreachable(&alias, &host, &e);
+                    tracing::warn!("{msg}; its VMs are left out of the listing");
                     let entry = out.entry(alias).or_insert_with(|| json!({"libvirt": {}}));
-                    let mut v = instance_json(&i);
-                    v["host"] = json!(svc.cloud.host_name(&uri));
-                    if !full {
-                        if let Value::Object(m) = &mut v {
-                            m.retain(|k, _| {
-                                [
-                                    "id",
-                                    "name",
-                                    "state",
-                                    "public_ips",
-                                    "private_ips",
-                                    "size",
-                                    "image",
-                                    "host",
-                                ]
-                                .contains(&k.as_str())
-                            });
-                        }
-                    }
-                    entry["libvirt"][i.name.as_str()] = v;
+                    a::note_error(&mut entry["libvirt"], &msg);
+                }
+                continue;
+            }
+        };
+        for i in list {
+            if provider != "all" && i.ownership.provider != provider {
+                continue;
+            }
+            let alias = i.ownership.provider.clone();
+            let entry = out.entry(alias).or_insert_with(|| json!({"libvirt": {}}));
+            let mut v = instance_json(&i);
+            v["host"] = json!(host_name(&uri));
+            if !full {
+                if let Value::Object(m) = &mut v {
+                    m.retain(|k, _| BRIEF.contains(&k.as_str()));
                 }
             }
-            Err(e) => errors.push(format!("{uri}: {e}")),
+            entry["libvirt"][i.name.as_str()] = v;
         }
-    }
-    if !errors.is_empty() {
-        out.insert("Error".into(), json!(errors));
     }
     Value::Object(out)
 }
@@ -102,5 +129,132 @@ pub async fn run(p: &Publication, svc: &Arc<Service>) -> Outcome {
     match r {
         Ok(v) => a::report(v),
         Err(e) => Outcome::error(format!("{}: {e}", p.fun)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::libvirt::domain_xml::Ownership;
+
+    const SYSTEM: &str = "qemu:///system";
+    const KVM1: &str = "qemu+ssh://root@kvm1/system";
+    const KVM2: &str = "qemu+ssh://root@kvm2:2222/system";
+
+    fn vm(name: &str, provider: &str) -> Instance {
+        Instance {
+            name: name.into(),
+            uuid: format!("uuid-{name}"),
+            state: "running".into(),
+            ownership: Ownership {
+                provider: provider.into(),
+                ..Ownership::default()
+            },
+            addresses: vec![],
+            macs: vec![],
+            vcpus: 1,
+            memory_kib: 1 << 20,
+        }
+    }
+
+    fn refused(uri: &str) -> LibvirtError {
+        LibvirtError::Call {
+            uri: uri.into(),
+            op: "connect".into(),
+            msg: "Cannot recv data: ssh: connect to host: Connection refused".into(),
+            code: virt::sys::VIR_ERR_SYSTEM_ERROR as i32,
+        }
+    }
+
+    /// Providers `local` (qemu:///system), `far` (kvm1) and `two` (qemu:///system and kvm2).
+    fn owners(uri: &str) -> Vec<(String, Host)> {
+        let host = |name: &str| Host {
+            name: name.into(),
+            uri: uri.into(),
+        };
+        match uri {
+            SYSTEM => vec![
+                ("local".into(), host("localhost")),
+                ("two".into(), host("localhost")),
+            ],
+            KVM1 => vec![("far".into(), host("kvm1"))],
+            KVM2 => vec![("two".into(), host("kvm2"))],
+            _ => vec![],
+        }
+    }
+
+    fn listing(down: &[&str], provider: &str) -> Value {
+        let mut listed = BTreeMap::new();
+        listed.insert(
+            SYSTEM.to_string(),
+            Ok(vec![vm("web1", "local"), vm("db1", "two")]),
+        );
+        for uri in [KVM1, KVM2] {
+            let r = if down.contains(&uri) {
+                Err(refused(uri))
+            } else {
+                Ok(vec![])
+            };
+            listed.insert(uri.to_string(), r);
+        }
+        let owners_of = |uri: &str| {
+            owners(uri)
+                .into_iter()
+                .filter(|(a, _)| provider == "all" || a == provider)
+                .collect()
+        };
+        grouped(
+            listed,
+            false,
+            provider,
+            |u| owners(u)[0].1.name.clone(),
+            owners_of,
+        )
+    }
+
+    #[test]
+    fn a_host_down_is_its_providers_error_and_hides_no_other_vm() {
+        let v = listing(&[KVM1, KVM2], "all");
+        // The provider whose only host is down: its error alone, naming it.
+        let far = v["far"]["libvirt"].as_object().unwrap();
+        assert_eq!(far.len(), 1, "{v}");
+        let err = far["Error"].as_str().unwrap();
+        assert!(
+            err.starts_with("provider far: host kvm1 (qemu+ssh://root@kvm1/system) is unreachable"),
+            "{err}"
+        );
+        // A provider with one host of two down: the other host's VMs beside the error.
+        assert_eq!(v["two"]["libvirt"]["db1"]["host"], "localhost", "{v}");
+        assert!(
+            v["two"]["libvirt"]["Error"]
+                .as_str()
+                .unwrap()
+                .contains("host kvm2"),
+            "{v}"
+        );
+        // A provider with no host down: as always, no error.
+        assert_eq!(v["local"]["libvirt"]["web1"]["state"], "running", "{v}");
+        assert!(v["local"]["libvirt"].get("Error").is_none(), "{v}");
+        assert!(
+            v.get("Error").is_none(),
+            "no error for the whole listing: {v}"
+        );
+    }
+
+    #[test]
+    fn one_provider_asked_for_gets_only_its_own_errors() {
+        let v = listing(&[KVM1, KVM2], "local");
+        assert_eq!(v.as_object().unwrap().len(), 1, "{v}");
+        assert!(v["local"]["libvirt"].get("Error").is_none(), "{v}");
+        let v = listing(&[KVM1], "far");
+        assert!(v["far"]["libvirt"]["Error"].is_string(), "{v}");
+        assert!(v.get("two").is_none() && v.get("local").is_none(), "{v}");
+        // Every host up: nothing but VMs.
+        let v = listing(&[], "all");
+        assert!(!v.to_string().contains("Error"), "{v}");
+        assert!(
+            v.get("far").is_none(),
+            "no VM and no error: not listed, as Salt does"
+        );
     }
 }

@@ -442,10 +442,12 @@ impl Cloud {
             if prof.url.contains(":///") {
                 CloudError::Libvirt(e)
             } else {
-                CloudError::HostDown {
-                    host: self.host_name(&prof.url),
-                    msg: e.to_string(),
-                }
+                let host = prof.hosts.iter().find(|h| h.uri == prof.url).cloned();
+                let host = host.unwrap_or_else(|| crate::config::cloud::hosts::Host {
+                    name: self.host_name(&prof.url),
+                    uri: prof.url.clone(),
+                });
+                CloudError::HostDown(super::hosts::unreachable(&prof.provider, &host, &e))
             }
         })?;
         check_given_key(prof, self.master.is_some(), opts.minion_pub.is_some())?;

@@ -43,6 +43,23 @@ pub fn uri_host(uri: &str) -> String {
     }
 }
 
+/// `uri` as it may be shown (errors, listings): a password in its user part, which libvirt
+/// would not use anyway, masked.
+pub fn shown_uri(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return uri.to_string();
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((user, host)) if user.contains(':') => {
+            let name = user.split(':').next().unwrap_or_default();
+            format!("{scheme}://{name}:***@{host}{path}")
+        }
+        _ => uri.to_string(),
+    }
+}
+
 fn check_uri(uri: &str) -> Result<(), String> {
     if !uri.contains("://") || uri.chars().any(char::is_control) {
         return Err(format!(
@@ -133,6 +150,21 @@ mod tests {
             "kvm2.example.com"
         );
         assert_eq!(uri_host("qemu+ssh://u@[fd00::1]:22/system"), "fd00::1");
+    }
+
+    #[test]
+    fn a_password_in_a_uri_is_never_shown() {
+        assert_eq!(
+            shown_uri("qemu+ssh://salt:hunter2@kvm1:22/system?keyfile=/k"),
+            "qemu+ssh://salt:***@kvm1:22/system?keyfile=/k"
+        );
+        for plain in [
+            "qemu:///system",
+            "qemu+ssh://root@kvm1/system?socket=/run/libvirt/libvirt-sock",
+            "qemu+ssh://[fd00::1]:22/system",
+        ] {
+            assert_eq!(shown_uri(plain), plain);
+        }
     }
 
     #[test]

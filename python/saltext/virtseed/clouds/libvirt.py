@@ -146,11 +146,21 @@ def _text(err):
 
 
 def _ours(ret):
-    """This provider's part of a `{alias: {driver: {...}}}` answer."""
+    """
+    This provider's part of a `{alias: {driver: {...}}}` answer. A host of it that could not
+    be listed is the listing's `Error`, beside what its other hosts hold (every other
+    provider is listed as usual): kept there for the listings salt-cloud shows (`-Q`, `-F`,
+    `-S`, `--list-images`), and logged, for the lookups that show nothing (`-d`, `-a`, maps,
+    the `cloud` states go through `list_nodes_min`).
+    """
     mine = ret.get(_alias(), {})
     if isinstance(mine, dict) and "Error" in mine:
         raise SaltCloudSystemExit(_text(mine["Error"]))
-    return mine.get(__virtualname__, {})
+    listing = mine.get(__virtualname__, {}) if isinstance(mine, dict) else {}
+    err = vc.listing_error(listing)
+    if err:
+        log.warning("virtseed: %s", err)
+    return listing
 
 
 def _must_not_be_action(call, fun):
@@ -295,14 +305,25 @@ def list_nodes_full(kwargs=None, call=None):
 
 
 def list_nodes_min(kwargs=None, call=None):
+    """
+    What Salt's lookups use (`-d`, `-a`, `-p`'s and maps' check for existing VMs, the `cloud`
+    states): the VMs of this provider's hosts that answered, never an `Error` entry (Salt
+    would take it for a VM: a `--hard` map would destroy it).
+    """
     _must_not_be_action(call, "list_nodes_min")
-    return {n: {"id": v.get("id"), "state": v.get("state")} for n, v in list_nodes(call="function").items()}
+    nodes = vc.without_error(list_nodes(call="function"))
+    return {n: {"id": v.get("id"), "state": v.get("state")} for n, v in nodes.items()}
 
 
 def list_nodes_select(call=None):
     """The fields `query.selection` names (in the cloud config), else list_nodes' own."""
     selection = __opts__.get("query.selection") or DEFAULT_SELECTION
-    return salt.utils.cloud.list_nodes_select(list_nodes_full(call="function"), selection, call)
+    nodes = list_nodes_full(call="function")
+    ret = salt.utils.cloud.list_nodes_select(vc.without_error(nodes), selection, call)
+    err = vc.listing_error(nodes)
+    if err:
+        ret["Error"] = err
+    return ret
 
 
 def show_instance(name, kwargs=None, call=None):

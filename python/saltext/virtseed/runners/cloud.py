@@ -120,6 +120,13 @@ def destroy(instances=None, opts=None, **kwargs):
     return _call_all("cloud.destroy", [names], {}, names)
 
 
+# The listings below answer in salt-cloud's shape, `{alias: {"libvirt": {...}}}`, as `salt-cloud
+# -Q`/`--list-*` show them: a provider's host that could not be listed is an `Error` string
+# in that provider's listing, beside what its other hosts hold, and every other provider is
+# listed as usual. Like salt-cloud and Salt's own runner, such a partial listing exits 0;
+# a call the sidecar could not answer at all (`{"Error": ...}`) exits non-zero.
+
+
 def list_nodes(provider="all"):
     return _call_all("cloud.list_nodes", [], {"provider": provider})
 

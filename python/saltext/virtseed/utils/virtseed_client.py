@@ -140,6 +140,23 @@ def has_error(ret):
     )
 
 
+def listing_error(listing):
+    """
+    What a provider's listing (`{name: {...}}`, the driver level of salt-cloud's `{alias:
+    {driver: {...}}}`) says of its hosts that could not be listed: its `Error`, a string
+    naming each such host (an entry is a map), or None.
+    """
+    err = listing.get("Error") if isinstance(listing, dict) else None
+    return err if isinstance(err, str) else None
+
+
+def without_error(listing):
+    """A provider's listing without its `Error`: what its hosts that answered hold."""
+    if not isinstance(listing, dict):
+        return {}
+    return {k: v for k, v in listing.items() if not (k == "Error" and isinstance(v, str))}
+
+
 def merge(rets):
     """Merges the answers of several sidecars: per name, an answer beats an error."""
     out = {}
