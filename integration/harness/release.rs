@@ -95,12 +95,13 @@ pub fn debian_root(suite: &str) -> tempfile::TempDir {
     dir
 }
 
-/// `sh -c script` chrooted into `root`, in a mount namespace of its own with /proc, /dev,
+/// `sh -c script` chrooted into `root`, in a mount namespace of its own with /proc, /dev, /sys,
 /// the host's libvirt sockets and `binds` (host paths, mounted at the same path inside):
 /// everything mounted goes away with the process.
 pub fn in_root(root: &Path, binds: &[&Path], script: &str) -> Command {
     let mut mounts = String::from(
         "set -e; mount -t proc proc \"$R/proc\"; mount --rbind /dev \"$R/dev\"; \
+         mount --rbind /sys \"$R/sys\"; \
          mkdir -p \"$R/run/libvirt\"; mount --bind /run/libvirt \"$R/run/libvirt\"; ",
     );
     for b in binds {
