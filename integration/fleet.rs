@@ -6,7 +6,7 @@
 
 mod harness;
 
-use harness::{text, wait_for, Master, Minion, Sidecar};
+use harness::{text, Master, Minion, Sidecar};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -23,25 +23,6 @@ fn trees(m: &Master) {
     w("srv/pillar/infra.sls", "role: infra\n");
     w("srv/salt/top.sls", "base:\n  '*':\n    - noop\n");
     w("srv/salt/noop.sls", "noop:\n  test.nop: []\n");
-}
-
-/// The real minion `web1`, accepted and answering.
-fn web1(m: &Master) -> Minion {
-    let conf = format!(
-        "id: web1\nmaster: 127.0.0.1\nmaster_port: {}\npublish_port: {}\n",
-        m.port("ret_port"),
-        m.port("publish_port")
-    );
-    let minion = Minion::start(m, &m.dir.join("web1"), &conf);
-    wait_for("web1's pending key", Duration::from_secs(60), || {
-        m.pki().join("minions_pre/web1").exists()
-    });
-    assert!(m.salt_key(&["-y", "-a", "web1"]).status.success());
-    wait_for("web1 answering", Duration::from_secs(90), || {
-        let (ok, v) = m.salt_json("web1", &["test.ping"], 5);
-        ok && v["web1"] == true
-    });
-    minion
 }
 
 /// Publishes `test.ping` to each target at once through Salt's LocalClient, then reads
@@ -188,7 +169,7 @@ fn scenario(version: &str) {
     trees(&m);
     let sidecar = Sidecar::start(&m, "virtseed");
     sidecar.wait_log("reported grains to the master", Duration::from_secs(60));
-    let _web1 = web1(&m);
+    let _web1 = Minion::accepted(&m, "web1");
 
     check_matrix(&m, &targets(), true);
 
@@ -272,7 +253,7 @@ fn fleet_without_minion_data_cache_3007() {
     trees(&m);
     let sidecar = Sidecar::start(&m, "virtseed");
     sidecar.wait_log("reported grains to the master", Duration::from_secs(60));
-    let _web1 = web1(&m);
+    let _web1 = Minion::accepted(&m, "web1");
     check_matrix(
         &m,
         &[

@@ -83,20 +83,7 @@ impl Mallory<'_> {
 
 /// An ordinary minion, accepted, answering.
 fn mallory(m: &Master) -> Mallory<'_> {
-    let conf = format!(
-        "id: mallory\nmaster: 127.0.0.1\nmaster_port: {}\npublish_port: {}\n",
-        m.port("ret_port"),
-        m.port("publish_port")
-    );
-    let minion = Minion::start(m, &m.dir.join("mallory"), &conf);
-    wait_for("mallory's pending key", Duration::from_secs(60), || {
-        m.pki().join("minions_pre/mallory").exists()
-    });
-    assert!(m.salt_key(&["-y", "-a", "mallory"]).status.success());
-    wait_for("mallory answering", Duration::from_secs(90), || {
-        let (ok, v) = m.salt_json("mallory", &["test.ping"], 5);
-        ok && v["mallory"] == true
-    });
+    let minion = Minion::accepted(m, "mallory");
     Mallory { m, _minion: minion }
 }
 

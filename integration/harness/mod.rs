@@ -410,6 +410,28 @@ impl Minion {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(self.dir.join("minion.log")).unwrap_or_default()
     }
+
+    /// An ordinary minion `id` beside the master (under its dir), its key accepted by
+    /// `salt-key`, answering `test.ping`.
+    pub fn accepted(m: &Master, id: &str) -> Minion {
+        let conf = format!(
+            "id: {id}\nmaster: 127.0.0.1\nmaster_port: {}\npublish_port: {}\n",
+            m.port("ret_port"),
+            m.port("publish_port")
+        );
+        let minion = Minion::start(m, &m.dir.join(id), &conf);
+        wait_for(
+            &format!("{id}'s pending key"),
+            Duration::from_secs(60),
+            || m.pki().join("minions_pre").join(id).exists(),
+        );
+        assert!(m.salt_key(&["-y", "-a", id]).status.success());
+        wait_for(&format!("{id} answering"), Duration::from_secs(90), || {
+            let (ok, v) = m.salt_json(id, &["test.ping"], 5);
+            ok && v[id] == true
+        });
+        minion
+    }
 }
 
 impl Drop for Minion {
