@@ -91,6 +91,21 @@ fn doctor_on_a_healthy_site_and_each_broken_case() {
     ] {
         assert_eq!(status(&v, c), "ok", "{c}: {v:#}");
     }
+    // The modules are install-runner's copies in extension_modules: doctor says a master
+    // sync deletes them.
+    let runner = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "salt cloud runner")
+        .unwrap();
+    assert!(
+        runner["detail"]
+            .as_str()
+            .unwrap()
+            .contains("`salt-run saltutil.sync_all` deletes it"),
+        "{runner}"
+    );
     // How the base's clones get their machine-id (this test base boots from its disk, so a
     // booted template's would reach PID 1 and journald).
     let web = v["checks"]

@@ -274,7 +274,8 @@ import json, os, sys
 import salt.client, salt.config, salt.loader, salt.version
 conf = sys.argv[1]
 opts = salt.config.master_config(os.path.join(conf, "master"))
-out = {"salt": salt.version.__version__}
+out = {"salt": salt.version.__version__, "extension_modules": opts["extension_modules"],
+       "clean_dynamic_modules": opts.get("clean_dynamic_modules", True)}
 def find(what, loader, fun):
     try:
         f = loader[fun]
@@ -296,6 +297,19 @@ if vc is not None and hasattr(vc, "default_sidecar"):
         out["ping_error"] = str(e)
 print(json.dumps(out))
 "#;
+
+/// A copy in `extension_modules` (from `install-runner`) is deleted by the next
+/// `salt-run saltutil.sync_all` (or `sync_runners`/`sync_clouds`) while Salt's
+/// `clean_dynamic_modules` is on: Salt then loads its own runner and driver again.
+fn swept_note(probe: &serde_json::Value, file: &str) -> String {
+    let ext = probe["extension_modules"].as_str().unwrap_or_default();
+    let swept = probe["clean_dynamic_modules"].as_bool().unwrap_or(true);
+    if swept && !ext.is_empty() && Path::new(file).starts_with(ext) {
+        "; a copy in extension_modules: `salt-run saltutil.sync_all` deletes it (clean_dynamic_modules), install the wheel or the Debian package instead".into()
+    } else {
+        String::new()
+    }
+}
 
 fn modules(r: &mut Report, dir: &Path, settings: &Settings, salt_python: Option<&Path>) {
     let Some(py) = salt_modules::salt_python(salt_python) else {
@@ -327,7 +341,10 @@ fn modules(r: &mut Report, dir: &Path, settings: &Settings, salt_python: Option<
         let file = m["file"].as_str().unwrap_or_default();
         let check = format!("salt {label}");
         match m["version"].as_str() {
-            Some(theirs) if theirs == ours => r.ok(check, format!("{file}, virtseed {theirs}")),
+            Some(theirs) if theirs == ours => r.ok(
+                check,
+                format!("{file}, virtseed {theirs}{}", swept_note(&v, file)),
+            ),
             Some(theirs) => {
                 all_ok = false;
                 r.fail(
