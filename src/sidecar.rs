@@ -63,10 +63,8 @@ pub async fn run(config_dir: &Path) -> anyhow::Result<()> {
         settings.salt_version,
         cloud.as_ref().map(|s| &*s.cloud),
     ));
-    {
-        let (facts, channel) = (facts.clone(), channel.clone());
-        tokio::spawn(async move { facts.report_or_warn(&channel).await });
-    }
+    // Publications wait in the queue meanwhile (at most a few seconds).
+    facts.clone().report_at_start(channel.clone()).await;
     let dispatcher = Arc::new(Dispatcher::new(
         channel.clone(),
         signer,

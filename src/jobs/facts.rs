@@ -18,6 +18,11 @@ use serde_json::{json, Map, Value as Json};
 use std::sync::RwLock;
 use tracing::{info, warn};
 
+/// How long the sidecar waits for its first report before it serves jobs anyway.
+const FIRST_REPORT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often a report that failed is tried again.
+const REPORT_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub struct Facts {
     id: String,
     grains: Json,
@@ -96,12 +101,26 @@ impl Facts {
         Ok(())
     }
 
-    /// Reports, logging rather than failing: targeting works without (the master then does
-    /// not count us in grain or pillar targets).
-    pub async fn report_or_warn(&self, channel: &Channel) {
-        if let Err(e) = self.report(channel).await {
-            warn!("cannot report grains to the master (`_pillar`): {e}; grain and pillar targets will not count this sidecar until it can");
+    /// Reports until the master has taken our grains: the first try is awaited (up to
+    /// [`FIRST_REPORT_WAIT`]) before jobs are served, so the master's cache (which may hold a
+    /// previous run's grains) and our own view agree from the first job; a failure is logged
+    /// and retried every [`REPORT_RETRY`] in the background.
+    pub async fn report_at_start(self: std::sync::Arc<Self>, channel: std::sync::Arc<Channel>) {
+        let first = tokio::time::timeout(FIRST_REPORT_WAIT, self.report(&channel)).await;
+        if matches!(first, Ok(Ok(()))) {
+            return;
         }
+        if let Ok(Err(e)) = &first {
+            warn!("cannot report grains to the master (`_pillar`): {e}; grain and pillar targets will not count this sidecar until it can (retrying every {}s)", REPORT_RETRY.as_secs());
+        }
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(REPORT_RETRY).await;
+                if self.report(&channel).await.is_ok() {
+                    return;
+                }
+            }
+        });
     }
 
     /// Whether the master counts us among the minions of this publication.
