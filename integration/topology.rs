@@ -16,7 +16,7 @@ mod harness;
 
 use harness::pool::Pool;
 use harness::site::{play_guest, wait_exit, write_cloud};
-use harness::{last_json, text, virtseed, Master, Sidecar};
+use harness::{last_json, text, virtseed, wait_for, Master, Sidecar};
 use std::path::Path;
 use std::time::Duration;
 
@@ -89,6 +89,18 @@ fn cluster(version: &str, (a_ip, b_ip): (&str, &str)) {
     sidecar.wait_log("serving cloud.* jobs", Duration::from_secs(60));
     assert!(shared.join("pki/minions/virtseed").exists());
     assert!(!a.pki().join("minions/virtseed").exists());
+    // A 3008 cluster forms its Raft group for a few seconds after both nodes start, and a
+    // job node b publishes meanwhile never reaches node a's publisher: wait until b's jobs
+    // reach the sidecar (Salt's part, seen on an idle machine; under load it is formed by
+    // the time the create starts).
+    wait_for(
+        "node b's publications reaching the sidecar",
+        Duration::from_secs(120),
+        || {
+            let (ok, v) = b.salt_json("virtseed", &["test.ping"], 5);
+            ok && v["virtseed"] == true
+        },
+    );
 
     let name = format!("{}a", p.prefix);
     let guest = made_by_played_guest(&b, &a, &p, "web", &name);

@@ -224,7 +224,7 @@ impl Channel {
     /// Sends an aes request and returns the master's answer. A refused request (the master
     /// forgot our session, or restarted) is retried once after signing in again.
     pub async fn send(&self, load: Value) -> Result<Value, BusError> {
-        self.send_opened(load, |peer, reply, nonce, _| {
+        self.send_opened(load, true, |peer, reply, nonce, _| {
             peer.decode_reply(reply, nonce).map_err(BusError::from)
         })
         .await
@@ -233,10 +233,11 @@ impl Channel {
     /// Asks the master for our pillar with `grains` (`_pillar`, as a minion does at start and
     /// on `saltutil.refresh_pillar`); with `minion_data_cache` the master keeps both, so its
     /// grain and pillar targeting see them. The answer is encrypted to our key and signed by
-    /// the master.
+    /// the master. One attempt, no new sign-in on failure: a master cluster answers without
+    /// a key while its Raft log catches up (`cluster_retry`, 3008), and the caller retries.
     pub async fn pillar(&self, grains: Value) -> Result<Value, BusError> {
         let load = salt_proto::request::pillar_load(&self.cfg.id, grains);
-        self.send_opened(load, |peer, reply, nonce, session| {
+        self.send_opened(load, false, |peer, reply, nonce, session| {
             let v = peer.decode_reply(reply, nonce)?;
             salt_proto::request::open_private(
                 &v,
@@ -255,6 +256,7 @@ impl Channel {
     async fn send_opened(
         &self,
         load: Value,
+        sign_in_again: bool,
         open: impl Fn(&AesPeer, &[u8], &str, &Session) -> Result<Value, BusError>,
     ) -> Result<Value, BusError> {
         let mut session = self.session().await;
@@ -280,7 +282,7 @@ impl Channel {
             };
             match result {
                 Ok(v) => return Ok(v),
-                Err(e) if attempt == 0 => {
+                Err(e) if attempt == 0 && sign_in_again => {
                     debug!("request failed ({e}); signing in again and retrying");
                     session = self.renew(Some(session.generation)).await;
                 }
