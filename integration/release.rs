@@ -108,6 +108,7 @@ fn install(suite: &str) -> tempfile::TempDir {
         &[],
         "dpkg -i /tmp/virtseed.deb >/dev/null; virtseed --version; \
          dpkg-query -W -f '${Version}\\n' virtseed; ldd /usr/bin/virtseed; \
+         dpkg-query -W -f '${Description}\\n' virtseed; \
          ls /usr/lib/virtseed/salt/runners /usr/lib/virtseed/salt/clouds; \
          cat /etc/salt/virtseed /etc/salt/master.d/virtseed.conf",
     ));
@@ -134,6 +135,10 @@ fn install(suite: &str) -> tempfile::TempDir {
     assert!(
         out.contains("cloud.py") && out.contains("libvirt.py"),
         "{out}"
+    );
+    assert!(
+        out.contains("answers 'salt NAME test.ping' the moment its"),
+        "{suite}: the package's description:\n{out}"
     );
     assert!(
         out.contains("#salt_version:") && out.contains("runner_dirs:"),

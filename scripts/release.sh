@@ -114,7 +114,7 @@ Homepage: https://github.com/virtseed/virtseed
 Description: Salt master sidecar that clones libvirt VMs with pre-accepted minion keys
  virtseed joins the Salt master's ZeroMQ bus as an authenticated peer and answers
  salt-cloud and salt-run cloud.* by cloning libvirt domains whose minion keys it
- mints and pre-accepts, so a new VM answers `salt NAME test.ping` the moment its
+ mints and pre-accepts, so a new VM answers 'salt NAME test.ping' the moment its
  minion starts. This package carries the binary, its systemd units and its Salt
  modules (found by the master through /etc/salt/master.d/virtseed.conf).
 EOF
