@@ -72,7 +72,20 @@ fn cluster(version: &str, (a_ip, b_ip): (&str, &str)) {
     let cid = format!("vs{}", &salt_proto::auth::new_nonce()[..6]);
     // A first: the cluster's key pair is made once, in the shared directory.
     let a = Master::start_at(version, &node_conf(&cid, a_ip, b_ip, &shared), a_ip);
+    // 3008 sends a joining node the cluster's key pair, and the joiner unlinks and rewrites
+    // `cluster.pem`/`cluster.pub` even in a shared `cluster_pki_dir`: a process of node A
+    // that loads its keys in that gap makes a new cluster key of its own and signs every
+    // sign-in with it (Salt 3008.5's race; CI hit it on a loaded machine: "signature did not
+    // verify" for 60 s). So node B joins only once node A is whole (it founds the group
+    // after `cluster_join_timeout`), and the cluster's key is read once B has rewritten it.
+    let founded = version >= "3008";
+    if founded {
+        a.wait_log("as founding voter", Duration::from_secs(120));
+    }
     let b = Master::start_at(version, &node_conf(&cid, b_ip, a_ip, &shared), b_ip);
+    if founded {
+        b.wait_log("from join-reply", Duration::from_secs(120));
+    }
     assert_eq!(a.key_dir(), shared.join("pki"));
     let cluster_pub = std::fs::read_to_string(shared.join("pki/cluster.pub")).unwrap();
 

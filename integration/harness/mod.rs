@@ -120,6 +120,14 @@ impl Master {
         );
     }
 
+    /// Waits until the master's log has a line containing `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        let log = self.dir.join("log/master");
+        wait_for(&format!("{needle:?} in {}", log.display()), timeout, || {
+            std::fs::read_to_string(&log).is_ok_and(|t| t.contains(needle))
+        });
+    }
+
     /// A port from the master's config (`ret_port`, `publish_port`).
     pub fn port(&self, key: &str) -> u16 {
         std::fs::read_to_string(self.dir.join("master"))
