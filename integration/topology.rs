@@ -9,8 +9,10 @@
 //! the key out of the cluster's store. Hot multi-master and failover: two masters sharing one
 //! key pair (Salt's guide), the second in the sidecar's `masters:`; a clone listing both is
 //! accepted on both, also while one is down, answers from each, fails over, and destroy
-//! removes it from both. And a 3008 key store virtseed cannot write (`keys.cache_driver:
-//! mmap_key`) is refused by name, before anything is made.
+//! removes it from both. A syndic: the sidecar beside the syndic node's master; clones made
+//! there or through the master of masters' own front ends answer from the top. And a 3008
+//! key store virtseed cannot write (`keys.cache_driver: mmap_key`) is refused by name, before
+//! anything is made.
 
 mod harness;
 
@@ -364,4 +366,157 @@ fn key_cache_sched_3007() {
     drop(guest);
     let out = m.salt_run(&["--out", "json", "cloud.destroy", &name]);
     assert!(out.status.success(), "{}", text(&out.stdout));
+}
+
+/// A `salt-syndic` beside `node`'s master, a minion (id `id`) of the master of masters whose
+/// address `node`'s config names in `syndic_master`. Killed on drop.
+struct Syndic(std::process::Child);
+
+impl Syndic {
+    fn start(node: &Master, id: &str) -> Syndic {
+        let d = node.dir.display();
+        // The syndic reads the node's master config and this minion config; `sock_dir` is
+        // the master's (the syndic listens to its event bus for returns).
+        std::fs::write(
+            node.dir.join("minion"),
+            format!(
+                "id: {id}\npki_dir: {d}/pki/syndic\nsock_dir: {d}/sock\nlog_level_logfile: info\n"
+            ),
+        )
+        .unwrap();
+        let child = node
+            .command(node.venv.join("bin/salt-syndic"))
+            .arg("-c")
+            .arg(&node.dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Syndic(child)
+    }
+}
+
+impl Drop for Syndic {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A syndic: the sidecar runs beside the syndic node's master, where the clones sign in and
+/// their keys are accepted; the master of masters reaches them through the syndic. A clone
+/// made on the syndic node answers from the top; the top's own front ends serve creates and
+/// destroys through the syndic once they hold a copy of the sidecar's key (a clear error
+/// before, nothing made).
+#[test]
+fn syndic_under_a_master_of_masters_3007() {
+    let version = "3007.17";
+    let p = Pool::new("syn");
+    // Two hosts as in production: addresses of their own, the same ports.
+    let (top_ip, node_ip) = ("127.0.0.8", "127.0.0.9");
+    let top = Master::start_at(version, "order_masters: True\n", top_ip);
+    let node = Master::start_at(version, "", node_ip);
+    node.stop();
+    let d = node.dir.display();
+    let conf: String = std::fs::read_to_string(node.dir.join("master"))
+        .unwrap()
+        .lines()
+        .map(|l| match l.split_once(": ") {
+            Some((k @ ("ret_port" | "publish_port"), _)) => format!("{k}: {}\n", top.port(k)),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(
+        node.dir.join("master"),
+        format!(
+            "{conf}syndic_master: {top_ip}\nsyndic_master_port: {}\nsyndic_log_file: {d}/log/syndic\n\
+             syndic_pidfile: {d}/run/syndic.pid\n",
+            top.port("ret_port")
+        ),
+    )
+    .unwrap();
+    node.restart();
+    let syndic_id = format!("{}syndic", p.prefix);
+    let _syndic = Syndic::start(&node, &syndic_id);
+    wait_for(
+        "the syndic's key at the top",
+        Duration::from_secs(60),
+        || top.pki().join("minions_pre").join(&syndic_id).exists(),
+    );
+    assert!(top.salt_key(&["-y", "-a", &syndic_id]).status.success());
+
+    let base = base_of(&p);
+    let profiles = format!(
+        "web:\n  provider: kvm\n  base_domain: {base}\n  minion_timeout: 240\n  minion:\n    master: {node_ip}\n"
+    );
+    for m in [&top, &node] {
+        write_cloud(m, &profiles);
+        m.install_modules();
+    }
+    let sidecar = Sidecar::start(&node, "virtseed");
+    sidecar.wait_log("serving cloud.* jobs", Duration::from_secs(60));
+    // doctor on the node says what the top needs.
+    let out = virtseed(&node.dir, &["doctor", "--out", "json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let syndic = report["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["check"] == "syndic"))
+        .unwrap_or_else(|| panic!("{}", text(&out.stdout)));
+    assert_eq!(syndic["status"], "ok", "{syndic}");
+    assert!(
+        syndic["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains(top_ip) && d.contains("virtseed_sidecars/virtseed")),
+        "{syndic}"
+    );
+
+    // Made on the syndic node: accepted there (the top holds no key), answers from the top.
+    let first = format!("{}a", p.prefix);
+    let g1 = made_by_played_guest(&node, &node, &p, "web", &first);
+    assert!(!top.pki().join("minions").join(&first).exists());
+    wait_for(
+        "the clone answering from the top",
+        Duration::from_secs(120),
+        || pings(&top, &first),
+    );
+
+    // The top's front ends: without a key to check the sidecar's answers with, a clear
+    // error naming where its copy goes, at once, and nothing made.
+    let second = format!("{}b", p.prefix);
+    let out = top.salt_run(&["--out", "json", "cloud.profile", "web", &second]);
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(said.contains("virtseed_sidecars/virtseed"), "{said}");
+    assert!(!p.domains().contains(&second));
+    assert!(!node.pki().join("minions").join(&second).exists());
+    // With the copy: the create runs through the syndic, its answer checked at the top.
+    let copy = top.pki().join("virtseed_sidecars/virtseed");
+    std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+    std::fs::copy(node.pki().join("minions/virtseed"), &copy).unwrap();
+    let g2 = made_by_played_guest(&top, &node, &p, "web", &second);
+    assert!(node.pki().join("minions").join(&second).exists());
+    wait_for(
+        "the second clone from the top",
+        Duration::from_secs(120),
+        || pings(&top, &second),
+    );
+    let out = top.salt_run(&["--out", "json", "cloud.query"]);
+    let listed = text(&out.stdout);
+    assert!(
+        out.status.success() && listed.contains(&first) && listed.contains(&second),
+        "{listed}"
+    );
+
+    drop((g1, g2));
+    let out = top.salt_run(&[
+        "--out",
+        "json",
+        "cloud.destroy",
+        &format!("{first},{second}"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    for n in [&first, &second] {
+        assert!(!node.pki().join("minions").join(n).exists(), "{n}");
+        assert!(!p.domains().contains(n), "{n}");
+    }
 }

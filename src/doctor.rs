@@ -111,6 +111,7 @@ fn site(r: &mut Report, dir: &Path, salt_python: Option<&Path>) {
     pki_dir(r, &opts);
     sidecar_key(r, &opts, &settings);
     master_port(r, &opts);
+    syndic(r, &opts, &settings);
     libvirt(r, dir);
     modules(r, dir, &settings, salt_python);
 }
@@ -175,6 +176,20 @@ fn sidecar_key(r: &mut Report, opts: &MasterOpts, settings: &Settings) {
                 settings.id
             ),
         ),
+    }
+}
+
+/// A syndic node: what the master of masters needs for its own front ends.
+fn syndic(r: &mut Report, opts: &MasterOpts, settings: &Settings) {
+    if let Some(top) = &opts.syndic_master {
+        r.ok(
+            "syndic",
+            format!(
+                "this master is a syndic node under {top}: clones sign in here and the top reaches them through salt-syndic; for `salt-run cloud.*` and `salt-cloud` on the top, copy {} to the top's pki_dir/virtseed_sidecars/{} (the top checks the sidecar's answers with it)",
+                opts.key_dir().join("minions").join(&settings.id).display(),
+                settings.id
+            ),
+        );
     }
 }
 

@@ -123,3 +123,25 @@ def test_the_readiness_check_matches_the_sidecars():
 def test_a_cluster_keeps_its_keys_in_the_cluster_pki_dir():
     assert vp.key_path({"pki_dir": "/p", "cluster_id": "c", "cluster_pki_dir": "/c"}, "v") == os.path.join("/c", "minions", "v")
     assert vp.key_path({"pki_dir": "/p"}, "v") == os.path.join("/p", "minions", "v")
+
+
+def test_a_master_of_masters_checks_with_its_copy_of_the_sidecars_key(keys, tmp_path):
+    # The top master accepted no key for the sidecar (it runs beside a syndic node's master):
+    # nothing opens until the operator puts a copy in pki_dir/virtseed_sidecars/<id>.
+    opts = {"pki_dir": str(tmp_path)}
+    ret = a_return(keys["virtseed"])
+    with pytest.raises(vp.Unproven, match="no accepted key for 'virtseed'"):
+        vp.open_return(opts, "virtseed", JID, "cloud.profile", ret)
+    assert "virtseed_sidecars/virtseed" in vp.no_key(opts, "virtseed")
+    copy = tmp_path / "virtseed_sidecars" / "virtseed"
+    copy.parent.mkdir()
+    copy.write_bytes(open(os.path.join(keys["opts"]["pki_dir"], "minions", "virtseed"), "rb").read())
+    assert vp.key_path(opts, "virtseed") == str(copy)
+    assert vp.open_return(opts, "virtseed", JID, "cloud.profile", ret)["return"] == {"web1": {"state": "running"}}
+    # Another key's answers still do not open with it.
+    with pytest.raises(vp.Unproven, match="does not verify"):
+        vp.open_return(opts, "virtseed", JID, "cloud.profile", a_return(keys["mallory"]))
+    # An accepted key, where there is one, is the one that counts.
+    (tmp_path / "minions").mkdir()
+    (tmp_path / "minions" / "virtseed").write_bytes(b"not a key")
+    assert vp.key_path(opts, "virtseed") == str(tmp_path / "minions" / "virtseed")

@@ -32,6 +32,9 @@ pub struct MasterOpts {
     pub minion_data_cache: bool,
     /// `nodegroups`, as the master expands them inside compound targets.
     pub nodegroups: serde_json::Map<String, serde_json::Value>,
+    /// `syndic_master`: this master is a syndic node under that master of masters (one, or
+    /// several joined with ", ").
+    pub syndic_master: Option<String>,
 }
 
 impl MasterOpts {
@@ -119,6 +122,13 @@ impl MasterOpts {
                     _ => None,
                 })
                 .unwrap_or_default(),
+            syndic_master: v.get("syndic_master").and_then(|m| match m {
+                Value::Sequence(l) => {
+                    let l: Vec<String> = l.iter().filter_map(yaml::as_text).collect();
+                    (!l.is_empty()).then(|| l.join(", "))
+                }
+                m => yaml::as_text(m).filter(|m| !m.is_empty()),
+            }),
         })
     }
 
@@ -205,6 +215,22 @@ mod tests {
         std::fs::write(d.join("master"), "ret_port: 70000\n").unwrap();
         let e = MasterOpts::load(&d).unwrap_err().to_string();
         assert!(e.contains("`ret_port` must be a port number"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_syndic_node_names_its_master_of_masters() {
+        let d = tempdir();
+        std::fs::write(d.join("master"), "pki_dir: /p\n").unwrap();
+        assert_eq!(MasterOpts::load(&d).unwrap().syndic_master, None);
+        std::fs::write(d.join("master"), "syndic_master: top.example\n").unwrap();
+        let m = MasterOpts::load(&d).unwrap();
+        assert_eq!(m.syndic_master.as_deref(), Some("top.example"));
+        std::fs::write(d.join("master"), "syndic_master: [t1, t2]\n").unwrap();
+        let m = MasterOpts::load(&d).unwrap();
+        assert_eq!(m.syndic_master.as_deref(), Some("t1, t2"));
+        std::fs::write(d.join("master"), "syndic_master: ''\n").unwrap();
+        assert_eq!(MasterOpts::load(&d).unwrap().syndic_master, None);
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -255,6 +255,9 @@ def call(opts, fun, arg=None, kwarg=None, names=(), timeout=DEFAULT_TIMEOUT, sid
     arg = list(arg or [])
     kwarg = dict(kwarg or {})
     kwarg[VERSION_KWARG] = VERSION
+    if not os.path.isfile(virtseed_proof.key_path(mopts, sidecar)):
+        # Every answer would be ignored as unproven: say why now, not after a long wait.
+        return {"Error": virtseed_proof.no_key(mopts, sidecar)}
     client = salt.client.get_local_client(mopts=mopts)
     event = salt.utils.event.get_master_event(mopts, mopts["sock_dir"], listen=True)
     try:

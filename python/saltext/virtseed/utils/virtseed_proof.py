@@ -34,10 +34,38 @@ class Unproven(Exception):
     """An answer or event that does not carry the sidecar's proof."""
 
 
+# On a master of masters the sidecars run beside the syndic nodes' masters, and their keys are
+# accepted there, not here: the operator puts a copy of each sidecar's public key in this
+# directory of the top master's ``pki_dir`` (only root writes there).
+SIDECARS_DIR = "virtseed_sidecars"
+
+
+def sidecar_key_copy(opts, sidecar):
+    """Where a copy of a sidecar's public key goes on a master that has no key accepted for it."""
+    return os.path.join(opts["pki_dir"], SIDECARS_DIR, sidecar)
+
+
 def key_path(opts, sidecar):
-    """Where the master keeps the key it accepted for ``sidecar``."""
+    """
+    The key ``sidecar``'s proofs are checked with: the one this master accepted for its id, or
+    (none accepted: a master of masters) the copy in ``pki_dir/virtseed_sidecars/<id>``.
+    """
     pki = opts.get("cluster_pki_dir") if opts.get("cluster_id") else opts["pki_dir"]
-    return os.path.join(pki, "minions", sidecar)
+    accepted = os.path.join(pki, "minions", sidecar)
+    if not os.path.isfile(accepted) and os.path.isfile(sidecar_key_copy(opts, sidecar)):
+        return sidecar_key_copy(opts, sidecar)
+    return accepted
+
+
+def no_key(opts, sidecar):
+    """What to do when this master has no key to check ``sidecar``'s answers with."""
+    return (
+        f"this master has no key for the virtseed sidecar {sidecar!r} to check its answers with "
+        f"({key_path(opts, sidecar)}): accept the sidecar's key (`salt-key -a {sidecar}`); on a "
+        f"master of masters, whose sidecars run beside the syndic nodes' masters, copy the "
+        f"sidecar's public key (the syndic node's `pki_dir/minions/{sidecar}`) to "
+        f"{sidecar_key_copy(opts, sidecar)}"
+    )
 
 
 def _body(opts, sidecar, proof):
