@@ -130,6 +130,10 @@ fi
 mkdir -p "$root/etc/salt/pki/minion" "$root/etc/salt/minion.d"
 install -m 0644 "$src/virtseed.minion.conf" "$root/etc/salt/minion.d/virtseed.conf"
 install -m 0644 "$src/virtseed.minion_master.pub" "$root/etc/salt/pki/minion/minion_master.pub"
+if [ -s "$src/virtseed.master_sign.pub" ]; then
+    # The masters sign their keys (master_sign_pubkey): the minion verifies them by this one.
+    install -m 0644 "$src/virtseed.master_sign.pub" "$root/etc/salt/pki/minion/master_sign.pub"
+fi
 if [ -s "$src/virtseed.minion.pem" ]; then
     install -m 0644 "$src/virtseed.minion.pub" "$root/etc/salt/pki/minion/minion.pub"
     install -m 0400 "$src/virtseed.minion.pem" "$root/etc/salt/pki/minion/minion.pem.tmp"

@@ -5,7 +5,7 @@
 mod harness;
 
 use harness::pool::{virsh_ok, Pool};
-use harness::site::master_with_base;
+use harness::site::{master_with_base, master_with_base_conf};
 use harness::{mread, text, virtseed, wait_for, EventLog, Master, Minion};
 use std::path::Path;
 use std::process::Command;
@@ -874,4 +874,62 @@ fn assert_resolvers_and_swap(root: &Path) {
     assert_eq!(mode(&root.join("swapfile")), 0o600);
     let fstab = std::fs::read_to_string(root.join("etc/fstab")).unwrap();
     assert_eq!(fstab, "/swapfile none swap sw 0 0\n");
+}
+
+/// A master that signs its key (`master_sign_pubkey`): a clone that did not verify it would be
+/// refused at sign-in, so each seed channel carries the signing key, and the guest unit puts
+/// it where the minion verifies by it, with the config saying to.
+#[test]
+fn a_signing_masters_clones_verify_its_key() {
+    let (m, p, _base) =
+        master_with_base_conf("3007.17", "master_sign_pubkey: True\n", "sg", |base| {
+            format!(
+                "web:\n  provider: kvm\n  base_domain: {base}\n  minion:\n    master: 127.0.0.1\n\
+             web-smbios:\n  extends: web\n  seed: smbios\n"
+            )
+        });
+    let sign = std::fs::read_to_string(m.pki().join("master_sign.pub")).unwrap();
+    let scratch = m.dir.join("guest-unit");
+    let name = format!("{}c", p.prefix);
+    let vol = scratch.join("volume");
+    profile_and_volume(&m, &p, "web", &name, &vol);
+    let sname = format!("{}s", p.prefix);
+    let out = virtseed(&m.dir, &["profile", "web-smbios", &sname]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let creds = scratch.join("credentials");
+    std::fs::create_dir_all(&creds).unwrap();
+    for (k, v) in smbios_credentials(&sname) {
+        std::fs::write(creds.join(k), v).unwrap();
+    }
+    for (root, creds, seed) in [
+        (scratch.join("root-cloud-init"), None, Some(vol.as_path())),
+        (scratch.join("root-smbios"), Some(creds.as_path()), None),
+    ] {
+        guest_unit(&root, creds, seed);
+        assert_eq!(
+            std::fs::read_to_string(root.join("etc/salt/pki/minion/master_sign.pub")).unwrap(),
+            sign,
+            "{}",
+            root.display()
+        );
+        let conf: Y = yaml_serde::from_str(
+            &std::fs::read_to_string(root.join("etc/salt/minion.d/virtseed.conf")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(conf["verify_master_pubkey_sign"].as_bool(), Some(true));
+        assert_eq!(conf["master_sign_key_name"].as_str(), Some("master_sign"));
+    }
+    // cloud-init images without the guest unit: user-data writes it.
+    let ud: Y =
+        yaml_serde::from_str(&mread(&p.dir.join(format!("{name}-seed.img")), "user-data")).unwrap();
+    let files = ud["write_files"].as_sequence().unwrap();
+    assert!(
+        files.iter().any(
+            |f| f["path"].as_str() == Some("/etc/salt/pki/minion/master_sign.pub")
+                && f["content"].as_str() == Some(sign.as_str())
+        ),
+        "{files:?}"
+    );
+    let out = virtseed(&m.dir, &["destroy", &name, &sname]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
 }

@@ -520,3 +520,82 @@ fn syndic_under_a_master_of_masters_3007() {
         assert!(!p.domains().contains(n), "{n}");
     }
 }
+
+/// Hot multi-master with a key pair of its own on each master, the masters signing their keys
+/// with one signing key pair (`master_sign_pubkey`, Salt's multimaster PKI guide): the clone
+/// is seeded with `master_sign.pub` and verifies each master's key by it; it is accepted on
+/// both and answers through each.
+#[test]
+fn signed_master_keys_3007() {
+    let version = "3007.17";
+    let p = Pool::new("sig");
+    let (ia, ib) = ("127.0.0.10", "127.0.0.11");
+    let a = Master::start_at(version, "master_sign_pubkey: True\n", ia);
+    let b = Master::start_at(version, "master_sign_pubkey: True\n", ib);
+    b.stop();
+    let conf: String = std::fs::read_to_string(b.dir.join("master"))
+        .unwrap()
+        .lines()
+        .map(|l| match l.split_once(": ") {
+            Some((k @ ("ret_port" | "publish_port"), _)) => format!("{k}: {}\n", a.port(k)),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(b.dir.join("master"), conf).unwrap();
+    // One signing key pair; each master keeps its own key.
+    for f in ["master_sign.pem", "master_sign.pub"] {
+        std::fs::copy(a.pki().join(f), b.pki().join(f)).unwrap();
+    }
+    b.restart();
+    let key = |m: &Master, f: &str| std::fs::read_to_string(m.pki().join(f)).unwrap();
+    assert_ne!(key(&a, "master.pub"), key(&b, "master.pub"));
+    let base = base_of(&p);
+    write_cloud(
+        &a,
+        &format!(
+            "hot:\n  provider: kvm\n  base_domain: {base}\n  minion_timeout: 240\n  minion:\n    \
+             master: [{ia}, {ib}]\n"
+        ),
+    );
+    a.install_modules();
+    let sidecar = Sidecar::start_settings(
+        &a,
+        "virtseed",
+        &[],
+        "",
+        &format!("masters: ['{}']\n", b.dir.display()),
+    );
+    sidecar.wait_log("serving cloud.* jobs", Duration::from_secs(60));
+
+    let name = format!("{}h", p.prefix);
+    let guest = made_by_played_guest(&a, &a, &p, "hot", &name);
+    assert_eq!(
+        std::fs::read_to_string(guest.dir.join("pki/master_sign.pub")).unwrap(),
+        key(&a, "master_sign.pub")
+    );
+    let conf: serde_json::Value =
+        yaml_serde::from_str(&std::fs::read_to_string(guest.dir.join("minion")).unwrap()).unwrap();
+    assert_eq!(conf["verify_master_pubkey_sign"], true, "{conf}");
+    for m in [&a, &b] {
+        assert!(accepted_on(m, &name), "{}", m.dir.display());
+    }
+    wait_for(
+        "an answer through each master",
+        Duration::from_secs(120),
+        || pings(&a, &name) && pings(&b, &name),
+    );
+    assert!(
+        guest
+            .log_text()
+            .contains("signed and verified master pubkey"),
+        "{}",
+        guest.log_text()
+    );
+    drop(guest);
+    let out = a.salt_run(&["--out", "json", "cloud.destroy", &name]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    for m in [&a, &b] {
+        assert!(!m.pki().join("minions").join(&name).exists());
+    }
+    assert!(!p.domains().contains(&name));
+}

@@ -124,7 +124,15 @@ pub fn play_guest(m: &Master, p: &Pool, name: &str) -> super::Minion {
     let put = |f: &str, v: &Y| std::fs::write(mdir.join(f), v.as_str().unwrap()).unwrap();
     put("pki/minion.pem", &sm["private_key"]);
     put("pki/minion.pub", &sm["public_key"]);
-    put("pki/minion_master.pub", &ud["write_files"][0]["content"]);
+    // The master's key, and the masters' signing key where they sign theirs.
+    for f in ud["write_files"].as_sequence().into_iter().flatten() {
+        if let Some(file) = f["path"]
+            .as_str()
+            .and_then(|p| p.strip_prefix("/etc/salt/pki/minion/"))
+        {
+            put(&format!("pki/{file}"), &f["content"]);
+        }
+    }
     super::Minion::start(m, &mdir, &yaml_serde::to_string(&sm["conf"]).unwrap())
 }
 

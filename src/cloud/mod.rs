@@ -50,6 +50,9 @@ pub struct MasterCtx {
     pub state_dir: std::path::PathBuf,
     /// The other masters of a multi-master or failover list (settings `masters:`).
     pub peers: Vec<PeerMaster>,
+    /// The key the master signs its own with (`master_sign_pubkey`): clones get it and
+    /// verify every master's key by it.
+    pub sign_pub: Option<String>,
 }
 
 /// Another master a clone signs in to (multi-master, failover), whose key store virtseed
@@ -62,6 +65,8 @@ pub struct PeerMaster {
     /// The key its minions trust (`master.pub`, a cluster's `cluster.pub`).
     pub trusted_pub: String,
     pub publish_port: u16,
+    /// Its signing key's public half, when it signs its key (`master_sign_pubkey`).
+    pub sign_pub: Option<String>,
 }
 
 impl MasterCtx {
@@ -95,12 +100,38 @@ impl MasterCtx {
             )));
         }
         let clean = salt_proto::keys::clean_key;
+        let signed_by = |s: &Option<String>| s.as_deref().map(clean);
         for p in &self.peers {
-            if clean(&p.trusted_pub) != clean(&self.master_pub) {
+            // A minion verifies every master's signature or none (salt/crypt.py
+            // `check_auth_deps`): a master that signs where another does not fails one side.
+            if self.sign_pub.is_some() != p.sign_pub.is_some() {
+                let other = format!("the master in {}", p.config_dir.display());
+                let (signs, not) = if self.sign_pub.is_some() {
+                    ("this master".to_string(), other)
+                } else {
+                    (other, "this one".to_string())
+                };
                 return Err(CloudError::Config(format!(
-                    "profile {profile:?}: the master in {} has another key than this one: a minion of several masters keeps one master key and refuses a master with another (\"The master key has changed\"); give every master the same master.pem/master.pub (Salt's multi-master guide)",
-                    p.config_dir.display()
+                    "profile {profile:?}: {signs} signs its public key (`master_sign_pubkey: True`) and {not} does not: a minion verifies every master's signature or none, and fails sign-in with the other; set `master_sign_pubkey` alike on every master"
                 )));
+            }
+            if clean(&p.trusted_pub) == clean(&self.master_pub) {
+                continue;
+            }
+            match (signed_by(&self.sign_pub), signed_by(&p.sign_pub)) {
+                (Some(a), Some(b)) if a == b => {}
+                (Some(_), Some(_)) => {
+                    return Err(CloudError::Config(format!(
+                        "profile {profile:?}: the master in {} signs its key with another signing key than this one: a minion trusts one `master_sign.pub`; give every master the same signing key pair (Salt's multimaster PKI guide)",
+                        p.config_dir.display()
+                    )))
+                }
+                _ => {
+                    return Err(CloudError::Config(format!(
+                        "profile {profile:?}: the master in {} has another key than this one: a minion of several masters keeps one master key and refuses a master with another (\"The master key has changed\"); give every master the same master.pem/master.pub (Salt's multi-master guide), or let every master sign its key with one signing key pair (`master_sign_pubkey: True`, Salt's multimaster PKI guide): virtseed then seeds the clones with `master_sign.pub`",
+                        p.config_dir.display()
+                    )))
+                }
             }
         }
         Ok(&self.peers)
@@ -123,7 +154,9 @@ impl MasterCtx {
                 path.display()
             ))
         })?;
+        let sign_pub = read_sign_pub(m)?;
         Ok(Self {
+            sign_pub,
             pki_dir: m.key_dir().to_path_buf(),
             cachedir: m.cachedir.clone(),
             master_pub,
@@ -139,6 +172,20 @@ impl MasterCtx {
                 .collect::<Result<_, _>>()?,
         })
     }
+}
+
+/// The master's signing key's public half, when it signs its key (`master_sign_pubkey`).
+fn read_sign_pub(m: &crate::config::master::MasterOpts) -> Result<Option<String>, CloudError> {
+    let Some(path) = m.sign_pub_path() else {
+        return Ok(None);
+    };
+    std::fs::read_to_string(&path).map(Some).map_err(|e| {
+        CloudError::Config(format!(
+            "the master in {} signs its key (`master_sign_pubkey: True`), and its signing key {} cannot be read: {e} (has the master run once with it? does virtseed run as the master's user?)",
+            m.config_dir.display(),
+            path.display()
+        ))
+    })
 }
 
 impl PeerMaster {
@@ -159,7 +206,9 @@ impl PeerMaster {
                 path.display()
             ))
         })?;
+        let sign_pub = read_sign_pub(&m)?;
         Ok(Self {
+            sign_pub,
             config_dir: dir.to_path_buf(),
             key_dir: m.key_dir().to_path_buf(),
             cachedir: m.cachedir.clone(),
@@ -800,6 +849,7 @@ mod tests {
             cachedir: "/var/cache/m2".into(),
             trusted_pub: pub_.into(),
             publish_port: 4505,
+            sign_pub: None,
         };
         let mut mc = MasterCtx {
             pki_dir: "/p".into(),
@@ -811,6 +861,7 @@ mod tests {
             accept_act: "accept",
             state_dir: "/s".into(),
             peers: vec![],
+            sign_pub: None,
         };
         let minion = |m: &str| -> yaml_serde::Mapping {
             yaml_serde::from_str(&format!("master: {m}\n")).unwrap()
@@ -836,7 +887,43 @@ mod tests {
             .peers_for("p", &minion("[m1, m2]"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("another key"), "{e}");
+        assert!(
+            e.contains("another key") && e.contains("master_sign_pubkey"),
+            "{e}"
+        );
+        // Masters with keys of their own, signed by one signing key: served.
+        let sign = "-----BEGIN PUBLIC KEY-----\nSSSS\n-----END PUBLIC KEY-----\n";
+        mc.sign_pub = Some(sign.into());
+        mc.peers[0].sign_pub = Some(sign.replace('\n', "\r\n"));
+        assert_eq!(mc.peers_for("p", &minion("[m1, m2]")).unwrap().len(), 1);
+        // Signed by another signing key: refused.
+        mc.peers[0].sign_pub = Some(key.into());
+        let e = mc
+            .peers_for("p", &minion("[m1, m2]"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("another signing key"), "{e}");
+        // One signs, the other does not (even with one key): refused, both ways.
+        mc.peers[0].sign_pub = None;
+        mc.peers[0].trusted_pub = key.into();
+        let e = mc
+            .peers_for("p", &minion("[m1, m2]"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("this master signs") && e.contains("m2 does not"),
+            "{e}"
+        );
+        mc.sign_pub = None;
+        mc.peers[0].sign_pub = Some(sign.into());
+        let e = mc
+            .peers_for("p", &minion("[m1, m2]"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("m2 signs") && e.contains("this one does not"),
+            "{e}"
+        );
     }
 
     #[test]

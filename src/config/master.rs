@@ -35,6 +35,11 @@ pub struct MasterOpts {
     /// `syndic_master`: this master is a syndic node under that master of masters (one, or
     /// several joined with ", ").
     pub syndic_master: Option<String>,
+    /// `master_sign_pubkey`: the master signs its public key in every sign-in answer
+    /// (`pub_sig`), and a minion must verify it (`verify_master_pubkey_sign`) or fail.
+    pub master_sign_pubkey: bool,
+    /// `master_sign_key_name`: the signing key pair `pki_dir/<name>.pem|.pub`.
+    pub master_sign_key_name: String,
 }
 
 impl MasterOpts {
@@ -122,6 +127,11 @@ impl MasterOpts {
                     _ => None,
                 })
                 .unwrap_or_default(),
+            master_sign_pubkey: v
+                .get("master_sign_pubkey")
+                .and_then(yaml::as_bool)
+                .unwrap_or(false),
+            master_sign_key_name: s("master_sign_key_name", "master_sign"),
             syndic_master: v.get("syndic_master").and_then(|m| match m {
                 Value::Sequence(l) => {
                     let l: Vec<String> = l.iter().filter_map(yaml::as_text).collect();
@@ -162,6 +172,16 @@ impl MasterOpts {
         } else {
             self.pki_dir.join("master.pub")
         }
+    }
+
+    /// The public half of the key the master signs its own key with, when it does
+    /// (`master_sign_pubkey`): `pki_dir/<master_sign_key_name>.pub` (salt/crypt.py
+    /// `MasterKeys`; never in a cluster's directory).
+    pub fn sign_pub_path(&self) -> Option<PathBuf> {
+        self.master_sign_pubkey.then(|| {
+            self.pki_dir
+                .join(format!("{}.pub", self.master_sign_key_name))
+        })
     }
 
     /// `tcp://host:port` of the request server.

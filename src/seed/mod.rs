@@ -21,6 +21,9 @@ pub struct Identity {
     pub private_pem: Option<Zeroizing<String>>,
     pub public_pem: Option<String>,
     pub master_pub: String,
+    /// The key the masters sign their own with (`master_sign_pubkey`), written where the
+    /// minion looks for it (`pki_dir/master_sign.pub`; its config says to verify by it).
+    pub master_sign_pub: Option<String>,
     /// The minion config (`id` and `master*` included).
     pub minion_conf: Mapping,
     pub grains: Mapping,
@@ -65,12 +68,17 @@ impl Identity {
         );
         wf.insert("permissions".into(), "0644".into());
         wf.insert("content".into(), self.master_pub.clone().into());
+        let mut files = vec![Value::Mapping(wf)];
+        if let Some(sign) = &self.master_sign_pub {
+            let mut wf = Mapping::new();
+            wf.insert("path".into(), userdata::MASTER_SIGN_PUB_PATH.into());
+            wf.insert("permissions".into(), "0644".into());
+            wf.insert("content".into(), sign.clone().into());
+            files.push(Value::Mapping(wf));
+        }
         let mut top = Mapping::new();
         top.insert("salt_minion".into(), Value::Mapping(salt));
-        top.insert(
-            "write_files".into(),
-            Value::Sequence(vec![Value::Mapping(wf)]),
-        );
+        top.insert("write_files".into(), Value::Sequence(files));
         if let Some(mib) = self.swap_mib {
             // cloud-init's mounts module (cc_mounts): size and maxsize in bytes.
             let bytes = Value::Number((mib * 1024 * 1024).into());
@@ -195,6 +203,9 @@ impl Identity {
                 Zeroizing::new(self.master_pub.clone()),
             ),
         ];
+        if let Some(sign) = &self.master_sign_pub {
+            v.push(("virtseed.master_sign.pub", Zeroizing::new(sign.clone())));
+        }
         if let (Some(public), Some(private)) = (&self.public_pem, &self.private_pem) {
             v.push(("virtseed.minion.pem", private.clone()));
             v.push(("virtseed.minion.pub", Zeroizing::new(public.clone())));
@@ -250,6 +261,7 @@ mod tests {
             )),
             public_pem: Some("-----BEGIN PUBLIC KEY-----\nBBB\n-----END PUBLIC KEY-----\n".into()),
             master_pub: "-----BEGIN PUBLIC KEY-----\nMMM\n-----END PUBLIC KEY-----\n".into(),
+            master_sign_pub: None,
             minion_conf: conf,
             grains,
             nameservers: Vec::new(),
@@ -284,6 +296,27 @@ mod tests {
         );
         let md: Value = yaml_serde::from_str(&i.meta_data().unwrap()).unwrap();
         assert_eq!(md["instance-id"].as_str(), Some("aaaa-bbbb"));
+        assert_eq!(v["write_files"].as_sequence().map(Vec::len), Some(1));
+        assert!(!i.files().unwrap().iter().any(|(n, _)| n.contains("sign")));
+    }
+
+    #[test]
+    fn signing_masters_key_goes_where_the_minion_verifies_by_it() {
+        let mut i = ident();
+        let sign = "-----BEGIN PUBLIC KEY-----\nSSS\n-----END PUBLIC KEY-----\n";
+        i.master_sign_pub = Some(sign.into());
+        let v: Value = yaml_serde::from_str(&i.user_data().unwrap()).unwrap();
+        assert_eq!(
+            v["write_files"][1]["path"].as_str(),
+            Some("/etc/salt/pki/minion/master_sign.pub")
+        );
+        assert_eq!(v["write_files"][1]["content"].as_str(), Some(sign));
+        let files = i.files().unwrap();
+        let got = files
+            .iter()
+            .find(|(n, _)| *n == "virtseed.master_sign.pub")
+            .map(|(_, b)| b.as_str());
+        assert_eq!(got, Some(sign));
     }
 
     #[test]

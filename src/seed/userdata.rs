@@ -12,6 +12,9 @@ use yaml_serde::{Mapping, Value};
 
 /// Where virtseed writes the master's public key in the guest (its `write_files` entry).
 pub const MASTER_PUB_PATH: &str = "/etc/salt/pki/minion/minion_master.pub";
+/// Where a minion that verifies its masters' signed keys finds the signing key
+/// (`master_sign_key_name` `master_sign`, in its `pki_dir`).
+pub const MASTER_SIGN_PUB_PATH: &str = "/etc/salt/pki/minion/master_sign.pub";
 
 /// A `#cloud-config` file, read and checked.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,10 +88,11 @@ impl UserData {
             .and_then(Value::as_sequence)
             .into_iter()
             .flatten()
-            .any(|f| f.get("path").and_then(Value::as_str) == Some(MASTER_PUB_PATH));
-        if writes_master_pub {
+            .filter_map(|f| f.get("path").and_then(Value::as_str))
+            .find(|p| [MASTER_PUB_PATH, MASTER_SIGN_PUB_PATH].contains(p));
+        if let Some(path) = writes_master_pub {
             out.push(format!(
-                "`write_files` writes {MASTER_PUB_PATH}, which virtseed writes after it (the master's key)"
+                "`write_files` writes {path}, which virtseed writes after it (the master's key)"
             ));
         }
         out

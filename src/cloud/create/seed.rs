@@ -139,6 +139,16 @@ fn identity(
     if mc.zmq_filtering && conf.get("zmq_filtering").is_none() {
         conf.insert("zmq_filtering".into(), Y::Bool(true));
     }
+    // A master that signs its key (`master_sign_pubkey`) is refused by a minion that does
+    // not verify it (salt/crypt.py `check_auth_deps`): the clone verifies, by the signing key
+    // virtseed writes at `pki_dir/master_sign.pub`.
+    if mc.sign_pub.is_some() {
+        conf.insert("verify_master_pubkey_sign".into(), Y::Bool(true));
+        conf.insert(
+            "master_sign_key_name".into(),
+            Y::String("master_sign".into()),
+        );
+    }
     let mut grains = prof.grains.clone();
     let mut ours = yaml_serde::Mapping::new();
     ours.insert("profile".into(), Y::String(prof.name.clone()));
@@ -154,6 +164,7 @@ fn identity(
         private_pem: key.map(|k| k.to_pem()),
         public_pem: key.map(|k| k.public_key().pem().to_string()),
         master_pub: mc.master_pub.clone(),
+        master_sign_pub: mc.sign_pub.clone(),
         minion_conf: conf,
         grains,
         nameservers: prof.nameservers.clone(),
