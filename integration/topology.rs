@@ -591,6 +591,23 @@ fn signed_master_keys_3007() {
         "{}",
         guest.log_text()
     );
+    // `cloud.query` says where the clone's key stands on each master.
+    let keys_in_query = || {
+        let out = a.salt_run(&["--out", "json", "cloud.query"]);
+        assert!(out.status.success(), "{}", text(&out.stdout));
+        find_vm(&last_json(&out), &name)["salt_keys"].clone()
+    };
+    let (da, db) = (a.dir.display().to_string(), b.dir.display().to_string());
+    let keys = keys_in_query();
+    assert_eq!(keys[&da], "accepted", "{keys}");
+    assert_eq!(keys[&db], "accepted", "{keys}");
+    assert!(b.salt_key(&["-y", "-d", &name]).status.success());
+    let keys = keys_in_query();
+    assert_eq!(
+        (&keys[&da], &keys[&db]),
+        (&"accepted".into(), &"none".into()),
+        "{keys}"
+    );
     drop(guest);
     let out = a.salt_run(&["--out", "json", "cloud.destroy", &name]);
     assert!(out.status.success(), "{}", text(&out.stdout));
@@ -598,4 +615,15 @@ fn signed_master_keys_3007() {
         assert!(!m.pki().join("minions").join(&name).exists());
     }
     assert!(!p.domains().contains(&name));
+}
+
+/// VM `name`'s entry in a salt-cloud shaped listing (`{provider: {driver: {name: ..}}}`).
+fn find_vm(listing: &serde_json::Value, name: &str) -> serde_json::Value {
+    listing
+        .as_object()
+        .into_iter()
+        .flat_map(|o| o.values())
+        .flat_map(|d| d.as_object().into_iter().flat_map(|o| o.values()))
+        .find_map(|vms| vms.get(name).cloned())
+        .unwrap_or_else(|| panic!("no {name} in {listing}"))
 }

@@ -34,6 +34,8 @@ pub const DEFAULT_MAX_PARALLEL: usize = 8;
 /// What the clone pipeline needs of the Salt master beside it.
 #[derive(Clone)]
 pub struct MasterCtx {
+    /// The master's config dir: how the key states name it.
+    pub config_dir: std::path::PathBuf,
     /// Where the master keeps minion keys (`pki_dir`, or a cluster's `cluster_pki_dir`).
     pub pki_dir: std::path::PathBuf,
     pub cachedir: std::path::PathBuf,
@@ -157,6 +159,7 @@ impl MasterCtx {
         let sign_pub = read_sign_pub(m)?;
         Ok(Self {
             sign_pub,
+            config_dir: m.config_dir.clone(),
             pki_dir: m.key_dir().to_path_buf(),
             cachedir: m.cachedir.clone(),
             master_pub,
@@ -725,9 +728,37 @@ impl Cloud {
                 )))
             }
         }
-        let mut v = instance_json(&self.with_minion_addresses(hv.show(name)?));
+        let i = self.with_minion_addresses(hv.show(name)?);
+        let mut v = instance_json(&i);
         v["host"] = json!(self.host_name(hv.uri()));
+        if let Some(keys) = self.key_states(name, &i.ownership.fingerprint) {
+            v["salt_keys"] = keys;
+        }
         Ok(v)
+    }
+
+    /// Where VM `name`'s minion key stands on each master virtseed accepts keys on (this
+    /// one, then those in `masters:`), by config dir: `pki::key_state`, checked against the
+    /// key virtseed accepted for it (`fingerprint`, or the first key of `on_first_auth`).
+    /// None without a master (the engine alone).
+    pub fn key_states(&self, name: &str, fingerprint: &str) -> Option<Value> {
+        let mc = self.master.as_ref()?;
+        let recorded = (!fingerprint.is_empty())
+            .then(|| fingerprint.to_string())
+            .or_else(|| autoaccept::first_seen(&mc.state_dir, name));
+        let finger = recorded.as_deref();
+        let mut out = serde_json::Map::new();
+        out.insert(
+            mc.config_dir.display().to_string(),
+            json!(crate::pki::key_state(&mc.pki_dir, name, finger)),
+        );
+        for p in &mc.peers {
+            out.insert(
+                p.config_dir.display().to_string(),
+                json!(crate::pki::key_state(&p.key_dir, name, finger)),
+            );
+        }
+        Some(Value::Object(out))
     }
 }
 
@@ -852,6 +883,7 @@ mod tests {
             sign_pub: None,
         };
         let mut mc = MasterCtx {
+            config_dir: "/etc/salt".into(),
             pki_dir: "/p".into(),
             cachedir: "/c".into(),
             master_pub: key.into(),

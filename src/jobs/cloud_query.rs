@@ -20,7 +20,7 @@ pub const QUERY: &str = "cloud.query";
 pub const ACTION: &str = "cloud.action";
 
 /// The fields of `list_nodes` (and `list_nodes_select` without `query.selection`).
-const BRIEF: [&str; 8] = [
+const BRIEF: [&str; 9] = [
     "id",
     "name",
     "state",
@@ -29,6 +29,7 @@ const BRIEF: [&str; 8] = [
     "size",
     "image",
     "host",
+    "salt_keys",
 ];
 
 /// Nodes grouped as salt-cloud's `query` does: provider alias, then driver, then name;
@@ -40,6 +41,7 @@ fn nodes(svc: &Service, full: bool, provider: &str) -> Value {
         provider,
         |uri| svc.cloud.host_name(uri),
         |uri| svc.cloud.providers_at(uri, provider),
+        |name, finger| svc.cloud.key_states(name, finger),
     )
 }
 
@@ -53,6 +55,7 @@ fn grouped(
     provider: &str,
     host_name: impl Fn(&str) -> String,
     down_for: impl Fn(&str) -> Vec<(String, Host)>,
+    keys: impl Fn(&str, &str) -> Option<Value>,
 ) -> Value {
     let mut out = Map::new();
     for (uri, r) in listed {
@@ -76,6 +79,10 @@ fn grouped(
             let entry = out.entry(alias).or_insert_with(|| json!({"libvirt": {}}));
             let mut v = instance_json(&i);
             v["host"] = json!(host_name(&uri));
+            // Where the clone's key stands on each master.
+            if let Some(k) = keys(&i.name, &i.ownership.fingerprint) {
+                v["salt_keys"] = k;
+            }
             if !full {
                 if let Value::Object(m) = &mut v {
                     m.retain(|k, _| BRIEF.contains(&k.as_str()));
@@ -209,6 +216,7 @@ mod tests {
             provider,
             |u| owners(u)[0].1.name.clone(),
             owners_of,
+            |name, _| Some(json!({"/etc/salt": format!("state of {name}")})),
         )
     }
 
@@ -234,6 +242,11 @@ mod tests {
         );
         // A provider with no host down: as always, no error.
         assert_eq!(v["local"]["libvirt"]["web1"]["state"], "running", "{v}");
+        // Each clone's key state per master, in the brief listing too.
+        assert_eq!(
+            v["local"]["libvirt"]["web1"]["salt_keys"]["/etc/salt"], "state of web1",
+            "{v}"
+        );
         assert!(v["local"]["libvirt"].get("Error").is_none(), "{v}");
         assert!(
             v.get("Error").is_none(),

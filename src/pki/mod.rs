@@ -98,6 +98,32 @@ pub fn accepted_state(master_pki: &Path, id: &str, pub_pem: &str) -> Result<Acce
     }
 }
 
+/// Where `id` stands in a master's key store (`pki_dir`, a cluster's `cluster_pki_dir`), as
+/// `salt-key -L` would list it, checked against the fingerprint virtseed recorded for it
+/// (`None`: no record, as for a clone made before it was kept): `accepted`, `accepted:
+/// another key`, `pending`, `rejected`, `denied`, or `none`.
+pub fn key_state(master_pki: &Path, id: &str, finger: Option<&str>) -> &'static str {
+    let read = |dir: &str| std::fs::read_to_string(master_pki.join(dir).join(id)).ok();
+    if let Some(text) = read("minions") {
+        return match finger {
+            Some(f) if !salt_proto::keys::pem_finger(&text).eq_ignore_ascii_case(f) => {
+                "accepted: another key"
+            }
+            _ => "accepted",
+        };
+    }
+    for (dir, state) in [
+        ("minions_pre", "pending"),
+        ("minions_rejected", "rejected"),
+        ("minions_denied", "denied"),
+    ] {
+        if read(dir).is_some() {
+            return state;
+        }
+    }
+    "none"
+}
+
 /// Pre-accepts `pub_pem` for `id`: writes `minions/<id>` atomically (0644, as the master's
 /// own accept leaves it) unless a key is already there, and drops an identical pending copy.
 /// Never replaces a different accepted key.
@@ -358,6 +384,39 @@ mod tests {
             assert!(cache.join(f).exists(), "{f} is another minion's");
         }
         assert!(!revoke(&d, &cache, "gone", "x").unwrap());
+        std::fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn key_state_is_where_salt_key_lists_the_id() {
+        let d = tempdir();
+        for dir in ["minions_rejected", "minions_denied"] {
+            std::fs::create_dir_all(d.join(dir)).unwrap();
+        }
+        let ours = PrivateKey::generate(1024)
+            .unwrap()
+            .public_key()
+            .pem()
+            .to_string();
+        let finger = salt_proto::keys::pem_finger(&ours);
+        assert_eq!(key_state(&d, "a", Some(&finger)), "none");
+        std::fs::write(d.join("minions_denied/a"), &ours).unwrap();
+        assert_eq!(key_state(&d, "a", Some(&finger)), "denied");
+        std::fs::write(d.join("minions_rejected/a"), &ours).unwrap();
+        assert_eq!(key_state(&d, "a", Some(&finger)), "rejected");
+        std::fs::write(d.join("minions_pre/a"), &ours).unwrap();
+        assert_eq!(key_state(&d, "a", Some(&finger)), "pending");
+        // Salt's files may end in \r\n: the fingerprint is the key's.
+        std::fs::write(d.join("minions/a"), ours.replace('\n', "\r\n")).unwrap();
+        assert_eq!(key_state(&d, "a", Some(&finger.to_uppercase())), "accepted");
+        assert_eq!(key_state(&d, "a", None), "accepted");
+        let theirs = PrivateKey::generate(1024)
+            .unwrap()
+            .public_key()
+            .pem()
+            .to_string();
+        std::fs::write(d.join("minions/a"), theirs).unwrap();
+        assert_eq!(key_state(&d, "a", Some(&finger)), "accepted: another key");
         std::fs::remove_dir_all(&d).ok();
     }
 
