@@ -175,3 +175,95 @@ fn on_first_auth_accepts_the_key_the_vm_holds_not_an_impostors() {
         .collect();
     assert!(left.is_empty(), "destroy left files behind: {left:?}");
 }
+
+/// `accept: manual` on a real guest: the operator accepts keys. A careless operator accepts
+/// an impostor's key pending under the new name (it signed in first): the impostor answers
+/// `test.ping`, and the create does not take that for the clone; once the impostor's key is
+/// gone and the VM's own is accepted, the VM proves it holds that key (read from inside it
+/// through the guest agent) and the create returns.
+#[test]
+fn manual_readiness_waits_for_the_key_the_vm_holds() {
+    golden_image(&[]);
+    let m = Master::start("3007.17");
+    write_cloud(
+        &m,
+        "man:\n  provider: kvm\n  base_domain: virtseed-golden\n  minion:\n    master: 10.0.2.2\n    rejected_retry: True\n    acceptance_wait_time: 2\n  seed: smbios\n  accept: manual\n  minion_timeout: 600\n",
+    );
+    let _sidecar = Sidecar::start(&m, "virtseed");
+    m.install_modules();
+    let name = format!("man{}", &salt_proto::auth::new_nonce()[..6]);
+    let before = golden_files();
+
+    let mut child = m.salt_run_bg(&["--out", "json", "cloud.profile", "man", &name]);
+    let conf = format!(
+        "id: {name}\nmaster: 127.0.0.1\nmaster_port: {}\npublish_port: {}\n",
+        m.port("ret_port"),
+        m.port("publish_port")
+    );
+    let impostor = harness::Minion::start(&m, &m.dir.join("impostor"), &conf);
+    harness::wait_for(
+        "the impostor's pending key",
+        Duration::from_secs(120),
+        || m.pki().join("minions_pre").join(&name).exists(),
+    );
+    let clean = |p: &str| salt_proto::keys::clean_key(p);
+    let pending = std::fs::read_to_string(m.pki().join("minions_pre").join(&name)).unwrap();
+    let theirs = std::fs::read_to_string(m.dir.join("impostor/pki/minion.pub"));
+    assert_eq!(
+        clean(&pending),
+        clean(&theirs.unwrap_or_default()),
+        "the impostor signed in first"
+    );
+    assert!(m.salt_key(&["-y", "-a", &name]).status.success());
+    harness::wait_for("the impostor answering", Duration::from_secs(120), || {
+        let (ok, v) = m.salt_json(&name, &["test.ping"], 5);
+        ok && v[name.as_str()] == true
+    });
+    // A plain test.ping readiness would have returned by now.
+    std::thread::sleep(Duration::from_secs(30));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the create took the impostor for the clone: {}",
+        harness::stdout_of(child)
+    );
+    drop(impostor);
+    assert!(m.salt_key(&["-y", "-d", &name]).status.success());
+    // The VM's own key, pending once the impostor's is gone: the operator accepts it.
+    harness::wait_for("the VM's pending key", Duration::from_secs(300), || {
+        m.pki().join("minions_pre").join(&name).exists()
+    });
+    assert!(m.salt_key(&["-y", "-a", &name]).status.success());
+    let out = harness::site::wait_exit(child, Duration::from_secs(600));
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let ret = last_json(&out);
+    assert_eq!(ret[name.as_str()]["minion_up"], true, "{ret}");
+    assert!(ret[name.as_str()].get("readiness").is_none(), "{ret}");
+    let accepted = std::fs::read_to_string(m.pki().join("minions").join(&name)).unwrap();
+    let (ok, v) = m.salt_json(
+        &name,
+        &["cmd.run", "cat /etc/salt/pki/minion/minion.pub"],
+        120,
+    );
+    assert!(ok, "{v}");
+    assert_eq!(
+        clean(v[name.as_str()].as_str().unwrap_or_default()),
+        clean(&accepted)
+    );
+
+    let out = m.salt_run(&["--out", "json", "cloud.destroy", &name]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    for dir in ["minions", "minions_pre", "minions_denied"] {
+        assert!(!m.pki().join(dir).join(&name).exists(), "key left in {dir}");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let left: Vec<String> = golden_files()
+        .into_iter()
+        .filter(|f| !before.contains(f) && f.contains(&name))
+        .collect();
+    assert!(left.is_empty(), "destroy left files behind: {left:?}");
+}

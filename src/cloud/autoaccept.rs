@@ -110,6 +110,34 @@ pub fn pin_once(svc: &Service, id: &str, guest_pki: &str) -> Result<ProofKey, Pi
             inst.ownership.window
         )));
     }
+    let (pem, pub_text) = vm_key(svc, id, guest_pki)?;
+    let finger = pem_finger(&pub_text);
+    if let Some((other, list)) = known_elsewhere(&mc.pki_dir, id, &finger) {
+        return Err(NotYet(format!(
+            "the VM holds the key the master has for {other} ({list}): a key copied from a template that was booted with a minion of its own; virtseed accepts it for no clone (the template's /etc/salt/pki/minion must go: virtseed's guest side removes it, see docs/golden-images.md)"
+        )));
+    }
+    match record_first(&mc.state_dir, id, &finger) {
+        Ok(true) => {}
+        Ok(false) => return Err(Refused(format!("another key was accepted for {id} before"))),
+        Err(e) => return Err(NotYet(format!("cannot record the key: {e}"))),
+    }
+    match crate::pki::pre_accept(&mc.pki_dir, id, &pub_text) {
+        Ok(crate::pki::Accepted::Ours) => {}
+        Ok(_) => return Err(Refused(format!("{id} already has another accepted key"))),
+        Err(e) => return Err(NotYet(e.to_string())),
+    }
+    Ok(ProofKey::new(Zeroizing::new(pem.to_string())))
+}
+
+/// The key pair VM `id` holds (`minion.pem`, `minion.pub` in `guest_pki`), read from inside it
+/// through the QEMU guest agent; `NotYet` while there is none (or no agent answers).
+fn vm_key(
+    svc: &Service,
+    id: &str,
+    guest_pki: &str,
+) -> Result<(Zeroizing<String>, String), PinError> {
+    use PinError::NotYet;
     let read = |file: &str| -> Result<Zeroizing<String>, PinError> {
         let path = format!("{guest_pki}/{file}");
         let bytes = svc
@@ -135,23 +163,65 @@ pub fn pin_once(svc: &Service, id: &str, guest_pki: &str) -> Result<ProofKey, Pi
             "the VM's minion.pub is not the public half of its minion.pem (yet?)".into(),
         ));
     }
-    let finger = pem_finger(&pub_text);
-    if let Some((other, list)) = known_elsewhere(&mc.pki_dir, id, &finger) {
-        return Err(NotYet(format!(
-            "the VM holds the key the master has for {other} ({list}): a key copied from a template that was booted with a minion of its own; virtseed accepts it for no clone (the template's /etc/salt/pki/minion must go: virtseed's guest side removes it, see docs/golden-images.md)"
-        )));
+    Ok((pem, pub_text.to_string()))
+}
+
+/// `accept: manual`: the key VM `id` holds, once the key accepted for `id` (by the operator)
+/// is that one; `NotYet` until then, saying what is awaited.
+fn held_and_accepted_once(svc: &Service, id: &str, guest_pki: &str) -> Result<ProofKey, PinError> {
+    use PinError::{NotYet, Refused};
+    let mc = svc
+        .cloud
+        .master
+        .as_ref()
+        .ok_or_else(|| Refused("no master context".into()))?;
+    super::names::check(id).map_err(Refused)?;
+    let (pem, pub_text) = vm_key(svc, id, guest_pki)?;
+    match crate::pki::accepted_state(&mc.pki_dir, id, &pub_text) {
+        Ok(crate::pki::Accepted::Ours) => Ok(ProofKey::new(pem)),
+        Ok(crate::pki::Accepted::Other) => Err(NotYet(format!(
+            "the key accepted for {id} is not the one the VM holds (fingerprint {}): another host's; delete it (`salt-key -d {id}`) and accept the VM's",
+            pem_finger(&pub_text)
+        ))),
+        Ok(crate::pki::Accepted::Absent) => Err(NotYet(format!(
+            "waiting for {id}'s key to be accepted (accept: manual: `salt-key -f {id}` shows it, fingerprint {} is the VM's)",
+            pem_finger(&pub_text)
+        ))),
+        Err(e) => Err(NotYet(e.to_string())),
     }
-    match record_first(&mc.state_dir, id, &finger) {
-        Ok(true) => {}
-        Ok(false) => return Err(Refused(format!("another key was accepted for {id} before"))),
-        Err(e) => return Err(NotYet(format!("cannot record the key: {e}"))),
+}
+
+/// `accept: manual`, until `deadline`: the key VM `id` holds (read through its guest agent),
+/// once it is the key accepted for `id`: what its readiness answer must prove it holds. A
+/// key accepted for `id` that is not the VM's (an impostor's, accepted by mistake) is never
+/// taken for it.
+pub async fn held_and_accepted(
+    svc: Arc<Service>,
+    id: &str,
+    guest_pki: &str,
+    deadline: Instant,
+) -> Result<ProofKey, String> {
+    let mut said = String::new();
+    loop {
+        let (s, i, dir) = (svc.clone(), id.to_string(), guest_pki.to_string());
+        let last =
+            match tokio::task::spawn_blocking(move || held_and_accepted_once(&s, &i, &dir)).await {
+                Ok(Ok(key)) => return Ok(key),
+                Ok(Err(PinError::Refused(why))) => return Err(why),
+                Ok(Err(PinError::NotYet(why))) => why,
+                Err(e) => e.to_string(),
+            };
+        if last != said {
+            tracing::info!(id, "readiness: {last}");
+            said = last.clone();
+        }
+        if Instant::now() + PIN_EVERY >= deadline {
+            return Err(format!(
+                "{id}'s minion did not prove it holds the key accepted for it ({last}); with accept: manual, readiness reads the key the VM made through the QEMU guest agent"
+            ));
+        }
+        tokio::time::sleep(PIN_EVERY).await;
     }
-    match crate::pki::pre_accept(&mc.pki_dir, id, &pub_text) {
-        Ok(crate::pki::Accepted::Ours) => {}
-        Ok(_) => return Err(Refused(format!("{id} already has another accepted key"))),
-        Err(e) => return Err(NotYet(e.to_string())),
-    }
-    Ok(ProofKey::new(Zeroizing::new(pem.to_string())))
 }
 
 /// Another minion id under which the master holds the key `finger` (accepted, pending,

@@ -12,9 +12,11 @@
 //! `zmq_filtering`) but cannot compute the answer.
 //!
 //! With `accept: on_first_auth` the key is the one read from inside the VM
-//! (`super::autoaccept`). A clone made with `accept: manual` has no key virtseed knows: its
-//! readiness is a plain `test.ping` answer, which is only as good as the bus (RELIABILITY.md
-//! says so).
+//! (`super::autoaccept`). With `accept: manual` too, once the key the operator accepted for
+//! the clone's name is the one the VM holds (`autoaccept::held_and_accepted`): an impostor's
+//! key accepted by mistake never makes the clone ready. Only a manual clone of a base without
+//! the guest agent's channel has no key virtseed can know: its readiness is a plain
+//! `test.ping` answer, only as good as the bus, and its return says so (`readiness`).
 
 use crate::bus::clear::ClearChannel;
 use hmac::{KeyInit, Mac};

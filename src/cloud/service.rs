@@ -171,6 +171,8 @@ impl Service {
             request: request.clone(),
             keep_on_timeout: prof.keep_on_timeout,
             own: OwnKey::of(&prof),
+            manual: (prof.accept == crate::config::cloud::AcceptMode::Manual)
+                .then(|| super::autoaccept::guest_pki_dir(&prof.minion)),
             progress: progress.clone(),
         });
         let mut tasks = Vec::new();
@@ -215,10 +217,25 @@ impl Service {
             self.pin_later(progress.clone(), &name, o);
         }
         if f.wait && c.seed.is_some() && !deployed_later {
+            // `accept: manual` on a base without the guest agent's channel: nothing tells
+            // virtseed which key the VM holds, so readiness is a plain test.ping, said so.
+            let manual = f.manual.as_deref().filter(|_| c.agent_channel);
+            if f.manual.is_some() && !c.agent_channel {
+                let why = "a plain test.ping answer (accept: manual on a base without the QEMU guest agent's channel: virtseed cannot read which key the VM holds, so any host accepted under this name would pass)";
+                tracing::warn!(name, "readiness is {why}");
+                v["readiness"] = json!(format!("unproven: {why}"));
+            }
             let ready = async {
-                let key = self
-                    .proof_key(progress, &name, c.proof_key.clone(), own, f.deadline)
-                    .await?;
+                let key = match manual {
+                    Some(dir) => Some(
+                        super::autoaccept::held_and_accepted(self.clone(), &name, dir, f.deadline)
+                            .await?,
+                    ),
+                    None => {
+                        self.proof_key(progress, &name, c.proof_key.clone(), own, f.deadline)
+                            .await?
+                    }
+                };
                 ready::wait_minion(&self.clear, &mut rx, &name, key.as_ref(), f.t0, f.deadline)
                     .await
             };
@@ -367,6 +384,8 @@ struct Finish {
     request: String,
     keep_on_timeout: bool,
     own: Option<OwnKey>,
+    /// `accept: manual`: where the VM keeps the key it makes.
+    manual: Option<String>,
     progress: Arc<BusProgress>,
 }
 

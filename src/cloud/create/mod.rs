@@ -121,6 +121,10 @@ pub struct Created {
     /// serialized.
     #[serde(skip)]
     pub proof_key: Option<crate::cloud::ready::ProofKey>,
+    /// Whether the clone has the QEMU guest agent's channel (its base's): through it,
+    /// readiness reads the key a VM made itself (`accept: manual`).
+    #[serde(skip)]
+    pub agent_channel: bool,
 }
 
 /// What the steps of one create have made so far, for the steps after them.
@@ -267,6 +271,7 @@ impl Plan<'_> {
                 .key
                 .as_ref()
                 .map(|k| crate::cloud::ready::ProofKey::new(k.to_pem())),
+            agent_channel: self.base.xml.has_agent_channel(),
         }
     }
 }
