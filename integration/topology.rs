@@ -598,10 +598,28 @@ fn signed_master_keys_3007() {
         find_vm(&last_json(&out), &name)["salt_keys"].clone()
     };
     let (da, db) = (a.dir.display().to_string(), b.dir.display().to_string());
+    // And `virtseed doctor`, which fails while a clone lacks its key on a master.
+    let clone_keys = || {
+        let out = virtseed(&a.dir, &["doctor", "--out", "json"]);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        report["checks"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["check"] == "clone keys").cloned())
+            .unwrap_or_else(|| panic!("{}", text(&out.stdout)))
+    };
     let keys = keys_in_query();
     assert_eq!(keys[&da], "accepted", "{keys}");
     assert_eq!(keys[&db], "accepted", "{keys}");
+    assert_eq!(clone_keys()["status"], "ok", "{}", clone_keys());
     assert!(b.salt_key(&["-y", "-d", &name]).status.success());
+    let check = clone_keys();
+    assert_eq!(check["status"], "fail", "{check}");
+    assert!(
+        check["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains(&format!("{name} on {db}: none"))),
+        "{check}"
+    );
     let keys = keys_in_query();
     assert_eq!(
         (&keys[&da], &keys[&db]),

@@ -112,7 +112,8 @@ fn site(r: &mut Report, dir: &Path, salt_python: Option<&Path>) {
     sidecar_key(r, &opts, &settings);
     master_port(r, &opts);
     syndic(r, &opts, &settings);
-    libvirt(r, dir);
+    let clones = libvirt(r, dir);
+    clone_keys(r, &opts, &settings, &clones);
     modules(r, dir, &settings, salt_python);
 }
 
@@ -213,7 +214,93 @@ fn master_port(r: &mut Report, opts: &MasterOpts) {
 }
 
 /// Each provider's libvirt, then each profile's base domain on it.
-fn libvirt(r: &mut Report, dir: &Path) {
+/// Each clone virtseed made (with the profiles known now): is its key accepted on every
+/// master it signs in to (this one; those in `masters:` when its profile lists several)?
+fn clone_keys(
+    r: &mut Report,
+    opts: &MasterOpts,
+    settings: &Settings,
+    clones: &[(
+        virtseed::libvirt::Instance,
+        Option<virtseed::config::cloud::Profile>,
+    )],
+) {
+    if clones.is_empty() {
+        return;
+    }
+    let mc = match virtseed::cloud::MasterCtx::from_opts(opts, settings) {
+        Ok(mc) => mc,
+        Err(e) => {
+            r.skip(
+                "clone keys",
+                format!("cannot read the masters' key stores: {e}"),
+            );
+            return;
+        }
+    };
+    let (mut lacking, mut ours, mut elsewhere) = (Vec::new(), 0, 0);
+    for (i, prof) in clones {
+        let own = &i.ownership;
+        let finger = if own.fingerprint.is_empty() {
+            virtseed::cloud::autoaccept::first_seen(&mc.state_dir, &i.name)
+        } else {
+            Some(own.fingerprint.clone())
+        };
+        let several = prof
+            .as_ref()
+            .is_some_and(|p| virtseed::cloud::MasterCtx::listed_masters(&p.minion) > 1);
+        // No key at all under its name here: a clone another master made on a shared host
+        // (the providers do not say which), or one whose key was deleted on purpose.
+        if virtseed::pki::key_state(&mc.pki_dir, &i.name, finger.as_deref()) == "none" {
+            elsewhere += 1;
+            continue;
+        }
+        ours += 1;
+        let mut stores = vec![(mc.config_dir.clone(), mc.pki_dir.clone())];
+        if several {
+            stores.extend(
+                mc.peers
+                    .iter()
+                    .map(|p| (p.config_dir.clone(), p.key_dir.clone())),
+            );
+        }
+        for (dir, keys) in stores {
+            let state = virtseed::pki::key_state(&keys, &i.name, finger.as_deref());
+            if state != "accepted" {
+                lacking.push(format!("{} on {}: {state}", i.name, dir.display()));
+            }
+        }
+    }
+    if lacking.is_empty() {
+        r.ok(
+            "clone keys",
+            format!(
+                "{ours} clone(s), each one's key accepted on every master it signs in to{}",
+                if elsewhere > 0 {
+                    format!("; {elsewhere} other clone(s) on these hosts have no key here (made through another master, or their key was deleted)")
+                } else {
+                    String::new()
+                }
+            ),
+        );
+    } else {
+        r.fail(
+            "clone keys",
+            lacking.join("; "),
+            "a clone whose key is not accepted where it signs in does not answer there: accept it (`salt-key -f NAME` shows the key, `salt-cloud -F` its fingerprint), or destroy and make the clone again",
+        );
+    }
+}
+
+/// Each provider's libvirt and each profile's base; returns the clones virtseed made on the
+/// hosts that answered, each with its profile as configured now.
+fn libvirt(
+    r: &mut Report,
+    dir: &Path,
+) -> Vec<(
+    virtseed::libvirt::Instance,
+    Option<virtseed::config::cloud::Profile>,
+)> {
     let cfg = CloudConfig::load(dir);
     for e in &cfg.errors {
         r.fail(
@@ -280,6 +367,14 @@ fn libvirt(r: &mut Report, dir: &Path) {
             ),
         }
     }
+    let mut clones = Vec::new();
+    for hv in hypervisors.values() {
+        for i in hv.list().unwrap_or_default() {
+            let prof = cfg.profiles.get(&i.ownership.profile).cloned();
+            clones.push((i, prof));
+        }
+    }
+    clones
 }
 
 /// Asked of Salt: which runner and cloud driver it loads, their release, the sidecar id they
