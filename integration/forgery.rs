@@ -293,10 +293,35 @@ fn impostor_signed_in_first(m: &Master, p: &harness::pool::Pool, events: &EventL
     drop(guest);
 }
 
+/// A reactor on `salt/cloud/*/created` that checks the event with `virtseed.proven` and says
+/// what it found: `virtseed-test/proven/<name>` or `virtseed-test/unproven/<name>`.
+const REACTOR: &str = r#"{% set name = tag.split('/')[2] %}
+{% if salt['virtseed.proven'](tag, data) %}
+proven:
+  runner.event.send:
+    - args:
+      - tag: virtseed-test/proven/{{ name }}
+{% else %}
+unproven:
+  runner.event.send:
+    - args:
+      - tag: virtseed-test/unproven/{{ name }}
+{% endif %}
+"#;
+
 fn scenario(version: &str, master_conf: &str) {
+    let sls = std::env::temp_dir().join(format!(
+        "virtseed-reactor-{}.sls",
+        &salt_proto::auth::new_nonce()[..8]
+    ));
+    std::fs::write(&sls, REACTOR).unwrap();
+    let master_conf = format!(
+        "{master_conf}\nreactor:\n  - 'salt/cloud/*/created':\n    - {}\n",
+        sls.display()
+    );
     let (m, p, _) = master_with_base_conf(
         version,
-        master_conf,
+        &master_conf,
         &format!("fg{}", &version[..4]),
         |base| {
             format!("web:\n  provider: kvm\n  base_domain: {base}\n  minion:\n    master: 127.0.0.1\n  minion_timeout: 240\n")
@@ -332,6 +357,59 @@ fn scenario(version: &str, master_conf: &str) {
         log.contains("ignored an answer to the readiness check"),
         "the sidecar did not report the forged readiness answers: {log}"
     );
+
+    // Reactors: `virtseed.proven` takes the sidecar's own `created` events, and neither an
+    // event mallory makes up nor the sidecar's own fired again by mallory, fields beside it.
+    let fake = format!("{}f", p.prefix);
+    let real = events
+        .events()
+        .into_iter()
+        .find(|e| e["tag"] == format!("salt/cloud/{a}/created"))
+        .expect("the sidecar's created event");
+    let mut replayed = real["data"].clone();
+    replayed.as_object_mut().unwrap().remove("_stamp");
+    // Salt drops `salt/cloud/*` tags in `_minion_event`'s events form, not in its tag/data
+    // form, which fires the whole load (the sender's `cmd`, `id`, `tag`, `data` beside the
+    // fields it chose): a made-up event, and the sidecar's own with its proof.
+    mal.forge(&[
+        json!({"tagdata": [format!("salt/cloud/{fake}/created"), {"name": fake, "event": "created instance"}]}),
+        json!({"tagdata": [format!("salt/cloud/{a}/created"), replayed]}),
+    ]);
+    for n in [&a, &b] {
+        wait_for(
+            &format!("the reactor taking {n}'s created event"),
+            Duration::from_secs(120),
+            || tagged(&events, &format!("virtseed-test/proven/{n}")),
+        );
+    }
+    let unproven = |x: &str| {
+        events
+            .events()
+            .iter()
+            .filter(|e| e["tag"] == format!("virtseed-test/unproven/{x}"))
+            .count()
+    };
+    let t = std::time::Instant::now();
+    while !(unproven(&fake) >= 1 && unproven(&a) >= 1) {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the reactor did not refuse the forged and tampered events: {}",
+            logs(&m)
+                .lines()
+                .filter(|l| l.contains("reactor") || l.contains("virtseed") || l.contains("ERROR"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(!tagged(&events, &format!("virtseed-test/proven/{fake}")));
+    let proven_a = events
+        .events()
+        .iter()
+        .filter(|e| e["tag"] == format!("virtseed-test/proven/{a}"))
+        .count();
+    assert_eq!(proven_a, 1, "the replayed event of {a} was taken");
+    std::fs::remove_file(&sls).ok();
 
     let out = m.salt_run(&["--out", "json", "cloud.destroy", &format!("{a},{b},{c}")]);
     assert!(out.status.success(), "{}", text(&out.stderr));

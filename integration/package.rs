@@ -115,7 +115,7 @@ impl Drop for WheelSidecar {
     }
 }
 
-/// Where Salt's loader finds the runner, the cloud driver and the outputter.
+/// Where Salt's loader finds the runner, the cloud driver, the outputter and the module.
 const WHERE: &str = r#"
 import json, os, saltext.virtseed
 import salt.config, salt.loader
@@ -129,6 +129,8 @@ out = {
     "runner": origin(salt.loader.runner(opts, utils=salt.loader.utils(opts)), "cloud.profile"),
     "cloud": origin(salt.loader.clouds(salt.config.cloud_config(os.path.join(conf, "cloud"))), "libvirt.create"),
     "output": origin(salt.loader.outputters(opts), "virtseed_progress"),
+    # What reactors call on the master (its own minion functions).
+    "module": origin(salt.loader.minion_mods(opts), "virtseed.proven"),
 }
 print(json.dumps(out))
 "#;
@@ -191,6 +193,7 @@ fn pip_install_then_salt_run_and_salt_cloud_through_entry_points() {
         ("runner", "runners/cloud.py"),
         ("cloud", "clouds/libvirt.py"),
         ("output", "output/virtseed_progress.py"),
+        ("module", "modules/virtseed.py"),
     ] {
         assert_eq!(v[k].as_str().unwrap(), format!("{pkg}/{f}"), "{v}");
     }
@@ -305,6 +308,7 @@ fn entry_points_found_by_salt_3006_and_3008() {
             ("runner", "runners/cloud.py"),
             ("cloud", "clouds/libvirt.py"),
             ("output", "output/virtseed_progress.py"),
+            ("module", "modules/virtseed.py"),
         ] {
             assert_eq!(
                 v[k].as_str().unwrap(),

@@ -1,6 +1,7 @@
 //! virtseed's Salt modules (python/saltext/virtseed/), embedded in the binary, and
 //! `virtseed install-runner`, which writes them into the master's `extension_modules`:
-//! the `cloud` runner, the `libvirt` cloud driver, and the client both share.
+//! the `cloud` runner, the `libvirt` cloud driver, the client both share, and the `virtseed`
+//! execution module reactors check the sidecar's events with (`virtseed.proven`).
 //!
 //! Where `extension_modules` is, and whether Salt's loader then finds these modules rather
 //! than its own, is asked of Salt itself when its Python can be found: Salt's default does
@@ -14,7 +15,7 @@ use virtseed::config::master::MasterOpts;
 use virtseed::config::settings::Settings;
 
 /// (loader directory, file name, text) of each module.
-const MODULES: [(&str, &str, &str); 5] = [
+const MODULES: [(&str, &str, &str); 6] = [
     (
         "utils",
         "virtseed_client.py",
@@ -39,6 +40,11 @@ const MODULES: [(&str, &str, &str); 5] = [
         "utils",
         "virtseed_proof.py",
         include_str!("../python/saltext/virtseed/utils/virtseed_proof.py"),
+    ),
+    (
+        "modules",
+        "virtseed.py",
+        include_str!("../python/saltext/virtseed/modules/virtseed.py"),
     ),
 ];
 
