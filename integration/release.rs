@@ -109,7 +109,8 @@ fn install(suite: &str) -> tempfile::TempDir {
         "dpkg -i /tmp/virtseed.deb >/dev/null; virtseed --version; \
          dpkg-query -W -f '${Version}\\n' virtseed; ldd /usr/bin/virtseed; \
          dpkg-query -W -f '${Description}\\n' virtseed; \
-         ls /usr/lib/virtseed/salt/runners /usr/lib/virtseed/salt/clouds; \
+         ls /usr/lib/virtseed/salt/runners /usr/lib/virtseed/salt/clouds \
+            /usr/lib/virtseed/salt/modules; \
          cat /etc/salt/virtseed /etc/salt/master.d/virtseed.conf",
     ));
     assert!(
@@ -119,6 +120,11 @@ fn install(suite: &str) -> tempfile::TempDir {
     assert!(
         !out.contains("not found"),
         "{suite}: a library is missing:\n{out}"
+    );
+    // The module reactors call, where the drop-in points the master's module_dirs.
+    assert!(
+        out.contains("virtseed.py") && out.contains("- /usr/lib/virtseed/salt/modules"),
+        "{suite}:\n{out}"
     );
     // systemd's own check of the units, as installed (exit 0, not one warning).
     let verify = ok(in_root(
