@@ -211,6 +211,34 @@ fn a_key_store_virtseed_cannot_write_is_refused_by_name() {
     assert!(log.contains("`salt-key -y -a virtseed`"), "{log}");
 }
 
+/// A second master, on loopback address `ip` with `a`'s ports (two hosts, as in production:
+/// failover's liveness check and a syndic's subscription expect the same ports), `conf`
+/// and then `more(itself)` in its config, and `copied` files of `a`'s `pki_dir` in its own.
+fn second_master(
+    a: &Master,
+    ip: &str,
+    conf: &str,
+    copied: &[&str],
+    more: impl FnOnce(&Master) -> String,
+) -> Master {
+    let b = Master::start_at(&a.version, conf, ip);
+    b.stop();
+    let ported: String = std::fs::read_to_string(b.dir.join("master"))
+        .unwrap()
+        .lines()
+        .map(|l| match l.split_once(": ") {
+            Some((k @ ("ret_port" | "publish_port"), _)) => format!("{k}: {}\n", a.port(k)),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(b.dir.join("master"), format!("{ported}{}", more(&b))).unwrap();
+    for f in copied {
+        std::fs::copy(a.pki().join(f), b.pki().join(f)).unwrap();
+    }
+    b.restart();
+    b
+}
+
 /// Whether `name` is in `salt-key -L`'s accepted list on `m`.
 fn accepted_on(m: &Master, name: &str) -> bool {
     let out = m.salt_key(&["--out", "json", "-L"]);
@@ -233,22 +261,8 @@ fn multi_master_and_failover_3007() {
     // liveness check looks for a connection to the publish port).
     let (ia, ib) = ("127.0.0.6", "127.0.0.7");
     let a = Master::start_at(version, "", ia);
-    let b = Master::start_at(version, "", ib);
-    b.stop();
-    let conf = std::fs::read_to_string(b.dir.join("master")).unwrap();
-    let conf: String = conf
-        .lines()
-        .map(|l| match l.split_once(": ") {
-            Some((k @ ("ret_port" | "publish_port"), _)) => format!("{k}: {}\n", a.port(k)),
-            _ => format!("{l}\n"),
-        })
-        .collect();
-    std::fs::write(b.dir.join("master"), conf).unwrap();
     // Salt's multi-master guide: every master has the first one's key pair.
-    for f in ["master.pem", "master.pub"] {
-        std::fs::copy(a.pki().join(f), b.pki().join(f)).unwrap();
-    }
-    b.restart();
+    let b = second_master(&a, ib, "", &["master.pem", "master.pub"], |_| String::new());
     let base = base_of(&p);
     write_cloud(
         &a,
@@ -416,27 +430,14 @@ fn syndic_under_a_master_of_masters_3007() {
     // Two hosts as in production: addresses of their own, the same ports.
     let (top_ip, node_ip) = ("127.0.0.8", "127.0.0.9");
     let top = Master::start_at(version, "order_masters: True\n", top_ip);
-    let node = Master::start_at(version, "", node_ip);
-    node.stop();
-    let d = node.dir.display();
-    let conf: String = std::fs::read_to_string(node.dir.join("master"))
-        .unwrap()
-        .lines()
-        .map(|l| match l.split_once(": ") {
-            Some((k @ ("ret_port" | "publish_port"), _)) => format!("{k}: {}\n", top.port(k)),
-            _ => format!("{l}\n"),
-        })
-        .collect();
-    std::fs::write(
-        node.dir.join("master"),
+    let node = second_master(&top, node_ip, "", &[], |node| {
+        let d = node.dir.display();
         format!(
-            "{conf}syndic_master: {top_ip}\nsyndic_master_port: {}\nsyndic_log_file: {d}/log/syndic\n\
+            "syndic_master: {top_ip}\nsyndic_master_port: {}\nsyndic_log_file: {d}/log/syndic\n\
              syndic_pidfile: {d}/run/syndic.pid\n",
             top.port("ret_port")
-        ),
-    )
-    .unwrap();
-    node.restart();
+        )
+    });
     let syndic_id = format!("{}syndic", p.prefix);
     let _syndic = Syndic::start(&node, &syndic_id);
     wait_for(
@@ -531,22 +532,15 @@ fn signed_master_keys_3007() {
     let p = Pool::new("sig");
     let (ia, ib) = ("127.0.0.10", "127.0.0.11");
     let a = Master::start_at(version, "master_sign_pubkey: True\n", ia);
-    let b = Master::start_at(version, "master_sign_pubkey: True\n", ib);
-    b.stop();
-    let conf: String = std::fs::read_to_string(b.dir.join("master"))
-        .unwrap()
-        .lines()
-        .map(|l| match l.split_once(": ") {
-            Some((k @ ("ret_port" | "publish_port"), _)) => format!("{k}: {}\n", a.port(k)),
-            _ => format!("{l}\n"),
-        })
-        .collect();
-    std::fs::write(b.dir.join("master"), conf).unwrap();
     // One signing key pair; each master keeps its own key.
-    for f in ["master_sign.pem", "master_sign.pub"] {
-        std::fs::copy(a.pki().join(f), b.pki().join(f)).unwrap();
-    }
-    b.restart();
+    let signs = "master_sign_pubkey: True\n";
+    let b = second_master(
+        &a,
+        ib,
+        signs,
+        &["master_sign.pem", "master_sign.pub"],
+        |_| String::new(),
+    );
     let key = |m: &Master, f: &str| std::fs::read_to_string(m.pki().join(f)).unwrap();
     assert_ne!(key(&a, "master.pub"), key(&b, "master.pub"));
     let base = base_of(&p);

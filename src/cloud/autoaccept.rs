@@ -85,12 +85,7 @@ pub fn guest_pki_dir(minion: &yaml_serde::Mapping) -> String {
 /// libvirt and files).
 pub fn pin_once(svc: &Service, id: &str, guest_pki: &str) -> Result<ProofKey, PinError> {
     use PinError::{NotYet, Refused};
-    let mc = svc
-        .cloud
-        .master
-        .as_ref()
-        .ok_or_else(|| Refused("no master context".into()))?;
-    super::names::check(id).map_err(Refused)?;
+    let mc = master_for(svc, id)?;
     let (_, inst) = svc
         .cloud
         .locate(id)
@@ -128,6 +123,17 @@ pub fn pin_once(svc: &Service, id: &str, guest_pki: &str) -> Result<ProofKey, Pi
         Err(e) => return Err(NotYet(e.to_string())),
     }
     Ok(ProofKey::new(Zeroizing::new(pem.to_string())))
+}
+
+/// The master whose key store VM `id`'s key goes to, `id` checked as a name.
+fn master_for<'a>(svc: &'a Service, id: &str) -> Result<&'a super::MasterCtx, PinError> {
+    let mc = svc
+        .cloud
+        .master
+        .as_ref()
+        .ok_or_else(|| PinError::Refused("no master context".into()))?;
+    super::names::check(id).map_err(PinError::Refused)?;
+    Ok(mc)
 }
 
 /// The key pair VM `id` holds (`minion.pem`, `minion.pub` in `guest_pki`), read from inside it
@@ -169,13 +175,8 @@ fn vm_key(
 /// `accept: manual`: the key VM `id` holds, once the key accepted for `id` (by the operator)
 /// is that one; `NotYet` until then, saying what is awaited.
 fn held_and_accepted_once(svc: &Service, id: &str, guest_pki: &str) -> Result<ProofKey, PinError> {
-    use PinError::{NotYet, Refused};
-    let mc = svc
-        .cloud
-        .master
-        .as_ref()
-        .ok_or_else(|| Refused("no master context".into()))?;
-    super::names::check(id).map_err(Refused)?;
+    use PinError::NotYet;
+    let mc = master_for(svc, id)?;
     let (pem, pub_text) = vm_key(svc, id, guest_pki)?;
     match crate::pki::accepted_state(&mc.pki_dir, id, &pub_text) {
         Ok(crate::pki::Accepted::Ours) => Ok(ProofKey::new(pem)),
