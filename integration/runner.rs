@@ -5,7 +5,7 @@
 mod harness;
 
 use harness::pool::Pool;
-use harness::site::{master_with_base, play_guest};
+use harness::site::{master_with_base, play_guest, play_guest_with, wait_exit};
 use harness::{last_json, mread, text, virtseed, wait_for, EventLog, Master, Minion, Sidecar};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -156,6 +156,35 @@ fn scenario(version: &str) {
     );
     let (ok, v) = m.salt_json(&b, &["test.ping"], 30);
     assert!(ok && v[&b] == true, "{v}");
+
+    // A clone whose guest keeps its template's machine-id (a template booted before, with
+    // nothing to reset it; played here with b's): refused once it is up, by name, and
+    // destroyed with its volumes and key.
+    let (_, g) = m.salt_json(&b, &["grains.get", "machine_id"], 30);
+    let b_mid = g[&b].as_str().unwrap().to_string();
+    assert_eq!(b_mid.len(), 32, "{g}");
+    let t = format!("{}t", p.prefix);
+    let child = m.salt_run_bg(&["--out", "json", "cloud.profile", "web", &t]);
+    let twin = play_guest_with(&m, &p, &t, Some(&b_mid));
+    let out = wait_exit(child, Duration::from_secs(180));
+    let said = text(&out.stdout);
+    assert!(!out.status.success(), "{said}");
+    let err = last_json(&out)[&t]["Error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        err.contains(&format!("machine-id {b_mid}, the same as minion {b}"))
+            && err.ends_with("the VM was destroyed"),
+        "{said}\n{}",
+        sidecar.log_text()
+    );
+    drop(twin);
+    assert!(!p.domains().contains(&t), "{:?}", p.domains());
+    assert!(p.files().iter().all(|f| !f.contains(&t)), "{:?}", p.files());
+    for dir in ["minions", "minions_pre", "minions_denied"] {
+        assert!(!m.pki().join(dir).join(&t).exists(), "{dir}/{t}");
+    }
 
     // A base domain that does not exist: a clear error, nothing made.
     let out = m.salt_run(&["--out", "json", "cloud.profile", "nobase", "nb1"]);

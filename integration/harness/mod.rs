@@ -393,9 +393,44 @@ pub struct Minion {
     pub dir: PathBuf,
 }
 
+/// `conf` (a minion's YAML) with `grains: machine_id:` set, from `dir`, unless it has one.
+fn with_machine_id(conf: &str, dir: &Path) -> String {
+    use std::hash::{Hash, Hasher};
+    use yaml_serde::Value as Y;
+    let mut v: Y = yaml_serde::from_str(conf).unwrap_or(Y::Null);
+    let Some(map) = v.as_mapping_mut() else {
+        return conf.to_string();
+    };
+    let grains = map
+        .entry(Y::from("grains"))
+        .or_insert_with(|| Y::Mapping(Default::default()));
+    if grains.is_null() {
+        *grains = Y::Mapping(Default::default());
+    }
+    let Some(g) = grains.as_mapping_mut() else {
+        return conf.to_string();
+    };
+    if !g.contains_key("machine_id") {
+        let half = |salt: u8| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (dir, salt).hash(&mut h);
+            h.finish()
+        };
+        g.insert(
+            Y::from("machine_id"),
+            Y::from(format!("{:016x}{:016x}", half(0), half(1))),
+        );
+    }
+    yaml_serde::to_string(&v).unwrap()
+}
+
 impl Minion {
+    /// A salt-minion under `dir` with `conf`. Every one runs on this host, so each is given a
+    /// `machine_id` grain of its own (from its dir) unless `conf` sets one: as distinct
+    /// machines are (the sidecar refuses a clone that shares another minion's).
     pub fn start(master: &Master, dir: &Path, conf: &str) -> Minion {
         std::fs::create_dir_all(dir.join("pki")).unwrap();
+        let conf = with_machine_id(conf, dir);
         let full = format!(
             "{conf}\npki_dir: {d}/pki\ncachedir: {d}/cache\nsock_dir: {d}/sock\nlog_file: {d}/minion.log\npidfile: {d}/minion.pid\nuser: root\nmultiprocessing: false\nacceptance_wait_time: 2\nlog_level_logfile: info\n",
             d = dir.display()

@@ -112,6 +112,17 @@ impl Site {
 /// Plays the guest of clone `name` (cloud-init seed): a real salt-minion with the identity
 /// read from its seed volume, once the volume and its pre-accepted key are there.
 pub fn play_guest(m: &Master, p: &Pool, name: &str) -> super::Minion {
+    play_guest_with(m, p, name, None)
+}
+
+/// [`play_guest`], its `machine_id` grain set (the guest of a template whose machine-id
+/// every clone keeps), or one of its own when `None`.
+pub fn play_guest_with(
+    m: &Master,
+    p: &Pool,
+    name: &str,
+    machine_id: Option<&str>,
+) -> super::Minion {
     use yaml_serde::Value as Y;
     let seed = p.dir.join(format!("{name}-seed.img"));
     super::wait_for("the seed volume", Duration::from_secs(60), || {
@@ -133,7 +144,16 @@ pub fn play_guest(m: &Master, p: &Pool, name: &str) -> super::Minion {
             put(&format!("pki/{file}"), &f["content"]);
         }
     }
-    super::Minion::start(m, &mdir, &yaml_serde::to_string(&sm["conf"]).unwrap())
+    let mut conf = sm["conf"].clone();
+    if let (Some(id), Some(c)) = (machine_id, conf.as_mapping_mut()) {
+        let g = c
+            .entry(Y::from("grains"))
+            .or_insert_with(|| Y::Mapping(Default::default()));
+        if let Some(g) = g.as_mapping_mut() {
+            g.insert(Y::from("machine_id"), Y::from(id));
+        }
+    }
+    super::Minion::start(m, &mdir, &yaml_serde::to_string(&conf).unwrap())
 }
 
 /// Waits for `child` to exit (killed after `timeout`) and returns its output.

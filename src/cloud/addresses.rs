@@ -17,12 +17,24 @@ use std::path::Path;
 /// link and with a zone: not an address to list it by); none when the master has no grains
 /// for it (yet).
 pub fn from_grains_cache(cachedir: &Path, id: &str) -> Vec<IpAddr> {
+    cached_grains(cachedir, id)
+        .map(|g| grain_addresses(&g))
+        .unwrap_or_default()
+}
+
+/// The grains minion `id` last sent the master, from its data cache (either layout above);
+/// none when the master has none (yet, or `minion_data_cache: False`).
+pub fn cached_grains(cachedir: &Path, id: &str) -> Option<Value> {
     let older = cachedir.join("minions").join(id).join("data.p");
     let newer = cachedir.join("grains").join(format!("{id}.p"));
-    let grains = read_msgpack(&older)
+    read_msgpack(&older)
         .and_then(|v| field(&v, "grains").cloned())
-        .or_else(|| read_msgpack(&newer));
-    grains.map(|g| grain_addresses(&g)).unwrap_or_default()
+        .or_else(|| read_msgpack(&newer))
+}
+
+/// Grain `key` of `grains` as text (Salt's msgpack may carry strings as binary).
+pub fn grain_text(grains: &Value, key: &str) -> Option<String> {
+    field(grains, key).and_then(text_of)
 }
 
 fn read_msgpack(path: &Path) -> Option<Value> {
@@ -41,6 +53,14 @@ fn field<'v>(map: &'v Value, key: &str) -> Option<&'v Value> {
     })
 }
 
+fn text_of(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => s.as_str().map(str::to_string),
+        Value::Binary(b) => std::str::from_utf8(b).ok().map(str::to_string),
+        _ => None,
+    }
+}
+
 fn grain_addresses(grains: &Value) -> Vec<IpAddr> {
     let mut out = Vec::new();
     for key in ["ipv4", "ipv6"] {
@@ -49,12 +69,7 @@ fn grain_addresses(grains: &Value) -> Vec<IpAddr> {
             .into_iter()
             .flatten()
         {
-            let text = match v {
-                Value::String(s) => s.as_str().map(str::to_string),
-                Value::Binary(b) => std::str::from_utf8(b).ok().map(str::to_string),
-                _ => None,
-            };
-            if let Some(a) = text.and_then(|t| t.parse::<IpAddr>().ok()) {
+            if let Some(a) = text_of(v).and_then(|t| t.parse::<IpAddr>().ok()) {
                 if !a.is_loopback()
                     && !a.is_unspecified()
                     && !is_link_local(&a)

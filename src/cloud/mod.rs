@@ -15,6 +15,7 @@ pub mod journal;
 pub mod names;
 pub mod ready;
 pub mod service;
+pub mod twins;
 pub mod warm;
 
 pub use create::{CreateOptions, Created, Step, PAUSE_ENV, RETRY_WAIT};
@@ -700,6 +701,13 @@ impl Cloud {
             }
         }
         i
+    }
+
+    /// Another accepted minion that reported the machine-id clone `name` reported (see
+    /// [`twins::machine_id_twin`]): `(machine-id, its id)`.
+    pub fn machine_id_twin(&self, name: &str) -> Option<(String, String)> {
+        let mc = self.master.as_ref()?;
+        twins::machine_id_twin(&mc.cachedir, &mc.pki_dir, name)
     }
 
     /// VM `name`'s addresses as known now (libvirt's `ip_source`, then its minion's

@@ -241,6 +241,11 @@ impl Service {
             };
             match ready.await {
                 Ok(ready) => {
+                    if let Some(why) = self.twin(&name).await {
+                        self.refuse(&name, &why, progress, &mut v).await;
+                        self.cloud.journal_close(&f.request, &name);
+                        return (name, v);
+                    }
                     progress.step(
                         &name,
                         "minion_up",
@@ -322,6 +327,28 @@ impl Service {
             self.discard(name, progress.clone()).await;
             format!("{why}; the VM was destroyed (set keep_on_timeout: true in the profile to keep it for debugging)")
         };
+        progress.step(name, "failed", json!({"error": e}));
+        v["Error"] = json!(e);
+    }
+
+    /// Why clone `name`, up, is the twin of another minion (the same machine-id), if it is.
+    async fn twin(&self, name: &str) -> Option<String> {
+        let cloud = self.cloud.clone();
+        let n = name.to_string();
+        let twin = tokio::task::spawn_blocking(move || cloud.machine_id_twin(&n))
+            .await
+            .ok()
+            .flatten()?;
+        let why = super::twins::twin_error(name, &twin.0, &twin.1);
+        tracing::error!(name, "{why}");
+        Some(why)
+    }
+
+    /// A clone that came up wrong (see [`Service::twin`]): destroyed, the error said.
+    async fn refuse(&self, name: &str, why: &str, progress: &Arc<BusProgress>, v: &mut Value) {
+        v["minion_up"] = json!(true);
+        self.discard(name, progress.clone()).await;
+        let e = format!("{why}; the VM was destroyed");
         progress.step(name, "failed", json!({"error": e}));
         v["Error"] = json!(e);
     }
