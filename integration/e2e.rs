@@ -6,7 +6,7 @@
 
 mod harness;
 
-use harness::site::{golden_files, golden_image, write_cloud};
+use harness::site::{golden_files, golden_image, write_cloud, Leftovers};
 use harness::{last_json, text, Master, Sidecar};
 use std::process::Command;
 use std::time::Duration;
@@ -23,6 +23,7 @@ fn real_guests_answer_test_ping_for_both_seed_channels() {
     m.install_modules();
     let tag = &salt_proto::auth::new_nonce()[..6];
     let (a, b) = (format!("e2e{tag}c"), format!("e2e{tag}s"));
+    let _leftovers = Leftovers::new("virtseed-golden", &format!("e2e{tag}"));
     let before = golden_files();
 
     for (profile, name, channel) in [
@@ -112,6 +113,7 @@ fn on_first_auth_accepts_the_key_the_vm_holds_not_an_impostors() {
     m.install_modules();
     let events = harness::EventLog::start(&m);
     let name = format!("own{}", &salt_proto::auth::new_nonce()[..6]);
+    let _leftovers = Leftovers::new("virtseed-golden", &name);
     let before = golden_files();
 
     let child = m.salt_run_bg(&["--out", "json", "cloud.profile", "own", &name]);
@@ -192,6 +194,7 @@ fn manual_readiness_waits_for_the_key_the_vm_holds() {
     let _sidecar = Sidecar::start(&m, "virtseed");
     m.install_modules();
     let name = format!("man{}", &salt_proto::auth::new_nonce()[..6]);
+    let _leftovers = Leftovers::new("virtseed-golden", &name);
     let before = golden_files();
 
     let mut child = m.salt_run_bg(&["--out", "json", "cloud.profile", "man", &name]);

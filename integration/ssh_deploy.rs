@@ -12,7 +12,7 @@
 mod harness;
 
 use harness::pool::virsh;
-use harness::site::write_cloud;
+use harness::site::{write_cloud, Leftovers};
 use harness::{last_json, repo, text, EventLog, Master, Sidecar};
 use serde_json::json;
 use std::process::{Command, Output};
@@ -59,28 +59,6 @@ fn nothing_left(m: &Master, name: &str) {
     harness::site::nothing_left(m, "virtseed-plain", name);
 }
 
-/// On the way out, pass or fail: every domain named `PREFIX*` and its volumes in the plain
-/// base's pool (a failed assertion skips the test's own `-d`).
-struct Leftovers(String);
-
-impl Drop for Leftovers {
-    fn drop(&mut self) {
-        let list = text(&virsh(&["list", "--all", "--name"]).stdout);
-        for d in list
-            .lines()
-            .map(str::trim)
-            .filter(|d| d.starts_with(&self.0))
-        {
-            let _ = virsh(&["destroy", d]);
-            let _ = virsh(&["undefine", "--nvram", d]);
-        }
-        let vols = text(&virsh(&["vol-list", "virtseed-plain"]).stdout);
-        for v in vols.split_whitespace().filter(|v| v.starts_with(&self.0)) {
-            let _ = virsh(&["vol-delete", "--pool", "virtseed-plain", v]);
-        }
-    }
-}
-
 /// `failures`: also the wrong password and the failing deploy command.
 fn scenario(version: &str, failures: bool) {
     plain_image();
@@ -92,7 +70,7 @@ fn scenario(version: &str, failures: bool) {
     let events = EventLog::start(&m);
     let tag = &salt_proto::auth::new_nonce()[..6];
     let name = |s: &str| format!("ssh{tag}{s}");
-    let _leftovers = Leftovers(format!("ssh{tag}"));
+    let _leftovers = Leftovers::new("virtseed-plain", &format!("ssh{tag}"));
 
     // The guide's way: `salt-cloud -p PROFILE NAME`, then `salt NAME test.ping`.
     let a = name("a");

@@ -27,8 +27,10 @@ cargo test -p salt-proto --tests --no-fail-fast
 step "cargo test: integration"
 # Integration tests start private salt-masters and guests; two at a time fit a 2-core
 # machine. More where the tests mostly wait on Salt's CLIs and played guests, not on TCG
-# guests (measured: fleet 106 -> 52 s, forgery 118 -> 72 s, salt_cloud 213 -> 154 s).
-declare -A threads=([fleet]=4 [topology]=4 [salt_cloud]=3 [hypervisor_down]=3 [forgery]=3)
+# guests (measured, 2 threads -> these: fleet 106 -> 52 s, forgery 118 -> 72 s, salt_cloud
+# 213 -> 154 s, package 156 -> 101 s, topology 160 -> 113 s, bus 89 -> 66 s).
+declare -A threads=([fleet]=4 [topology]=4 [runner]=4 [remote]=4 [identity]=4
+    [salt_cloud]=3 [hypervisor_down]=3 [forgery]=3 [bus]=3 [package]=3)
 failed=()
 for t in $(sed -n '/^\[\[test\]\]/{n;s/^name = "\(.*\)"/\1/p}' Cargo.toml); do
     cargo test -p virtseed --test "$t" -- --test-threads "${threads[$t]:-2}" || failed+=("$t")

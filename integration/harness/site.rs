@@ -229,3 +229,42 @@ pub fn nothing_left(m: &super::Master, pool: &str, name: &str) {
         );
     }
 }
+
+/// On the way out, pass or fail: every domain named `PREFIX*` and its volumes in `pool` (a
+/// failed assertion skips the test's own destroy; a test sharing an image's pool leaves
+/// nothing for the next run).
+pub struct Leftovers {
+    pool: String,
+    prefix: String,
+}
+
+impl Leftovers {
+    pub fn new(pool: &str, prefix: &str) -> Leftovers {
+        Leftovers {
+            pool: pool.into(),
+            prefix: prefix.into(),
+        }
+    }
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        use super::pool::virsh;
+        let list = super::text(&virsh(&["list", "--all", "--name"]).stdout);
+        for d in list
+            .lines()
+            .map(str::trim)
+            .filter(|d| d.starts_with(&self.prefix))
+        {
+            let _ = virsh(&["destroy", d]);
+            let _ = virsh(&["undefine", "--nvram", d]);
+        }
+        let vols = super::text(&virsh(&["vol-list", &self.pool]).stdout);
+        for v in vols
+            .split_whitespace()
+            .filter(|v| v.starts_with(&self.prefix))
+        {
+            let _ = virsh(&["vol-delete", "--pool", &self.pool, v]);
+        }
+    }
+}
