@@ -125,7 +125,7 @@ pub async fn wait_minion(
                     format!("{id} did not start its minion in time (it authenticated)")
                 }
                 (None, None) => {
-                    format!("{id} did not start its minion in time (it never authenticated)")
+                    format!("{id} did not start its minion in time (no minion signed in under this name: check the VM's console and network; a base whose guest takes no identity from the seed, with neither virtseed's guest side nor cloud-init's salt_minion module, keeps its template's minion id: docs/golden-images.md)")
                 }
             });
         }

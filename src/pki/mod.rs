@@ -50,6 +50,39 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError>
     result.map_err(io(path))
 }
 
+/// Writes `data` to `path` only if nothing is there: through a temp file and a hard link,
+/// which fails when `path` exists, so of two writers at once (two sidecars on one key store)
+/// exactly one wins and neither replaces the other's file. Returns whether it was written.
+pub fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<bool, PkiError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(
+        ".{name}.{}.{}.new",
+        std::process::id(),
+        salt_proto::auth::new_nonce()
+    ));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        match std::fs::hard_link(&tmp, path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
+        }
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result.map_err(io(path))
+}
+
 /// The sidecar's own keypair in `dir` (`minion.pem` 0400, `minion.pub` 0644), made on first
 /// start like a minion makes its own.
 pub fn load_or_create_keypair(dir: &Path, bits: usize) -> Result<PrivateKey, PkiError> {
@@ -131,7 +164,10 @@ pub fn pre_accept(master_pki: &Path, id: &str, pub_pem: &str) -> Result<Accepted
     let state = accepted_state(master_pki, id, pub_pem)?;
     if state == Accepted::Absent {
         let dir = master_pki.join("minions");
-        write_atomic(&dir.join(id), pub_pem.as_bytes(), 0o644)?;
+        if !write_new(&dir.join(id), pub_pem.as_bytes(), 0o644)? {
+            // Another writer (a second sidecar on this key store) took the id meanwhile.
+            return accepted_state(master_pki, id, pub_pem);
+        }
         let pre = master_pki.join("minions_pre").join(id);
         if let Ok(text) = std::fs::read_to_string(&pre) {
             if clean_key(&text) == clean_key(pub_pem) {
@@ -351,6 +387,53 @@ mod tests {
             std::fs::read_to_string(d.join("minions/b")).unwrap(),
             theirs.public_key().pem()
         );
+        std::fs::remove_dir_all(&d).ok();
+    }
+
+    /// Two sidecars on one key store (a cluster's `cluster_pki_dir`) accepting one name at
+    /// once, each with its own clone's key: exactly one wins, the file holds its key, the
+    /// others are told another key holds the name; no temp file is left.
+    #[test]
+    fn pre_accept_of_one_id_at_once_has_one_winner() {
+        let d = tempdir();
+        let keys: Vec<String> = (0..8)
+            .map(|_| PrivateKey::generate(1024).unwrap().public_key().pem().to_string())
+            .collect();
+        for _round in 0..5 {
+            let _ = std::fs::remove_file(d.join("minions/x"));
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(keys.len()));
+            let results: Vec<(String, Accepted)> = std::thread::scope(|s| {
+                let handles: Vec<_> = keys
+                    .iter()
+                    .map(|k| {
+                        let (d, b) = (&d, barrier.clone());
+                        s.spawn(move || {
+                            b.wait();
+                            (k.clone(), pre_accept(d, "x", k).unwrap())
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let winners: Vec<&String> = results
+                .iter()
+                .filter(|(_, a)| *a == Accepted::Ours)
+                .map(|(k, _)| k)
+                .collect();
+            assert_eq!(winners.len(), 1, "{results:?}");
+            assert_eq!(
+                &std::fs::read_to_string(d.join("minions/x")).unwrap(),
+                winners[0]
+            );
+            assert!(results
+                .iter()
+                .all(|(k, a)| k == winners[0] || *a == Accepted::Other));
+        }
+        let names: Vec<_> = std::fs::read_dir(d.join("minions"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["x"]);
         std::fs::remove_dir_all(&d).ok();
     }
 
