@@ -92,8 +92,12 @@ fn cluster(version: &str, (a_ip, b_ip): (&str, &str)) {
     let cluster_pub = std::fs::read_to_string(shared.join("pki/cluster.pub")).unwrap();
 
     let base = base_of(&p);
+    // The clone signs in to node a, on node a's ports (here each node has its own; a sidecar
+    // seeds its own master's ports where the profile names none).
     let profiles = format!(
-        "web:\n  provider: kvm\n  base_domain: {base}\n  minion:\n    master: {a_ip}\n  minion_timeout: 240\n"
+        "web:\n  provider: kvm\n  base_domain: {base}\n  minion:\n    master: {a_ip}\n    master_port: {}\n    publish_port: {}\n  minion_timeout: 240\n",
+        a.port("ret_port"),
+        a.port("publish_port")
     );
     for m in [&a, &b] {
         write_cloud(m, &profiles);
@@ -147,6 +151,92 @@ fn cluster(version: &str, (a_ip, b_ip): (&str, &str)) {
     assert!(out.status.success(), "{}", text(&out.stdout));
     assert!(!shared.join("pki/minions").join(&name).exists());
     assert!(!p.domains().contains(&name));
+
+    sidecar_per_node(&a, &b, sidecar, &p, &shared);
+}
+
+/// A sidecar beside each node of the cluster, any of which serves: each node's front ends
+/// list its own first (`virtseed_sidecar: [...]`). One name asked of both nodes at once is
+/// made once; with node a's sidecar down, node a's front ends reach node b's.
+fn sidecar_per_node(a: &Master, b: &Master, sidecar_a: Sidecar, p: &Pool, shared: &Path) {
+    let sidecar_b = Sidecar::start(b, "virtseed-b");
+    sidecar_b.wait_log("serving cloud.* jobs", Duration::from_secs(60));
+    assert!(shared.join("pki/minions/virtseed-b").exists());
+    for (m, order) in [(a, "[virtseed, virtseed-b]"), (b, "[virtseed-b, virtseed]")] {
+        let conf = m.dir.join("master");
+        let t = std::fs::read_to_string(&conf).unwrap();
+        std::fs::write(&conf, format!("{t}\nvirtseed_sidecar: {order}\n")).unwrap();
+    }
+    wait_for(
+        "node a's publications reaching virtseed-b",
+        Duration::from_secs(120),
+        || {
+            let (ok, v) = a.salt_json("virtseed-b", &["test.ping"], 5);
+            ok && v["virtseed-b"] == true
+        },
+    );
+
+    // Each front end reaches its own node's sidecar; one VM is made, the other call fails
+    // by name and leaves nothing of its own.
+    let twice = format!("{}t", p.prefix);
+    let ca = a.salt_run_bg(&["--out", "json", "cloud.profile", "web", &twice]);
+    let cb = b.salt_run_bg(&["--out", "json", "cloud.profile", "web", &twice]);
+    let guest = play_guest(a, p, &twice);
+    let (oa, ob) = (
+        wait_exit(ca, Duration::from_secs(300)),
+        wait_exit(cb, Duration::from_secs(300)),
+    );
+    let said = format!(
+        "node a: {}\nnode b: {}\nsidecar a:\n{}\nsidecar b:\n{}",
+        text(&oa.stdout),
+        text(&ob.stdout),
+        sidecar_a.log_text(),
+        sidecar_b.log_text()
+    );
+    assert_eq!(
+        [&oa, &ob].iter().filter(|o| o.status.success()).count(),
+        1,
+        "{said}"
+    );
+    let lost = if oa.status.success() { &ob } else { &oa };
+    // Told by name: the sidecars on this host share a lock per name; on hosts of their own
+    // libvirt's volume, the domain's name and the key store's link take one writer.
+    let lost = text(&lost.stdout);
+    assert!(
+        lost.contains(&format!(
+            "a create or destroy of \"{twice}\" is already in progress"
+        )) || (lost.contains(&twice) && lost.contains("exists")),
+        "{said}"
+    );
+    for log in [sidecar_a.log_text(), sidecar_b.log_text()] {
+        assert!(log.contains(&twice), "each sidecar served one call: {said}");
+    }
+    assert_eq!(
+        p.domains().iter().filter(|d| **d == twice).count(),
+        1,
+        "{said}"
+    );
+    let (ok, v) = b.salt_json(&twice, &["test.ping"], 60);
+    assert!(ok && v[twice.as_str()] == true, "{v}");
+    drop(guest);
+
+    // Node a's sidecar down: node a's front ends reach node b's, which makes and destroys.
+    drop(sidecar_a);
+    let other = format!("{}o", p.prefix);
+    let guest = made_by_played_guest(a, a, p, "web", &other);
+    assert!(sidecar_b.log_text().contains(&other));
+    drop(guest);
+    let out = a.salt_run(&[
+        "--out",
+        "json",
+        "cloud.destroy",
+        &format!("{twice},{other}"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    for n in [&twice, &other] {
+        assert!(!shared.join("pki/minions").join(n).exists());
+        assert!(!p.domains().contains(n));
+    }
 }
 
 #[test]

@@ -401,8 +401,10 @@ find("cloud", salt.loader.clouds(salt.config.cloud_config(os.path.join(conf, "cl
 if vc is not None and hasattr(vc, "default_sidecar"):
     sid = vc.default_sidecar(opts)
     out["sidecar"] = sid
+    ids = vc.members(sid) if hasattr(vc, "members") else [sid]
     try:
-        out["ping"] = salt.client.LocalClient(mopts=opts).cmd(sid, "test.ping", timeout=5).get(sid) is True
+        got = salt.client.LocalClient(mopts=opts).cmd(ids, "test.ping", tgt_type="list", timeout=5)
+        out["pings"] = {i: got.get(i) is True for i in ids}
     except Exception as e:
         out["ping_error"] = str(e)
 print(json.dumps(out))
@@ -491,7 +493,21 @@ fn modules(r: &mut Report, dir: &Path, settings: &Settings, salt_python: Option<
 
 fn sidecar_running(r: &mut Report, v: &serde_json::Value, settings: &Settings) {
     let sid = v["sidecar"].as_str().unwrap_or_default();
-    if sid != settings.id {
+    // Several ids (a group beside a cluster's or a multi-master set's masters): any serves.
+    let group: Vec<&str> = sid.split(',').map(str::trim).collect();
+    let others: Vec<&str> = group
+        .iter()
+        .copied()
+        .filter(|g| *g != settings.id)
+        .collect();
+    let sid = settings.id.as_str();
+    let also = if others.is_empty() {
+        String::new()
+    } else {
+        format!(" (the front ends also reach {})", others.join(", "))
+    };
+    if !group.contains(&sid) {
+        let sid = v["sidecar"].as_str().unwrap_or_default();
         r.fail(
             "sidecar running",
             format!(
@@ -503,8 +519,8 @@ fn sidecar_running(r: &mut Report, v: &serde_json::Value, settings: &Settings) {
                 settings.id
             ),
         );
-    } else if v["ping"].as_bool() == Some(true) {
-        r.ok("sidecar running", format!("{sid} answers test.ping"));
+    } else if v["pings"][sid].as_bool() == Some(true) {
+        r.ok("sidecar running", format!("{sid} answers test.ping{also}"));
     } else {
         let why = v["ping_error"]
             .as_str()

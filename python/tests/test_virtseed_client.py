@@ -39,3 +39,15 @@ def test_merged_listings_keep_each_sidecars_error():
     a = {"kvm": {"libvirt": {"web1": {"state": "running"}}}}
     b = {"kvm-via-ssh": {"libvirt": {"Error": DOWN}}}
     assert vc.merge([a, b]) == {**a, **b}
+
+
+def test_a_group_of_sidecars_is_one_setting_in_order():
+    # `virtseed_sidecar: [a, b]` (a sidecar beside each master, any of which serves): the
+    # front ends carry it as one string and try its members in this order.
+    assert vc._group(["virtseed", " virtseed-b "]) == "virtseed,virtseed-b"
+    assert vc._group("virtseed") == "virtseed"
+    assert vc.members("virtseed,virtseed-b") == ["virtseed", "virtseed-b"]
+    assert vc.members("virtseed") == ["virtseed"]
+    assert vc.members(" a , ,b ") == ["a", "b"]
+    opts = {"virtseed_sidecar": ["virtseed-b", "virtseed"], "conf_file": "/nonexistent/master"}
+    assert vc.default_sidecar(opts) == "virtseed-b,virtseed"

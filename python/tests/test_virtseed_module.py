@@ -47,3 +47,10 @@ def test_another_key_another_tag_or_no_proof_is_not(opts):
     assert not mod.proven(TAG, "not a map")
     assert not mod.proven(TAG, json.loads(json.dumps(event(opts["virtseed"])))
                           | {"virtseed_proof": {"alg": "x"}})
+
+
+def test_any_sidecar_of_a_group_proves_its_own_events(opts):
+    # A sidecar beside each master (`virtseed_sidecar: [a, b]`): an event is the one its
+    # signer's key opens, whichever member it is.
+    assert mod.proven(TAG, event(opts["virtseed"]), sidecar="elsewhere,virtseed")
+    assert not mod.proven(TAG, event(opts["virtseed"]), sidecar="elsewhere")

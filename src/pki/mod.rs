@@ -397,7 +397,13 @@ mod tests {
     fn pre_accept_of_one_id_at_once_has_one_winner() {
         let d = tempdir();
         let keys: Vec<String> = (0..8)
-            .map(|_| PrivateKey::generate(1024).unwrap().public_key().pem().to_string())
+            .map(|_| {
+                PrivateKey::generate(1024)
+                    .unwrap()
+                    .public_key()
+                    .pem()
+                    .to_string()
+            })
             .collect();
         for _round in 0..5 {
             let _ = std::fs::remove_file(d.join("minions/x"));

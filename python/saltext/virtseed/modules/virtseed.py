@@ -44,10 +44,10 @@ def proven(tag, data, sidecar=None):
     if not isinstance(data, dict):
         return False
     try:
-        sidecars = [sidecar] if sidecar else vc.all_sidecars(__opts__)
+        sidecars = vc.members(sidecar) if sidecar else vc.all_sidecar_ids(__opts__)
     except Exception as exc:  # pylint: disable=broad-except
         log.warning("virtseed.proven: cannot read the sidecars of the cloud providers: %s", exc)
-        sidecars = [vc.default_sidecar(__opts__)]
+        sidecars = vc.members(vc.default_sidecar(__opts__))
     why = "no sidecar"
     # The fields a reactor reads must be the ones signed: only Salt's `_stamp` and the proof
     # itself may be added.

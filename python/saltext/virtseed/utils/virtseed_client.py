@@ -47,6 +47,8 @@ IDEMPOTENT = {
     "cloud.list_locations",
     "cloud.action",
 }
+# How long each of several sidecars (a group) has to answer before the next is asked.
+ALIVE_WAIT = 5
 # How long a call waits for any sign of the sidecar before asking whether it is there.
 FIRST_SIGN = 3
 
@@ -90,17 +92,33 @@ def load_layered(opts, base):
     return out
 
 
+def _group(value):
+    """
+    A sidecar setting as the string the front ends pass around: one id, or several (a list,
+    or ids joined by commas: sidecars beside the masters of a cluster or multi-master set,
+    any of which can serve), in order of preference.
+    """
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v).strip() for v in value if str(v).strip())
+    return str(value)
+
+
+def members(sidecar):
+    """The ids of a sidecar setting (see `_group`), in order."""
+    return [s.strip() for s in str(sidecar).split(",") if s.strip()]
+
+
 def default_sidecar(opts):
-    return str(opts.get("virtseed_sidecar") or master_opts(opts).get("virtseed_sidecar") or DEFAULT_SIDECAR)
+    return _group(opts.get("virtseed_sidecar") or master_opts(opts).get("virtseed_sidecar") or DEFAULT_SIDECAR)
 
 
 def _provider_sidecars(opts):
-    """{provider alias: sidecar id} for providers that name one (`sidecar:`)."""
+    """{provider alias: sidecar setting} for providers that name one (`sidecar:`)."""
     out = {}
     for alias, body in load_layered(opts, "cloud.providers").items():
         for entry in body if isinstance(body, list) else [body]:
             if isinstance(entry, dict) and entry.get("sidecar"):
-                out[alias] = str(entry["sidecar"])
+                out[alias] = _group(entry["sidecar"])
     return out
 
 
@@ -122,6 +140,11 @@ def sidecar_for_profile(opts, prof):
 
 def all_sidecars(opts):
     return sorted(set([default_sidecar(opts)] + list(_provider_sidecars(opts).values())))
+
+
+def all_sidecar_ids(opts):
+    """Every sidecar id the settings name (each member of each group)."""
+    return sorted({m for g in all_sidecars(opts) for m in members(g)})
 
 
 def names_of(instances):
@@ -251,17 +274,27 @@ def call(opts, fun, arg=None, kwarg=None, names=(), timeout=DEFAULT_TIMEOUT, sid
     data)``, and returns its answer: the sidecar's return, or ``{"Error": ...}``.
     """
     mopts = master_opts(opts)
-    sidecar = sidecar or default_sidecar(opts)
+    group = members(sidecar or default_sidecar(opts)) or [DEFAULT_SIDECAR]
     arg = list(arg or [])
     kwarg = dict(kwarg or {})
     kwarg[VERSION_KWARG] = VERSION
-    if not os.path.isfile(virtseed_proof.key_path(mopts, sidecar)):
+    keyed = [s for s in group if os.path.isfile(virtseed_proof.key_path(mopts, s))]
+    if not keyed:
         # Every answer would be ignored as unproven: say why now, not after a long wait.
-        return {"Error": virtseed_proof.no_key(mopts, sidecar)}
+        return {"Error": virtseed_proof.no_key(mopts, group[0])}
     client = salt.client.get_local_client(mopts=mopts)
     event = salt.utils.event.get_master_event(mopts, mopts["sock_dir"], listen=True)
     try:
         event.subscribe("")
+        sidecar = keyed[0]
+        if len(keyed) > 1:
+            # Several sidecars can serve: the first that proves it is there gets the call,
+            # and only it (a call is published once: never served twice).
+            sidecar = next((s for s in keyed if _alive(client, event, mopts, s, [], wait=ALIVE_WAIT)), None)
+            if sidecar is None:
+                return {"Error": "none of the virtseed sidecars " + ", ".join(repr(s) for s in keyed) + " answers: is any running?"}
+            if sidecar != keyed[0]:
+                log.warning("virtseed: sidecar %r does not answer; %r serves %s", keyed[0], sidecar, fun)
         jid = client.cmd_async(sidecar, fun, arg=arg, kwarg=kwarg)
         if not jid:
             return {"Error": f"could not publish {fun} to {sidecar!r}: " + not_running(sidecar, mopts)}
