@@ -112,14 +112,7 @@ fn cluster(version: &str, (a_ip, b_ip): (&str, &str)) {
     // job node b publishes meanwhile never reaches node a's publisher: wait until b's jobs
     // reach the sidecar (Salt's part, seen on an idle machine; under load it is formed by
     // the time the create starts).
-    wait_for(
-        "node b's publications reaching the sidecar",
-        Duration::from_secs(120),
-        || {
-            let (ok, v) = b.salt_json("virtseed", &["test.ping"], 5);
-            ok && v["virtseed"] == true
-        },
-    );
+    reaching(&b, "virtseed");
 
     let name = format!("{}a", p.prefix);
     let guest = made_by_played_guest(&b, &a, &p, "web", &name);
@@ -155,6 +148,18 @@ fn cluster(version: &str, (a_ip, b_ip): (&str, &str)) {
     sidecar_per_node(&a, &b, sidecar, &p, &shared);
 }
 
+/// Waits until `m`'s publications reach sidecar `id` (it answers `test.ping` through `m`).
+fn reaching(m: &Master, id: &str) {
+    wait_for(
+        &format!("{}'s publications reaching {id}", m.interface),
+        Duration::from_secs(120),
+        || {
+            let (ok, v) = m.salt_json(id, &["test.ping"], 5);
+            ok && v[id] == true
+        },
+    );
+}
+
 /// A sidecar beside each node of the cluster, any of which serves: each node's front ends
 /// list its own first (`virtseed_sidecar: [...]`). One name asked of both nodes at once is
 /// made once; with node a's sidecar down, node a's front ends reach node b's.
@@ -167,14 +172,7 @@ fn sidecar_per_node(a: &Master, b: &Master, sidecar_a: Sidecar, p: &Pool, shared
         let t = std::fs::read_to_string(&conf).unwrap();
         std::fs::write(&conf, format!("{t}\nvirtseed_sidecar: {order}\n")).unwrap();
     }
-    wait_for(
-        "node a's publications reaching virtseed-b",
-        Duration::from_secs(120),
-        || {
-            let (ok, v) = a.salt_json("virtseed-b", &["test.ping"], 5);
-            ok && v["virtseed-b"] == true
-        },
-    );
+    reaching(a, "virtseed-b");
 
     // Each front end reaches its own node's sidecar; one VM is made, the other call fails
     // by name and leaves nothing of its own.

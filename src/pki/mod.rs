@@ -24,43 +24,22 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
     }
 }
 
-/// Writes `data` to `path` through a temp file in the same directory and a rename, so a
-/// reader (the master) sees the old file or the new one, never half of one.
-pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
+/// Writes `data` (mode `mode`, synced) to a new temp file beside `path`, then `finish(temp)`;
+/// the temp file is gone afterwards whatever happened.
+fn through_temp<T>(
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+    finish: impl FnOnce(&Path) -> std::io::Result<T>,
+) -> Result<T, PkiError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io(path))
-}
-
-/// Writes `data` to `path` only if nothing is there: through a temp file and a hard link,
-/// which fails when `path` exists, so of two writers at once (two sidecars on one key store)
-/// exactly one wins and neither replaces the other's file. Returns whether it was written.
-pub fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<bool, PkiError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    // A dot file (Salt's key listings skip them), unique to this writer.
     let tmp = dir.join(format!(
-        ".{name}.{}.{}.new",
+        ".{name}.{}.{}.tmp",
         std::process::id(),
         salt_proto::auth::new_nonce()
     ));
@@ -73,14 +52,29 @@ pub fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<bool, PkiError> 
         f.write_all(data)?;
         f.sync_all()?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
-        match std::fs::hard_link(&tmp, path) {
+        finish(&tmp)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result.map_err(io(path))
+}
+
+/// Writes `data` to `path` through a temp file in the same directory and a rename, so a
+/// reader (the master) sees the old file or the new one, never half of one.
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
+    through_temp(path, data, mode, |tmp| std::fs::rename(tmp, path))
+}
+
+/// Writes `data` to `path` only if nothing is there: through a temp file and a hard link,
+/// which fails when `path` exists, so of two writers at once (two sidecars on one key store)
+/// exactly one wins and neither replaces the other's file. Returns whether it was written.
+pub fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<bool, PkiError> {
+    through_temp(path, data, mode, |tmp| {
+        match std::fs::hard_link(tmp, path) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
             Err(e) => Err(e),
         }
-    })();
-    let _ = std::fs::remove_file(&tmp);
-    result.map_err(io(path))
+    })
 }
 
 /// The sidecar's own keypair in `dir` (`minion.pem` 0400, `minion.pub` 0644), made on first
