@@ -199,11 +199,13 @@ fn sidecar_per_node(a: &Master, b: &Master, sidecar_a: Sidecar, p: &Pool, shared
     let lost = if oa.status.success() { &ob } else { &oa };
     // Told by name: the sidecars on this host share a lock per name; on hosts of their own
     // libvirt's volume, the domain's name and the key store's link take one writer.
-    let lost = text(&lost.stdout);
+    let lost = last_json(lost)[twice.as_str()]["Error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(
-        lost.contains(&format!(
-            "a create or destroy of \"{twice}\" is already in progress"
-        )) || (lost.contains(&twice) && lost.contains("exists")),
+        lost == format!("a create or destroy of \"{twice}\" is already in progress")
+            || (lost.contains(&twice) && lost.contains("exists")),
         "{said}"
     );
     for log in [sidecar_a.log_text(), sidecar_b.log_text()] {
