@@ -729,3 +729,184 @@ fn find_vm(listing: &serde_json::Value, name: &str) -> serde_json::Value {
         .find_map(|vms| vms.get(name).cloned())
         .unwrap_or_else(|| panic!("no {name} in {listing}"))
 }
+
+/// Sidecar `id` beside `m`, whose `peers:` are the sidecars `(id, master)` beside other masters.
+fn sidecar_with_peers(m: &Master, id: &str, peers: &[(&str, &Master)]) -> Sidecar {
+    let list: String = peers
+        .iter()
+        .map(|(pid, pm)| {
+            format!(
+                "  - {{id: {pid}, master: {}, ret_port: {}}}\n",
+                pm.interface,
+                pm.port("ret_port")
+            )
+        })
+        .collect();
+    Sidecar::start_settings(m, id, &[], "", &format!("peers:\n{list}"))
+}
+
+/// The operator's one step per peer: `id`'s key, pending on `m`, accepted there.
+fn accept_once(m: &Master, id: &str) {
+    wait_for(
+        &format!("{id}'s key pending on {}", m.interface),
+        Duration::from_secs(60),
+        || m.pki().join("minions_pre").join(id).exists(),
+    );
+    assert!(m.salt_key(&["-y", "-a", id]).status.success());
+}
+
+/// What a minion of `m` (mallory, accepted there) can fire on its bus: `salt-call
+/// event.fire_master DATA TAG` (`_minion_event`, its tag/data form).
+fn fire_as_minion(m: &Master, mallory: &harness::Minion, tag: &str, data: &serde_json::Value) {
+    let out = m
+        .command(m.venv.join("bin/salt-call"))
+        .arg("-c")
+        .arg(&mallory.dir)
+        .args(["--out", "json", "event.fire_master", &data.to_string(), tag])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && text(&out.stdout).contains("true"),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+/// Hot multi-master with masters on hosts of their own (no file of one reachable from the
+/// other): a sidecar beside each, each a minion of the other's master (`peers:`), accepting
+/// keys for each other over the bus. A clone made through master a is accepted on both and
+/// answers from each; an offer mallory (a minion of master b) makes up, or replays, moves
+/// nothing; with b's sidecar down a create finishes saying b lacks the key, and b gets it
+/// once its sidecar is back; destroy takes the keys back on both.
+#[test]
+fn peers_on_hosts_of_their_own_3008() {
+    let p = Pool::new("pr");
+    let (ia, ib) = ("127.0.0.12", "127.0.0.13");
+    let a = Master::start_at("3008.5", "", ia);
+    let b = second_master(&a, ib, "", &["master.pem", "master.pub"], |_| String::new());
+    let base = base_of(&p);
+    write_cloud(
+        &a,
+        &format!(
+            "hot:\n  provider: kvm\n  base_domain: {base}\n  minion_timeout: 240\n  minion:\n    \
+             master: [{ia}, {ib}]\n"
+        ),
+    );
+    a.install_modules();
+    let sa = sidecar_with_peers(&a, "virtseed", &[("virtseed-b", &b)]);
+    let mut sb = sidecar_with_peers(&b, "virtseed-b", &[("virtseed", &a)]);
+    accept_once(&b, "virtseed");
+    accept_once(&a, "virtseed-b");
+    sa.wait_log("serving cloud.* jobs", Duration::from_secs(60));
+    // Each sidecar a minion of the other's master, answering there as any minion does.
+    reaching(&b, "virtseed");
+    reaching(&a, "virtseed-b");
+
+    let events = harness::EventLog::start(&b);
+    let hot = format!("{}h", p.prefix);
+    let g1 = made_by_played_guest(&a, &a, &p, "hot", &hot);
+    for m in [&a, &b] {
+        assert!(accepted_on(m, &hot), "{}", m.dir.display());
+    }
+    assert!(sb
+        .log_text()
+        .contains("accepted a clone's key a peer offered"));
+    harness::wait_for(
+        "an answer through each master",
+        Duration::from_secs(90),
+        || pings(&a, &hot) && pings(&b, &hot),
+    );
+    let offer = events
+        .events()
+        .into_iter()
+        .find(|e| e["tag"] == format!("virtseed/peer/key_offer/{hot}"))
+        .expect("the offer on b's bus");
+
+    // Mallory, a minion of b: an offer signed with its own key in the name of a's sidecar,
+    // and one in its own name, accept nothing.
+    let mdir = b.dir.join("mallory");
+    let mallory = harness::Minion::start(
+        &b,
+        &mdir,
+        &format!(
+            "id: mallory\nmaster: {ib}\nmaster_port: {}\n",
+            b.port("ret_port")
+        ),
+    );
+    accept_once(&b, "mallory");
+    let mkey = salt_proto::keys::PrivateKey::from_pem(
+        &std::fs::read_to_string(mdir.join("pki/minion.pem")).unwrap(),
+    )
+    .unwrap();
+    let mpub = mkey.public_key().pem().to_string();
+    let signer = virtseed::bus::proof::Signer::new(mkey);
+    for (from, n) in [("virtseed", "evil1"), ("mallory", "evil2")] {
+        let body = serde_json::json!({
+            "kind": "key_offer", "op": "accept", "from": from, "to": "virtseed-b",
+            "master": "", "name": n, "pub": mpub,
+            "finger": salt_proto::keys::pem_finger(&mpub), "seq": u64::MAX / 2, "nonce": "n",
+        });
+        fire_as_minion(
+            &b,
+            &mallory,
+            &format!("virtseed/peer/key_offer/{n}"),
+            &serde_json::json!({"virtseed_peer": signer.signed(&body)}),
+        );
+    }
+    sb.wait_log("a signature that does not verify", Duration::from_secs(30));
+    sb.wait_log(
+        "which is not in this sidecar's `peers:`",
+        Duration::from_secs(30),
+    );
+
+    // b's sidecar down while a clone is made: the create finishes, saying b lacks the key;
+    // once the sidecar is back, a's sends it again and b accepts it.
+    drop(sb);
+    let down = format!("{}d", p.prefix);
+    let child = a.salt_run_bg(&["--out", "json", "cloud.profile", "hot", &down]);
+    let g2 = play_guest(&a, &p, &down);
+    let out = wait_exit(child, Duration::from_secs(300));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let keys = &last_json(&out)[down.as_str()]["salt_keys"];
+    let on_b = format!("{ib}:{} (peer virtseed-b)", a.port("ret_port"));
+    assert_eq!(keys[&on_b], "unconfirmed", "{}", text(&out.stdout));
+    assert_eq!(keys[a.dir.to_str().unwrap()], "accepted", "{keys}");
+    assert!(!accepted_on(&b, &down));
+    sb = sidecar_with_peers(&b, "virtseed-b", &[("virtseed", &a)]);
+    harness::wait_for("the key offered again", Duration::from_secs(90), || {
+        accepted_on(&b, &down)
+    });
+    harness::wait_for("the clone through b", Duration::from_secs(120), || {
+        pings(&b, &down)
+    });
+
+    // Destroy takes the keys back on both; mallory replaying the first offer (a's own
+    // signature) then brings nothing back.
+    drop((g1, g2));
+    let out = a.salt_run(&["--out", "json", "cloud.destroy", &format!("{hot},{down}")]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    let said = last_json(&out);
+    for n in [&hot, &down] {
+        assert!(!accepted_on(&a, n) && !accepted_on(&b, n), "{said}");
+        assert!(!p.domains().contains(n));
+    }
+    assert!(said.to_string().contains("revoked"), "{said}");
+    fire_as_minion(
+        &b,
+        &mallory,
+        &format!("virtseed/peer/key_offer/{hot}"),
+        &offer["data"]["data"],
+    );
+    sb.wait_log("ignored a key offer sent before", Duration::from_secs(30));
+    assert!(!accepted_on(&b, &hot));
+    for n in ["evil1", "evil2"] {
+        assert!(!b.pki().join("minions").join(n).exists());
+    }
+    drop(sa);
+}

@@ -12,6 +12,7 @@ pub mod config;
 pub mod jobs;
 pub mod libvirt;
 pub mod names;
+pub mod peers;
 pub mod pki;
 pub mod seed;
 pub mod sidecar;

@@ -25,6 +25,19 @@ pub async fn run(config_dir: &Path) -> anyhow::Result<()> {
     }
     let key = own_key(&master, &settings).await?;
     let signer = crate::bus::proof::Signer::new(PrivateKey::from_pem(&key.to_pem())?);
+    let events = EventBus::new(&master.sock_dir, settings.salt_version).signed_by(signer.clone());
+    // The sidecars beside other masters (`peers:`), before the bus is read: their offers
+    // are read from its first event on.
+    let peers = match settings.peers.is_empty() {
+        true => None,
+        false => Some(crate::peers::Peers::new(
+            &master,
+            &settings,
+            &key,
+            events.clone(),
+        )?),
+    };
+    let peer_bus = events.subscribe();
     let channel = join(&master, &settings, key).await?;
     // Publications first: jobs reach the sidecar from its first moment on the bus, and
     // wait in the queue for the dispatcher (announcing below signs an event, which takes a
@@ -32,7 +45,6 @@ pub async fn run(config_dir: &Path) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel(1024);
     tokio::spawn(channel.clone().publications(tx));
 
-    let events = EventBus::new(&master.sock_dir, settings.salt_version).signed_by(signer.clone());
     tokio::spawn(events.clone().listen());
     announce(&events, &settings.id, &master).await;
     tokio::spawn(follow_key_rotation(events.subscribe(), channel.clone()));
@@ -41,7 +53,10 @@ pub async fn run(config_dir: &Path) -> anyhow::Result<()> {
         channel.clone(),
     ));
 
-    let cloud = cloud_service(config_dir, &master, &settings, &events);
+    let remote = peers
+        .clone()
+        .map(|p| Arc::new(p) as Arc<dyn crate::cloud::RemoteKeys>);
+    let cloud = cloud_service(config_dir, &master, &settings, &events, remote);
     if let Some(svc) = &cloud {
         let progress = Arc::new(crate::cloud::service::BusProgress::new(
             events.clone(),
@@ -65,6 +80,21 @@ pub async fn run(config_dir: &Path) -> anyhow::Result<()> {
     ));
     // Publications wait in the queue meanwhile (at most a few seconds).
     facts.clone().report_at_start(channel.clone()).await;
+    if let Some(p) = &peers {
+        // A minion of each peer's master too: it answers their publications as any
+        // minion there does (`salt '*' test.ping`), without `cloud.*`.
+        let (signer, facts, version) = (signer.clone(), facts.clone(), settings.salt_version);
+        p.start(
+            move |ch| {
+                let (tx, rx) = mpsc::channel(1024);
+                tokio::spawn(ch.clone().publications(tx));
+                tokio::spawn(facts.clone().report_at_start(ch.clone()));
+                let d = Dispatcher::new(ch, signer.clone(), version, None, facts.clone());
+                tokio::spawn(Arc::new(d).serve(rx));
+            },
+            peer_bus,
+        );
+    }
     let dispatcher = Arc::new(Dispatcher::new(
         channel.clone(),
         signer,
@@ -253,6 +283,7 @@ fn cloud_service(
     master: &crate::config::master::MasterOpts,
     settings: &crate::config::settings::Settings,
     events: &EventBus,
+    remote: Option<Arc<dyn crate::cloud::RemoteKeys>>,
 ) -> Option<Arc<crate::cloud::service::Service>> {
     let cfg = crate::config::cloud::CloudConfig::load(config_dir);
     for e in &cfg.errors {
@@ -266,7 +297,7 @@ fn cloud_service(
         return None;
     }
     let ctx = match crate::cloud::MasterCtx::from_opts(master, settings) {
-        Ok(c) => c,
+        Ok(c) => crate::cloud::MasterCtx { remote, ..c },
         Err(e) => {
             warn!("cloud.* jobs are off: {e}");
             return None;

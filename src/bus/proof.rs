@@ -71,12 +71,35 @@ impl Signer {
         })
     }
 
+    /// `body` signed as it is carried (`{"alg", "body": TEXT, "sig"}`): what sidecars send
+    /// each other (`crate::peers`), checked with [`open`].
+    pub fn signed(&self, body: &Value) -> Value {
+        let body = body.to_string();
+        json!({"alg": ALG.as_str(), "sig": self.sign(&body), "body": body})
+    }
+
     /// The proof for an event (`data` as fired, without the proof): added to the data under
     /// [`EVENT_FIELD`], so reactors still read the plain fields.
     pub fn event_proof(&self, tag: &str, data: &Value) -> Value {
         let body = json!({"kind": "event", "tag": tag, "data": data}).to_string();
         json!({"alg": ALG.as_str(), "sig": self.sign(&body), "body": body})
     }
+}
+
+/// The body of `signed` (see [`Signer::signed`]) if `key` signed it.
+pub fn open(key: &salt_proto::keys::PublicKey, signed: &Value) -> Result<Value, String> {
+    if signed["alg"] != ALG.as_str() {
+        return Err(format!("unknown signature scheme {}", signed["alg"]));
+    }
+    let (Some(body), Some(sig)) = (signed["body"].as_str(), signed["sig"].as_str()) else {
+        return Err("no body or no signature".into());
+    };
+    let sig = base64::engine::general_purpose::STANDARD
+        .decode(sig)
+        .map_err(|_| "a signature that is not base64".to_string())?;
+    key.verify(ALG, body.as_bytes(), &sig)
+        .map_err(|_| "a signature that does not verify".to_string())?;
+    serde_json::from_str(body).map_err(|e| format!("a body that is not JSON: {e}"))
 }
 
 #[cfg(test)]
@@ -120,6 +143,24 @@ mod tests {
         let mut forged = r.clone();
         forged["body"] = json!(r["body"].as_str().unwrap().replace("running", "runnin9"));
         assert!(check(&key, &forged).is_err());
+    }
+
+    #[test]
+    fn a_signed_body_opens_only_with_its_key_and_unchanged() {
+        let key = PrivateKey::generate(1024).unwrap();
+        let pubk = key.public_key().clone();
+        let s = Signer::new(key);
+        let m = s.signed(&json!({"kind": "key_offer", "name": "web1"}));
+        assert_eq!(open(&pubk, &m).unwrap()["name"], "web1");
+        let other = PrivateKey::generate(1024).unwrap().public_key().clone();
+        assert!(open(&other, &m).unwrap_err().contains("does not verify"));
+        let mut forged = m.clone();
+        forged["body"] = json!(m["body"].as_str().unwrap().replace("web1", "web2"));
+        assert!(open(&pubk, &forged).is_err());
+        let mut alg = m.clone();
+        alg["alg"] = json!("none");
+        assert!(open(&pubk, &alg).is_err());
+        assert!(open(&pubk, &json!({"alg": ALG.as_str()})).is_err());
     }
 
     #[test]

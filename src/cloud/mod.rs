@@ -56,6 +56,48 @@ pub struct MasterCtx {
     /// The key the master signs its own with (`master_sign_pubkey`): clones get it and
     /// verify every master's key by it.
     pub sign_pub: Option<String>,
+    /// Masters on hosts of their own, whose sidecars accept keys for this one
+    /// (settings `peers:`, `crate::peers`).
+    pub remote: Option<Arc<dyn RemoteKeys>>,
+}
+
+/// Key stores reached through the sidecars beside other masters (`crate::peers`): blocking
+/// calls, made from the create's and destroy's worker threads.
+pub trait RemoteKeys: Send + Sync {
+    /// How many masters they are.
+    fn count(&self) -> usize;
+    /// Whether a clone can trust them all with `master_pub`, this master's key.
+    fn check(&self, master_pub: &str) -> Result<(), String>;
+    /// Offers `pem` for `name` to each; what each said.
+    fn accept(&self, name: &str, pem: &str) -> Vec<PeerOutcome>;
+    /// Takes back the key with fingerprint `finger` of `name` from each.
+    fn revoke(&self, name: &str, finger: &str) -> Vec<PeerOutcome>;
+    /// Where `name`'s key stands on each, as last confirmed: `(master, state)`.
+    fn states(&self, name: &str) -> Vec<(String, String)>;
+}
+
+/// One master's answer through its sidecar.
+#[derive(Debug)]
+pub struct PeerOutcome {
+    pub master: String,
+    pub result: Result<(), PeerFailure>,
+}
+
+#[derive(Debug, Clone)]
+pub enum PeerFailure {
+    /// The peer said no (another key under the name, a key store it cannot write).
+    Refused(String),
+    /// No answer (the master or its sidecar down): sent again until confirmed.
+    Unconfirmed(String),
+}
+
+impl std::fmt::Display for PeerFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerFailure::Refused(e) => write!(f, "refused: {e}"),
+            PeerFailure::Unconfirmed(e) => write!(f, "unconfirmed: {e}"),
+        }
+    }
 }
 
 /// Another master a clone signs in to (multi-master, failover), whose key store virtseed
@@ -95,12 +137,17 @@ impl MasterCtx {
         if listed <= 1 {
             return Ok(&[]);
         }
-        if listed > 1 + self.peers.len() {
+        let remote = self.remote.as_ref().map_or(0, |r| r.count());
+        if listed > 1 + self.peers.len() + remote {
             return Err(CloudError::Config(format!(
-                "profile {profile:?}: `minion: master:` lists {listed} masters, and virtseed accepts keys on {} (this one and the {} in `masters:` of its settings): a clone would stay pending on the others; add their config dirs to `masters:` (this host or a shared filesystem), or list only those masters",
-                1 + self.peers.len(),
+                "profile {profile:?}: `minion: master:` lists {listed} masters, and virtseed accepts keys on {} (this one, the {} in `masters:` of its settings and the {remote} of its `peers:`): a clone would stay pending on the others; add their config dirs to `masters:` (this host or a shared filesystem) or their sidecars to `peers:`, or list only those masters",
+                1 + self.peers.len() + remote,
                 self.peers.len()
             )));
+        }
+        if let Some(r) = &self.remote {
+            r.check(&self.master_pub)
+                .map_err(|e| CloudError::Config(format!("profile {profile:?}: {e}")))?;
         }
         let clean = salt_proto::keys::clean_key;
         let signed_by = |s: &Option<String>| s.as_deref().map(clean);
@@ -174,6 +221,7 @@ impl MasterCtx {
                 .iter()
                 .map(|dir| PeerMaster::load(dir))
                 .collect::<Result<_, _>>()?,
+            remote: None,
         })
     }
 }
@@ -613,6 +661,7 @@ impl Cloud {
         progress.step(name, "destroying", json!({"name": name}));
         let deleted = hv.destroy(name)?;
         let mut key_removed = false;
+        let mut peer_keys = None;
         if let Some(mc) = &self.master {
             // manual: whatever key the VM made for its id, accepted or not, as salt-cloud
             // does. Otherwise the key virtseed minted, or (on_first_auth) the key it read from
@@ -645,6 +694,21 @@ impl Cloud {
                         })?;
                 }
             }
+            if let (Some(remote), false) = (&mc.remote, inst.ownership.fingerprint.is_empty()) {
+                let told: serde_json::Map<String, Value> = remote
+                    .revoke(name, &inst.ownership.fingerprint)
+                    .into_iter()
+                    .map(|o| {
+                        let said = o
+                            .result
+                            .map_or_else(|e| e.to_string(), |()| "revoked".into());
+                        (o.master, json!(said))
+                    })
+                    .collect();
+                if !told.is_empty() {
+                    peer_keys = Some(Value::Object(told));
+                }
+            }
             autoaccept::forget(&mc.state_dir, name);
             if key_removed {
                 progress.fire(
@@ -654,9 +718,12 @@ impl Cloud {
             }
         }
         progress.step(name, "destroyed", json!({"name": name}));
-        Ok(
-            json!({"name": name, "id": inst.uuid, "volumes_deleted": deleted, "key_removed": key_removed, "state": "destroyed"}),
-        )
+        let mut v = json!({"name": name, "id": inst.uuid, "volumes_deleted": deleted, "key_removed": key_removed, "state": "destroyed"});
+        if let Some(p) = peer_keys {
+            // Each peer's master: `revoked`, or why not yet (offered again until confirmed).
+            v["peer_keys"] = p;
+        }
+        Ok(v)
     }
 
     /// Detaches and deletes a clone's seed volume (its minion has its identity).
@@ -745,6 +812,15 @@ impl Cloud {
         Ok(v)
     }
 
+    /// [`Cloud::key_states`] where virtseed accepts keys on more masters than this one (a
+    /// create's return says where its key stands on each).
+    pub fn key_states_beyond_one(&self, name: &str, fingerprint: &str) -> Option<Value> {
+        let mc = self.master.as_ref()?;
+        (!mc.peers.is_empty() || mc.remote.is_some())
+            .then(|| self.key_states(name, fingerprint))
+            .flatten()
+    }
+
     /// Where VM `name`'s minion key stands on each master virtseed accepts keys on (this
     /// one, then those in `masters:`), by config dir: `pki::key_state`, checked against the
     /// key virtseed accepted for it (`fingerprint`, or the first key of `on_first_auth`).
@@ -765,6 +841,9 @@ impl Cloud {
                 p.config_dir.display().to_string(),
                 json!(crate::pki::key_state(&p.key_dir, name, finger)),
             );
+        }
+        for (master, state) in mc.remote.iter().flat_map(|r| r.states(name)) {
+            out.insert(master, json!(state));
         }
         Some(Value::Object(out))
     }
@@ -902,6 +981,7 @@ mod tests {
             state_dir: "/s".into(),
             peers: vec![],
             sign_pub: None,
+            remote: None,
         };
         let minion = |m: &str| -> yaml_serde::Mapping {
             yaml_serde::from_str(&format!("master: {m}\n")).unwrap()

@@ -270,6 +270,12 @@ impl Service {
             v[&k] = a.clone();
             created[k] = a;
         }
+        let (cloud, n, fp) = (self.cloud.clone(), name.clone(), c.fingerprint.clone());
+        if let Ok(Some(k)) =
+            tokio::task::spawn_blocking(move || cloud.key_states_beyond_one(&n, &fp)).await
+        {
+            v["salt_keys"] = k;
+        }
         self.cloud.journal_done(&f.request, &name, &v);
         if !deployed_later {
             progress.step(&name, "created", created);

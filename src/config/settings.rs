@@ -10,6 +10,11 @@
 //!                              # failover list (on this host or a shared filesystem): a
 //!                              # clone whose `minion: master:` lists several masters gets its
 //!                              # key accepted on each of them
+//! peers:                       # sidecars beside the other masters of a multi-master or
+//!   - id: virtseed-b           # failover list, on hosts of their own (no shared files):
+//!     master: 192.0.2.12       # each clone's public key goes to them over those masters'
+//!     ret_port: 4506           # bus, signed; they accept it there (see crate::peers)
+//!     master_finger: 'aa:..'   # optional: refuse that master if its key differs
 //! ```
 
 use super::{yaml, ConfigError};
@@ -23,6 +28,105 @@ pub struct Settings {
     pub master_finger: Option<String>,
     /// Other masters' config dirs (multi-master, failover).
     pub masters: Vec<PathBuf>,
+    /// Sidecars beside other masters, reached over those masters' bus (`crate::peers`).
+    pub peers: Vec<PeerSidecar>,
+}
+
+/// A sidecar beside another master, on a host of its own: virtseed signs in to that master
+/// as a minion (its key accepted there once, by the operator) and trusts offers signed by
+/// that sidecar's key as its own master accepted it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSidecar {
+    /// The peer sidecar's minion id.
+    pub id: String,
+    /// Its master's address, as minions reach it.
+    pub master: String,
+    pub ret_port: u16,
+    pub master_finger: Option<String>,
+}
+
+impl PeerSidecar {
+    /// `host:port`, as logs and key states name the peer's master.
+    pub fn address(&self) -> String {
+        if self.master.contains(':') {
+            format!("[{}]:{}", self.master, self.ret_port)
+        } else {
+            format!("{}:{}", self.master, self.ret_port)
+        }
+    }
+}
+
+fn peers(
+    path: &Path,
+    own: &str,
+    v: Option<&yaml_serde::Value>,
+) -> Result<Vec<PeerSidecar>, ConfigError> {
+    let bad = |expected: String| ConfigError::Key {
+        path: path.to_path_buf(),
+        key: "peers".into(),
+        expected,
+    };
+    let items = match v {
+        None | Some(yaml_serde::Value::Null) => return Ok(vec![]),
+        Some(yaml_serde::Value::Sequence(items)) => items,
+        Some(_) => {
+            return Err(bad(
+                "must be a list of the other sidecars: `- {id: virtseed-b, master: HOST, ret_port: 4506}`".into(),
+            ))
+        }
+    };
+    let mut out: Vec<PeerSidecar> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let field = |k: &str| item.get(k).and_then(yaml::as_text);
+        let id = field("id").ok_or_else(|| {
+            bad(format!(
+                "item {}: needs `id`, the sidecar's minion id beside that master",
+                i + 1
+            ))
+        })?;
+        if !crate::names::valid_minion_id(&id) || id == own {
+            return Err(bad(format!(
+                "item {}: `id` must be a valid minion id other than this sidecar's ({own:?}), not {id:?}",
+                i + 1
+            )));
+        }
+        let master = field("master")
+            .map(|m| {
+                m.trim()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string()
+            })
+            .filter(|m| !m.is_empty() && !m.contains(char::is_whitespace))
+            .ok_or_else(|| {
+                bad(format!(
+                    "item {} ({id}): needs `master`, the address of the master beside it",
+                    i + 1
+                ))
+            })?;
+        let ret_port = match item.get("ret_port") {
+            None | Some(yaml_serde::Value::Null) => 4506,
+            Some(p) => yaml::as_i64(p)
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p > 0)
+                .ok_or_else(|| {
+                    bad(format!(
+                        "item {} ({id}): `ret_port` must be a port number",
+                        i + 1
+                    ))
+                })?,
+        };
+        if out.iter().any(|p| p.id == id) {
+            return Err(bad(format!("lists {id:?} twice")));
+        }
+        out.push(PeerSidecar {
+            id,
+            master,
+            ret_port,
+            master_finger: field("master_finger"),
+        });
+    }
+    Ok(out)
 }
 
 impl Settings {
@@ -90,6 +194,7 @@ impl Settings {
             }
         };
         Ok(Self {
+            peers: peers(&path, &id, v.get("peers"))?,
             masters,
             pki_dir: text("pki_dir")
                 .map_or_else(|| config_dir.join("pki").join("virtseed"), PathBuf::from),
@@ -128,5 +233,36 @@ mod tests {
             .to_string()
             .contains("valid minion id"));
         std::fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn peers_are_checked() {
+        let p = Path::new("/etc/salt/virtseed");
+        let v = yaml::parse(p, "peers:\n  - {id: vs-b, master: 192.0.2.2}\n  - {id: vs-c, master: '[::1]', ret_port: '4510'}\n").unwrap();
+        let got = peers(p, "vs-a", v.get("peers")).unwrap();
+        assert_eq!(got[0].address(), "192.0.2.2:4506");
+        assert_eq!(got[1].address(), "[::1]:4510");
+        for (bad, says) in [
+            ("peers: vs-b", "must be a list"),
+            ("peers: [{master: h}]", "needs `id`"),
+            (
+                "peers: [{id: vs-a, master: h}]",
+                "other than this sidecar's",
+            ),
+            ("peers: [{id: '../x', master: h}]", "valid minion id"),
+            ("peers: [{id: vs-b}]", "needs `master`"),
+            (
+                "peers: [{id: vs-b, master: h, ret_port: 70000}]",
+                "port number",
+            ),
+            (
+                "peers: [{id: vs-b, master: h}, {id: vs-b, master: g}]",
+                "twice",
+            ),
+        ] {
+            let v = yaml::parse(p, bad).unwrap();
+            let e = peers(p, "vs-a", v.get("peers")).unwrap_err().to_string();
+            assert!(e.contains(says) && e.contains("`peers`"), "{bad}: {e}");
+        }
     }
 }

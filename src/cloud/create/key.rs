@@ -56,6 +56,30 @@ impl Action<Made> for Key<'_> {
             }
             let _ = std::fs::remove_file(peer.key_dir.join("minions_pre").join(name));
         }
+        // Masters on hosts of their own: through the sidecar beside each (`crate::peers`).
+        // A peer that says no fails the create (and rollback takes the key back from those
+        // that said yes); one that does not answer is said, and offered again until it does.
+        if let Some(remote) = mc
+            .remote
+            .as_ref()
+            .filter(|_| crate::cloud::MasterCtx::listed_masters(&self.profile.minion) > 1)
+        {
+            for o in remote.accept(name, pem) {
+                match o.result {
+                    Ok(()) => {}
+                    Err(crate::cloud::PeerFailure::Refused(e)) => {
+                        return Err(CloudError::Config(format!("the master {}: {e}", o.master)))
+                    }
+                    Err(crate::cloud::PeerFailure::Unconfirmed(e)) => {
+                        tracing::warn!(id = name, master = %o.master, "the key is not confirmed there yet ({e}); virtseed offers it again every {}s", crate::peers::RETRY_EVERY.as_secs());
+                        self.progress.fire(
+                            "virtseed/key/unconfirmed",
+                            json!({"id": name, "master": o.master, "reason": e}),
+                        );
+                    }
+                }
+            }
+        }
         self.progress.fire(
             "salt/key",
             json!({"result": true, "act": mc.accept_act, "id": name}),
@@ -90,6 +114,10 @@ pub fn undo(mc: &MasterCtx, id: &str, finger: &str, progress: &dyn Progress) -> 
     for p in &mc.peers {
         removed |= crate::pki::revoke(&p.key_dir, &p.cachedir, id, finger)
             .map_err(|e| format!("{}: {e}", p.config_dir.display()))?;
+    }
+    // Peers that did not confirm are asked again until they do (`crate::peers`).
+    if let Some(remote) = &mc.remote {
+        remote.revoke(id, finger);
     }
     if removed {
         progress.fire(
