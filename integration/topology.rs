@@ -775,10 +775,11 @@ fn fire_as_minion(m: &Master, mallory: &harness::Minion, tag: &str, data: &serde
 
 /// Hot multi-master with masters on hosts of their own (no file of one reachable from the
 /// other): a sidecar beside each, each a minion of the other's master (`peers:`), accepting
-/// keys for each other over the bus. A clone made through master a is accepted on both and
-/// answers from each; an offer mallory (a minion of master b) makes up, or replays, moves
-/// nothing; with b's sidecar down a create finishes saying b lacks the key, and b gets it
-/// once its sidecar is back; destroy takes the keys back on both.
+/// keys for each other over the bus, each master's front ends listing its own first. A clone
+/// made through either sidecar is accepted on both and answers from each; an offer mallory
+/// (a minion of master b) makes up, or replays, moves nothing; with b's sidecar down, b's
+/// front ends reach a's over b's bus, and the create finishes saying b lacks the key, which
+/// b gets once its sidecar is back; destroy takes the keys back on both.
 #[test]
 fn peers_on_hosts_of_their_own_3008() {
     let p = Pool::new("pr");
@@ -786,86 +787,76 @@ fn peers_on_hosts_of_their_own_3008() {
     let a = Master::start_at("3008.5", "", ia);
     let b = second_master(&a, ib, "", &["master.pem", "master.pub"], |_| String::new());
     let base = base_of(&p);
-    write_cloud(
-        &a,
-        &format!(
-            "hot:\n  provider: kvm\n  base_domain: {base}\n  minion_timeout: 240\n  minion:\n    \
-             master: [{ia}, {ib}]\n"
-        ),
-    );
-    a.install_modules();
+    for (m, order) in [
+        (&a, "[virtseed, virtseed-b]"),
+        (&b, "[virtseed-b, virtseed]"),
+    ] {
+        write_cloud(
+            m,
+            &format!(
+                "hot:\n  provider: kvm\n  base_domain: {base}\n  minion_timeout: 240\n  minion:\n    \
+                 master: [{ia}, {ib}]\n"
+            ),
+        );
+        m.install_modules();
+        let conf = m.dir.join("master");
+        let t = std::fs::read_to_string(&conf).unwrap();
+        std::fs::write(&conf, format!("{t}\nvirtseed_sidecar: {order}\n")).unwrap();
+    }
     let sa = sidecar_with_peers(&a, "virtseed", &[("virtseed-b", &b)]);
     let mut sb = sidecar_with_peers(&b, "virtseed-b", &[("virtseed", &a)]);
     accept_once(&b, "virtseed");
     accept_once(&a, "virtseed-b");
-    sa.wait_log("serving cloud.* jobs", Duration::from_secs(60));
+    for s in [&sa, &sb] {
+        s.wait_log("serving cloud.* jobs", Duration::from_secs(60));
+    }
     // Each sidecar a minion of the other's master, answering there as any minion does.
     reaching(&b, "virtseed");
     reaching(&a, "virtseed-b");
 
     let events = harness::EventLog::start(&b);
+    let on_a = format!("{ia}:{} (peer virtseed)", a.port("ret_port"));
+    let on_b = format!("{ib}:{} (peer virtseed-b)", a.port("ret_port"));
     let hot = format!("{}h", p.prefix);
     let g1 = made_by_played_guest(&a, &a, &p, "hot", &hot);
-    for m in [&a, &b] {
-        assert!(accepted_on(m, &hot), "{}", m.dir.display());
+    let back = format!("{}b", p.prefix);
+    let g2 = made_by_played_guest(&b, &b, &p, "hot", &back);
+    assert!(sa.log_text().contains(&format!("{back}")) && sb.log_text().contains(&back));
+    for n in [&hot, &back] {
+        for m in [&a, &b] {
+            assert!(accepted_on(m, n), "{n} on {}", m.dir.display());
+        }
+        harness::wait_for(
+            "an answer through each master",
+            Duration::from_secs(90),
+            || pings(&a, n) && pings(&b, n),
+        );
     }
-    assert!(sb
-        .log_text()
-        .contains("accepted a clone's key a peer offered"));
-    harness::wait_for(
-        "an answer through each master",
-        Duration::from_secs(90),
-        || pings(&a, &hot) && pings(&b, &hot),
-    );
+    for (s, log) in [
+        (&sb, "accepted a clone's key a peer offered"),
+        (&sa, "accepted a clone's key a peer offered"),
+    ] {
+        assert!(s.log_text().contains(log), "{}", s.log_text());
+    }
+    // Each sidecar says where each clone's key stands, per master.
+    for (m, n, there) in [(&a, &hot, &on_b), (&b, &back, &on_a)] {
+        let out = m.salt_run(&["--out", "json", "cloud.query"]);
+        let vm = find_vm(&last_json(&out), n);
+        assert_eq!(vm["salt_keys"][there.as_str()], "accepted", "{vm}");
+    }
     let offer = events
         .events()
         .into_iter()
         .find(|e| e["tag"] == format!("virtseed/peer/key_offer/{hot}"))
         .expect("the offer on b's bus");
+    forgeries_move_nothing(&b, &sb);
 
-    // Mallory, a minion of b: an offer signed with its own key in the name of a's sidecar,
-    // and one in its own name, accept nothing.
-    let mdir = b.dir.join("mallory");
-    let mallory = harness::Minion::start(
-        &b,
-        &mdir,
-        &format!(
-            "id: mallory\nmaster: {ib}\nmaster_port: {}\n",
-            b.port("ret_port")
-        ),
-    );
-    accept_once(&b, "mallory");
-    let mkey = salt_proto::keys::PrivateKey::from_pem(
-        &std::fs::read_to_string(mdir.join("pki/minion.pem")).unwrap(),
-    )
-    .unwrap();
-    let mpub = mkey.public_key().pem().to_string();
-    let signer = virtseed::bus::proof::Signer::new(mkey);
-    for (from, n) in [("virtseed", "evil1"), ("mallory", "evil2")] {
-        let body = serde_json::json!({
-            "kind": "key_offer", "op": "accept", "from": from, "to": "virtseed-b",
-            "master": "", "name": n, "pub": mpub,
-            "finger": salt_proto::keys::pem_finger(&mpub), "seq": u64::MAX / 2, "nonce": "n",
-        });
-        fire_as_minion(
-            &b,
-            &mallory,
-            &format!("virtseed/peer/key_offer/{n}"),
-            &serde_json::json!({"virtseed_peer": signer.signed(&body)}),
-        );
-    }
-    sb.wait_log("a signature that does not verify", Duration::from_secs(30));
-    sb.wait_log(
-        "which is not in this sidecar's `peers:`",
-        Duration::from_secs(30),
-    );
-
-    // b's sidecar down while a clone is made: the create finishes, saying b lacks the key;
-    // once the sidecar is back, a's sends it again and b accepts it.
+    // b's sidecar down: b's front ends reach a's over b's bus; the create finishes, saying
+    // b lacks the key; once b's sidecar is back, a's sends it again and b accepts it.
     drop(sb);
     let down = format!("{}d", p.prefix);
-    let child = a.salt_run_bg(&["--out", "json", "cloud.profile", "hot", &down]);
-    let g2 = play_guest(&a, &p, &down);
+    let child = b.salt_run_bg(&["--out", "json", "cloud.profile", "hot", &down]);
+    let g3 = play_guest(&a, &p, &down);
     let out = wait_exit(child, Duration::from_secs(300));
     assert!(
         out.status.success(),
@@ -874,7 +865,6 @@ fn peers_on_hosts_of_their_own_3008() {
         text(&out.stderr)
     );
     let keys = &last_json(&out)[down.as_str()]["salt_keys"];
-    let on_b = format!("{ib}:{} (peer virtseed-b)", a.port("ret_port"));
     assert_eq!(keys[&on_b], "unconfirmed", "{}", text(&out.stdout));
     assert_eq!(keys[a.dir.to_str().unwrap()], "accepted", "{keys}");
     assert!(!accepted_on(&b, &down));
@@ -888,15 +878,24 @@ fn peers_on_hosts_of_their_own_3008() {
 
     // Destroy takes the keys back on both; mallory replaying the first offer (a's own
     // signature) then brings nothing back.
-    drop((g1, g2));
-    let out = a.salt_run(&["--out", "json", "cloud.destroy", &format!("{hot},{down}")]);
+    drop((g1, g2, g3));
+    let all = format!("{hot},{back},{down}");
+    let out = a.salt_run(&["--out", "json", "cloud.destroy", &all]);
     assert!(out.status.success(), "{}", text(&out.stdout));
     let said = last_json(&out);
-    for n in [&hot, &down] {
-        assert!(!accepted_on(&a, n) && !accepted_on(&b, n), "{said}");
+    for n in [&hot, &back, &down] {
+        assert!(!accepted_on(&a, n) && !accepted_on(&b, n), "{n}: {said}");
         assert!(!p.domains().contains(n));
     }
-    assert!(said.to_string().contains("revoked"), "{said}");
+    assert_eq!(said[hot.as_str()]["peer_keys"][&on_b], "revoked", "{said}");
+    let mallory = harness::Minion::start(
+        &b,
+        &b.dir.join("mallory"),
+        &format!(
+            "id: mallory\nmaster: {ib}\nmaster_port: {}\n",
+            b.port("ret_port")
+        ),
+    );
     fire_as_minion(
         &b,
         &mallory,
@@ -905,8 +904,48 @@ fn peers_on_hosts_of_their_own_3008() {
     );
     sb.wait_log("ignored a key offer sent before", Duration::from_secs(30));
     assert!(!accepted_on(&b, &hot));
-    for n in ["evil1", "evil2"] {
-        assert!(!b.pki().join("minions").join(n).exists());
-    }
     drop(sa);
+}
+
+/// Mallory, a minion of `m`: an offer signed with its own key in the name of a's sidecar,
+/// and one in its own name, accept nothing (sidecar `s`, beside `m`, says why).
+fn forgeries_move_nothing(m: &Master, s: &Sidecar) {
+    let mdir = m.dir.join("mallory");
+    let mallory = harness::Minion::start(
+        m,
+        &mdir,
+        &format!(
+            "id: mallory\nmaster: {}\nmaster_port: {}\n",
+            m.interface,
+            m.port("ret_port")
+        ),
+    );
+    accept_once(m, "mallory");
+    let mkey = salt_proto::keys::PrivateKey::from_pem(
+        &std::fs::read_to_string(mdir.join("pki/minion.pem")).unwrap(),
+    )
+    .unwrap();
+    let mpub = mkey.public_key().pem().to_string();
+    let signer = virtseed::bus::proof::Signer::new(mkey);
+    for (from, n) in [("virtseed", "evil1"), ("mallory", "evil2")] {
+        let body = serde_json::json!({
+            "kind": "key_offer", "op": "accept", "from": from, "to": "virtseed-b",
+            "master": "", "name": n, "pub": mpub,
+            "finger": salt_proto::keys::pem_finger(&mpub), "seq": u64::MAX / 2, "nonce": "n",
+        });
+        fire_as_minion(
+            m,
+            &mallory,
+            &format!("virtseed/peer/key_offer/{n}"),
+            &serde_json::json!({"virtseed_peer": signer.signed(&body)}),
+        );
+    }
+    s.wait_log("a signature that does not verify", Duration::from_secs(30));
+    s.wait_log(
+        "which is not in this sidecar's `peers:`",
+        Duration::from_secs(30),
+    );
+    for n in ["evil1", "evil2"] {
+        assert!(!m.pki().join("minions").join(n).exists());
+    }
 }

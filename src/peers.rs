@@ -21,7 +21,9 @@
 //! - It accepts the key as virtseed accepts any (never over another key under the name),
 //!   remembers that it did, and answers the same way on the sender's master
 //!   (`virtseed/peer/key_ack/NAME`, signed, bound to the offer's nonce). A revoke removes
-//!   only a key it accepted for that sender, with that fingerprint.
+//!   only a key with that fingerprint that virtseed placed there (accepted at a peer's word,
+//!   or minted by that sidecar for a clone it offered): any sidecar may destroy a clone
+//!   another made.
 //! - An offer a peer did not confirm (its master or sidecar down) leaves the create
 //!   finished, saying which master lacks the key (`salt_keys`), and is sent again every
 //!   [`RETRY_EVERY`] until confirmed; so is a revoke.
@@ -518,17 +520,29 @@ impl Peers {
         Ok("accepted")
     }
 
+    /// A key is taken back at any peer's word, with its fingerprint, when it is one virtseed
+    /// placed here: accepted at a peer's word, or minted by this sidecar for a clone it
+    /// offered to its peers (a clone one sidecar made and another destroyed).
     fn take_revoke(&self, from: &str, name: &str, finger: &str) -> Result<&'static str, String> {
-        let ours = self.update(TAKEN_FILE, |m| {
-            let mine = m
-                .get(name)
-                .is_some_and(|r| r["from"] == from && r["finger"] == finger);
-            if mine {
+        let taken = self.update(TAKEN_FILE, |m| {
+            let here = m.get(name).is_some_and(|r| r["finger"] == finger);
+            if here {
                 m.remove(name);
             }
-            mine
+            here
         });
-        if !ours {
+        let minted = self.update(SENT_FILE, |m| {
+            let here = m
+                .get(name)
+                .and_then(Value::as_object)
+                .is_some_and(|o| o.values().any(|r| r["finger"] == finger));
+            if here {
+                // Destroyed: nothing of it is to be sent again.
+                m.remove(name);
+            }
+            here
+        });
+        if !taken && !minted {
             return Ok("absent");
         }
         let removed = crate::pki::revoke(&self.store.key_dir, &self.store.cachedir, name, finger)
@@ -630,18 +644,17 @@ impl RemoteKeys for Arc<Peers> {
             .block_on(self.offer_all(all, "accept", name, Some(pem), &finger))
     }
 
-    /// Only to the peers this sidecar offered `name` to (a clone of one master has none).
+    /// To every peer, when virtseed has a record of `name` beyond this master (it offered
+    /// the key, or accepted it at a peer's word): a clone of one master has none, and a clone
+    /// another sidecar made may have its key on a third master.
     fn revoke(&self, name: &str, finger: &str) -> Vec<PeerOutcome> {
-        let sent = self.sent();
-        let offered = sent.get(name).and_then(Value::as_object);
-        let to = (0..self.links.len())
-            .filter(|&i| offered.is_some_and(|o| o.contains_key(&self.links[i].peer.id)))
-            .collect::<Vec<_>>();
-        if to.is_empty() {
+        let offered = self.sent().contains_key(name);
+        let taken = self.update(TAKEN_FILE, |m| m.remove(name).is_some());
+        if !offered && !taken {
             return vec![];
         }
-        self.rt
-            .block_on(self.offer_all(to, "revoke", name, None, finger))
+        let all = (0..self.links.len()).collect();
+        self.rt.block_on(self.offer_all(all, "revoke", name, None, finger))
     }
 
     fn states(&self, name: &str) -> Vec<(String, String)> {

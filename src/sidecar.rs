@@ -81,15 +81,18 @@ pub async fn run(config_dir: &Path) -> anyhow::Result<()> {
     // Publications wait in the queue meanwhile (at most a few seconds).
     facts.clone().report_at_start(channel.clone()).await;
     if let Some(p) = &peers {
-        // A minion of each peer's master too: it answers their publications as any
-        // minion there does (`salt '*' test.ping`), without `cloud.*`.
+        // A minion of each peer's master too: it answers their publications as any minion
+        // there does (`salt '*' test.ping`), and serves `cloud.*` called through them (their
+        // front ends listing this sidecar when their own is down); progress events go to
+        // this master's bus, the answer to theirs.
         let (signer, facts, version) = (signer.clone(), facts.clone(), settings.salt_version);
+        let cloud = cloud.clone();
         p.start(
             move |ch| {
                 let (tx, rx) = mpsc::channel(1024);
                 tokio::spawn(ch.clone().publications(tx));
                 tokio::spawn(facts.clone().report_at_start(ch.clone()));
-                let d = Dispatcher::new(ch, signer.clone(), version, None, facts.clone());
+                let d = Dispatcher::new(ch, signer.clone(), version, cloud.clone(), facts.clone());
                 tokio::spawn(Arc::new(d).serve(rx));
             },
             peer_bus,
