@@ -548,12 +548,7 @@ fn syndic_under_a_master_of_masters_3007() {
     let sidecar = Sidecar::start(&node, "virtseed");
     sidecar.wait_log("serving cloud.* jobs", Duration::from_secs(60));
     // doctor on the node says what the top needs.
-    let out = virtseed(&node.dir, &["doctor", "--out", "json"]);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let syndic = report["checks"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["check"] == "syndic"))
-        .unwrap_or_else(|| panic!("{}", text(&out.stdout)));
+    let syndic = doctor_check(&node, "syndic");
     assert_eq!(syndic["status"], "ok", "{syndic}");
     assert!(
         syndic["detail"]
@@ -683,14 +678,7 @@ fn signed_master_keys_3007() {
     };
     let (da, db) = (a.dir.display().to_string(), b.dir.display().to_string());
     // And `virtseed doctor`, which fails while a clone lacks its key on a master.
-    let clone_keys = || {
-        let out = virtseed(&a.dir, &["doctor", "--out", "json"]);
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        report["checks"]
-            .as_array()
-            .and_then(|c| c.iter().find(|c| c["check"] == "clone keys").cloned())
-            .unwrap_or_else(|| panic!("{}", text(&out.stdout)))
-    };
+    let clone_keys = || doctor_check(&a, "clone keys");
     let keys = keys_in_query();
     assert_eq!(keys[&da], "accepted", "{keys}");
     assert_eq!(keys[&db], "accepted", "{keys}");
@@ -720,6 +708,16 @@ fn signed_master_keys_3007() {
 }
 
 /// VM `name`'s entry in a salt-cloud shaped listing (`{provider: {driver: {name: ..}}}`).
+/// Check `check` of `virtseed doctor` beside `m`.
+fn doctor_check(m: &Master, check: &str) -> serde_json::Value {
+    let out = virtseed(&m.dir, &["doctor", "--out", "json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    report["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["check"] == check).cloned())
+        .unwrap_or_else(|| panic!("no {check}: {}", text(&out.stdout)))
+}
+
 fn find_vm(listing: &serde_json::Value, name: &str) -> serde_json::Value {
     listing
         .as_object()
@@ -805,6 +803,15 @@ fn peers_on_hosts_of_their_own_3008() {
     }
     let sa = sidecar_with_peers(&a, "virtseed", &[("virtseed-b", &b)]);
     let mut sb = sidecar_with_peers(&b, "virtseed-b", &[("virtseed", &a)]);
+    // Before the operator's step, doctor says what it is.
+    let check = doctor_check(&a, "peers");
+    assert_eq!(check["status"], "fail", "{check}");
+    assert!(
+        check["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("`salt-key -a virtseed-b` here")),
+        "{check}"
+    );
     accept_once(&b, "virtseed");
     accept_once(&a, "virtseed-b");
     for s in [&sa, &sb] {
@@ -838,6 +845,7 @@ fn peers_on_hosts_of_their_own_3008() {
     ] {
         assert!(s.log_text().contains(log), "{}", s.log_text());
     }
+    assert_eq!(doctor_check(&a, "peers")["status"], "ok");
     // Each sidecar says where each clone's key stands, per master.
     for (m, n, there) in [(&a, &hot, &on_b), (&b, &back, &on_a)] {
         let out = m.salt_run(&["--out", "json", "cloud.query"]);
@@ -868,6 +876,14 @@ fn peers_on_hosts_of_their_own_3008() {
     assert_eq!(keys[&on_b], "unconfirmed", "{}", text(&out.stdout));
     assert_eq!(keys[a.dir.to_str().unwrap()], "accepted", "{keys}");
     assert!(!accepted_on(&b, &down));
+    let check = doctor_check(&a, "clone keys");
+    assert_eq!(check["status"], "fail", "{check}");
+    assert!(
+        check["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains(&format!("{down} on {on_b}: unconfirmed"))),
+        "{check}"
+    );
     sb = sidecar_with_peers(&b, "virtseed-b", &[("virtseed", &a)]);
     harness::wait_for("the key offered again", Duration::from_secs(90), || {
         accepted_on(&b, &down)

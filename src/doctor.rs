@@ -112,9 +112,49 @@ fn site(r: &mut Report, dir: &Path, salt_python: Option<&Path>) {
     sidecar_key(r, &opts, &settings);
     master_port(r, &opts);
     syndic(r, &opts, &settings);
+    peers(r, &opts, &settings);
     let clones = libvirt(r, dir);
     clone_keys(r, &opts, &settings, &clones);
     modules(r, dir, &settings, salt_python);
+}
+
+/// The sidecars beside other masters (`peers:`): each one's key accepted here (its offers
+/// are checked with it), and this sidecar's accepted on its master (signed in there once).
+fn peers(r: &mut Report, opts: &MasterOpts, settings: &Settings) {
+    if settings.peers.is_empty() {
+        return;
+    }
+    let mut wrong = Vec::new();
+    let mut fixes = Vec::new();
+    for p in &settings.peers {
+        if !opts.key_dir().join("minions").join(&p.id).exists() {
+            wrong.push(format!("{}'s key is not accepted on this master", p.id));
+            fixes.push(format!("`salt-key -a {}` here", p.id));
+        }
+        if !virtseed::peers::signed_in_once(&settings.pki_dir, p) {
+            wrong.push(format!(
+                "this sidecar has not signed in to {}'s master at {}",
+                p.id,
+                p.address()
+            ));
+            fixes.push(format!(
+                "`salt-key -a {}` on that master (the sidecar signs in while it runs)",
+                settings.id
+            ));
+        }
+    }
+    let names: Vec<_> = settings.peers.iter().map(|p| p.id.as_str()).collect();
+    if wrong.is_empty() {
+        r.ok(
+            "peers",
+            format!(
+                "{}: each one's key accepted here, and this sidecar's on each one's master",
+                names.join(", ")
+            ),
+        );
+    } else {
+        r.fail("peers", wrong.join("; "), fixes.join("; "));
+    }
 }
 
 fn pki_dir(r: &mut Report, opts: &MasterOpts) {
@@ -268,6 +308,14 @@ fn clone_keys(
             let state = virtseed::pki::key_state(&keys, &i.name, finger.as_deref());
             if state != "accepted" {
                 lacking.push(format!("{} on {}: {state}", i.name, dir.display()));
+            }
+        }
+        // Masters on hosts of their own, as their sidecars last confirmed (a clone another
+        // sidecar made is that sidecar's to follow: `none` here).
+        let remote = virtseed::peers::recorded_states(&mc.state_dir, &settings.peers, &i.name);
+        for (master, state) in remote.into_iter().filter(|_| several) {
+            if state != "accepted" && state != "none" {
+                lacking.push(format!("{} on {master}: {state}", i.name));
             }
         }
     }

@@ -102,9 +102,7 @@ impl Peers {
     ) -> anyhow::Result<Arc<Self>> {
         let mut links = Vec::new();
         for peer in &settings.peers {
-            let pinned = settings
-                .pki_dir
-                .join(format!("peer_master_{}.pub", peer.id));
+            let pinned = settings.pki_dir.join(pinned_name(peer));
             let channel = Channel::new(ChannelConfig {
                 id: settings.id.clone(),
                 key: PrivateKey::from_pem(&key.to_pem())?,
@@ -654,44 +652,43 @@ impl RemoteKeys for Arc<Peers> {
             return vec![];
         }
         let all = (0..self.links.len()).collect();
-        self.rt.block_on(self.offer_all(all, "revoke", name, None, finger))
+        self.rt
+            .block_on(self.offer_all(all, "revoke", name, None, finger))
     }
 
     fn states(&self, name: &str) -> Vec<(String, String)> {
-        let sent = self.sent();
-        self.links
-            .iter()
-            .map(|l| {
-                let state = sent
-                    .get(name)
-                    .and_then(|p| p[&l.peer.id]["state"].as_str())
-                    .unwrap_or("none");
-                (Peers::label(&l.peer), state.to_string())
-            })
-            .collect()
+        let _g = self.files.lock().expect("lock");
+        let peers: Vec<_> = self.links.iter().map(|l| l.peer.clone()).collect();
+        recorded_states(&self.store.state_dir, &peers, name)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Where clone `name`'s key stands on each peer's master, as the sidecar whose own pki dir is
+/// `state_dir` last heard (`none`: it offered nothing there, e.g. a clone of one master, or
+/// one another sidecar made). For `virtseed doctor`, which runs beside the sidecar.
+pub fn recorded_states(
+    state_dir: &Path,
+    peers: &[PeerSidecar],
+    name: &str,
+) -> Vec<(String, String)> {
+    let sent = read_object(&state_dir.join(SENT_FILE));
+    peers
+        .iter()
+        .map(|p| {
+            let state = sent
+                .get(name)
+                .and_then(|r| r[&p.id]["state"].as_str())
+                .unwrap_or("none");
+            (Peers::label(p), state.to_string())
+        })
+        .collect()
+}
 
-    #[test]
-    fn an_offer_is_taken_once_in_any_order_and_never_once_old() {
-        let mut e = json!({});
-        let t = 10 * SEQ_WINDOW;
-        assert!(fresh_seq(&mut e, t));
-        assert!(!fresh_seq(&mut e, t), "the same offer again");
-        // Sent at once, arriving out of order: each taken once.
-        assert!(fresh_seq(&mut e, t - 5));
-        assert!(fresh_seq(&mut e, t + 7));
-        assert!(!fresh_seq(&mut e, t - 5));
-        // Older than the window behind the newest: refused, even if never seen.
-        assert!(!fresh_seq(&mut e, t + 7 - SEQ_WINDOW));
-        assert!(fresh_seq(&mut e, t + 8 - SEQ_WINDOW + 1));
-        // The record keeps only the window: a later offer prunes what fell out of it.
-        assert!(fresh_seq(&mut e, t + 3 * SEQ_WINDOW));
-        assert_eq!(e["seen"].as_array().unwrap().len(), 1);
-        assert!(!fresh_seq(&mut e, t + 7), "fell out of the window");
-    }
+/// Whether this sidecar signed in to `peer`'s master at least once (its key pinned).
+pub fn signed_in_once(state_dir: &Path, peer: &PeerSidecar) -> bool {
+    state_dir.join(pinned_name(peer)).exists()
+}
+
+fn pinned_name(peer: &PeerSidecar) -> String {
+    format!("peer_master_{}.pub", peer.id)
 }
