@@ -828,7 +828,7 @@ fn peers_on_hosts_of_their_own_3008() {
     let g1 = made_by_played_guest(&a, &a, &p, "hot", &hot);
     let back = format!("{}b", p.prefix);
     let g2 = made_by_played_guest(&b, &b, &p, "hot", &back);
-    assert!(sa.log_text().contains(&format!("{back}")) && sb.log_text().contains(&back));
+    assert!(sa.log_text().contains(&back) && sb.log_text().contains(&back));
     for n in [&hot, &back] {
         for m in [&a, &b] {
             assert!(accepted_on(m, n), "{n} on {}", m.dir.display());
