@@ -692,3 +692,152 @@ pub fn signed_in_once(state_dir: &Path, peer: &PeerSidecar) -> bool {
 fn pinned_name(peer: &PeerSidecar) -> String {
     format!("peer_master_{}.pub", peer.id)
 }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sidecar `vs-b` beside a master in a temp dir, whose only peer is `vs-a` (its key,
+    /// returned, accepted on that master).
+    fn receiver() -> (Arc<Peers>, PrivateKey, PathBuf) {
+        let d =
+            std::env::temp_dir().join(format!("virtseed-peers-{}", salt_proto::auth::new_nonce()));
+        for sub in ["pki/minions", "pki/minions_pre", "cache", "sock", "state"] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        let at = |s: &str| d.join(s).display().to_string();
+        std::fs::write(
+            d.join("master"),
+            format!(
+                "pki_dir: {}\ncachedir: {}\nsock_dir: {}\n",
+                at("pki"),
+                at("cache"),
+                at("sock")
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("virtseed"),
+            format!(
+                "id: vs-b\npki_dir: {}\npeers: [{{id: vs-a, master: 127.0.0.1}}]\n",
+                at("state")
+            ),
+        )
+        .unwrap();
+        let a = PrivateKey::generate(1024).unwrap();
+        std::fs::write(d.join("pki/minions/vs-a"), a.public_key().pem()).unwrap();
+        let master = MasterOpts::load(&d).unwrap();
+        let settings = Settings::load(&d).unwrap();
+        let own = PrivateKey::generate(1024).unwrap();
+        let events = EventBus::new(&master.sock_dir, None);
+        (Peers::new(&master, &settings, &own, events).unwrap(), a, d)
+    }
+
+    fn event(tag: &str, signer: &PrivateKey, body: &Value) -> Event {
+        let signed = Signer::new(PrivateKey::from_pem(&signer.to_pem()).unwrap()).signed(body);
+        Event {
+            tag: tag.into(),
+            data: msgpack::map([(
+                "data",
+                msgpack::map([(FIELD, crate::bus::from_json(&signed))]),
+            )]),
+        }
+    }
+
+    fn offer(op: &str, name: &str, pem: &str, seq: u64) -> Value {
+        json!({"kind": "key_offer", "op": op, "from": "vs-a", "to": "vs-b", "name": name,
+               "pub": pem, "finger": pem_finger(pem), "seq": seq, "nonce": "n"})
+    }
+
+    fn taken(p: &Peers, ev: &Event) -> Result<Option<Value>, String> {
+        p.take(&p.opened(ev, "key_offer", OFFER)?)
+    }
+
+    #[tokio::test]
+    async fn offers_are_believed_only_signed_by_a_peer_for_this_sidecar_and_once() {
+        let (p, a, d) = receiver();
+        let clone = PrivateKey::generate(1024).unwrap();
+        let pem = clone.public_key().pem().to_string();
+        let tag = format!("{OFFER}web1");
+        let ok = event(&tag, &a, &offer("accept", "web1", &pem, 10));
+        assert_eq!(taken(&p, &ok).unwrap().unwrap()["state"], "accepted");
+        let placed = std::fs::read_to_string(d.join("pki/minions/web1")).unwrap();
+        assert_eq!(placed, pem);
+        assert_eq!(
+            taken(&p, &ok).unwrap(),
+            None,
+            "the same offer again is a replay"
+        );
+
+        let other = PrivateKey::generate(1024).unwrap();
+        let bad = |ev: &Event, says: &str| {
+            let e = taken(&p, ev).unwrap_err();
+            assert!(e.contains(says), "{e}");
+        };
+        let web2 = |seq| offer("accept", "web2", &pem, seq);
+        bad(&event(&tag, &other, &web2(11)), "does not verify");
+        let mut from = web2(12);
+        from["from"] = json!("mallory");
+        bad(
+            &event(&tag, &other, &from),
+            "not in this sidecar's `peers:`",
+        );
+        let mut to = web2(13);
+        to["to"] = json!("vs-c");
+        bad(&event(&tag, &a, &to), "not a key_offer for this sidecar");
+        bad(&event(&tag, &a, &web2(14)), "the tag and the name differ");
+        let sidecar = offer("accept", "vs-a", &pem, 15);
+        bad(&event(&format!("{OFFER}vs-a"), &a, &sidecar), "not a name");
+        // Never over another key, never a key that is not what it says.
+        let t3 = format!("{OFFER}web3");
+        let theirs = other.public_key().pem().to_string();
+        std::fs::write(d.join("pki/minions/web3"), &theirs).unwrap();
+        let web3 = offer("accept", "web3", &pem, 16);
+        bad(&event(&t3, &a, &web3), "another key is accepted");
+        let mut lie = offer("accept", "web4", &pem, 17);
+        lie["finger"] = json!(pem_finger(&theirs));
+        bad(
+            &event(&format!("{OFFER}web4"), &a, &lie),
+            "the key and its fingerprint differ",
+        );
+        assert!(!d.join("pki/minions/web4").exists());
+
+        // Revoke: only a key virtseed placed, with its fingerprint.
+        let state = |ev: &Event| taken(&p, ev).unwrap().unwrap()["state"].clone();
+        let mut wrong = offer("revoke", "web1", &pem, 20);
+        wrong["finger"] = json!(pem_finger(&theirs));
+        assert_eq!(state(&event(&tag, &a, &wrong)), "absent");
+        assert!(d.join("pki/minions/web1").exists());
+        let operators = offer("revoke", "web3", &theirs, 21);
+        assert_eq!(state(&event(&t3, &a, &operators)), "absent");
+        assert!(
+            d.join("pki/minions/web3").exists(),
+            "the operator's key stays"
+        );
+        let revoke = event(&tag, &a, &offer("revoke", "web1", &pem, 22));
+        assert_eq!(state(&revoke), "revoked");
+        assert!(!d.join("pki/minions/web1").exists());
+        // The first offer, replayed after the revoke, brings nothing back.
+        assert_eq!(taken(&p, &ok).unwrap(), None);
+        assert!(!d.join("pki/minions/web1").exists());
+        std::fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn an_offer_is_taken_once_in_any_order_and_never_once_old() {
+        let mut e = json!({});
+        let t = 10 * SEQ_WINDOW;
+        assert!(fresh_seq(&mut e, t));
+        assert!(!fresh_seq(&mut e, t), "the same offer again");
+        // Sent at once, arriving out of order: each taken once.
+        assert!(fresh_seq(&mut e, t - 5));
+        assert!(fresh_seq(&mut e, t + 7));
+        assert!(!fresh_seq(&mut e, t - 5));
+        // Older than the window behind the newest: refused, even if never seen.
+        assert!(!fresh_seq(&mut e, t + 7 - SEQ_WINDOW));
+        assert!(fresh_seq(&mut e, t + 8 - SEQ_WINDOW + 1));
+        // The record keeps only the window: a later offer prunes what fell out of it.
+        assert!(fresh_seq(&mut e, t + 3 * SEQ_WINDOW));
+        assert_eq!(e["seen"].as_array().unwrap().len(), 1);
+        assert!(!fresh_seq(&mut e, t + 7), "fell out of the window");
+    }
+}
