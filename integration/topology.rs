@@ -780,9 +780,12 @@ fn fire_as_minion(m: &Master, mallory: &harness::Minion, tag: &str, data: &serde
 /// b gets once its sidecar is back; destroy takes the keys back on both.
 #[test]
 fn peers_on_hosts_of_their_own_3008() {
-    let p = Pool::new("pr");
-    let (ia, ib) = ("127.0.0.12", "127.0.0.13");
-    let a = Master::start_at("3008.5", "", ia);
+    peers_on_hosts("3008.5", ("127.0.0.12", "127.0.0.13"));
+}
+
+fn peers_on_hosts(version: &str, (ia, ib): (&str, &str)) {
+    let p = Pool::new(&format!("pr{}", &version[3..4]));
+    let a = Master::start_at(version, "", ia);
     let b = second_master(&a, ib, "", &["master.pem", "master.pub"], |_| String::new());
     let base = base_of(&p);
     for (m, order) in [
