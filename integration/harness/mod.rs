@@ -436,9 +436,13 @@ impl Minion {
             d = dir.display()
         );
         std::fs::write(dir.join("minion"), full).unwrap();
+        use std::os::unix::process::CommandExt;
         let child = Command::new(master.venv.join("bin/salt-minion"))
             .arg("-c")
             .arg(dir)
+            // A group of its own: 3006's salt-minion forks a process manager that outlives
+            // its parent; drop kills the whole group.
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -479,6 +483,9 @@ impl Minion {
 
 impl Drop for Minion {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
