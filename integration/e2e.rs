@@ -6,21 +6,37 @@
 
 mod harness;
 
-use harness::site::{golden_files, golden_image, write_cloud, Leftovers};
+use harness::site::{
+    accept_once, golden_files, golden_image, reaching, sidecar_with_peers, write_cloud, Leftovers,
+};
 use harness::{last_json, text, Master, Sidecar};
 use std::process::Command;
 use std::time::Duration;
 
+/// The SMBIOS clone is also a clone of two masters that share nothing (hot multi-master,
+/// one key pair, ports of their own), each with a sidecar beside it (`peers:`): its key is
+/// accepted on the second master by that master's sidecar, and it answers from both.
 #[test]
 fn real_guests_answer_test_ping_for_both_seed_channels() {
     golden_image(&[]);
     let m = Master::start("3007.17");
+    let m2 = Master::start("3007.17");
+    m2.stop();
+    for f in ["master.pem", "master.pub"] {
+        std::fs::copy(m.pki().join(f), m2.pki().join(f)).unwrap();
+    }
+    m2.restart();
+    let (p1, p2) = (m.port("ret_port"), m2.port("ret_port"));
     write_cloud(
         &m,
-        "golden:\n  provider: kvm\n  base_domain: virtseed-golden\n  minion:\n    master: 10.0.2.2\n  minion_timeout: 400\ngolden-smbios:\n  extends: golden\n  seed: smbios\n",
+        &format!("golden:\n  provider: kvm\n  base_domain: virtseed-golden\n  minion:\n    master: 10.0.2.2\n  minion_timeout: 400\ngolden-smbios:\n  extends: golden\n  seed: smbios\n  minion:\n    master: ['10.0.2.2:{p1}', '10.0.2.2:{p2}']\n"),
     );
-    let _sidecar = Sidecar::start(&m, "virtseed");
+    let _sidecar = sidecar_with_peers(&m, "virtseed", &[("virtseed-2", &m2)]);
+    let _sidecar2 = sidecar_with_peers(&m2, "virtseed-2", &[("virtseed", &m)]);
+    accept_once(&m2, "virtseed");
+    accept_once(&m, "virtseed-2");
     m.install_modules();
+    reaching(&m2, "virtseed");
     let tag = &salt_proto::auth::new_nonce()[..6];
     let (a, b) = (format!("e2e{tag}c"), format!("e2e{tag}s"));
     let _leftovers = Leftovers::new("virtseed-golden", &format!("e2e{tag}"));
@@ -57,6 +73,16 @@ fn real_guests_answer_test_ping_for_both_seed_channels() {
             "{said}"
         );
     }
+    // The SMBIOS clone, accepted on the second master by its sidecar, answers there too.
+    assert!(m2.pki().join("minions").join(&b).exists());
+    harness::wait_for(
+        "the clone through the second master",
+        Duration::from_secs(120),
+        || {
+            let (ok, v) = m2.salt_json(&b, &["test.ping"], 10);
+            ok && v[b.as_str()] == true
+        },
+    );
     // The cloud-init clone's cloud-init still runs to the end, from the unit's copy of the seed
     // (the volume is detached after the first ping), and the copy is gone afterwards.
     let (_, st) = m.salt_json(
@@ -82,6 +108,7 @@ fn real_guests_answer_test_ping_for_both_seed_channels() {
     assert!(out.status.success(), "{}", text(&out.stdout));
     for n in [&a, &b] {
         assert!(!m.pki().join("minions").join(n).exists());
+        assert!(!m2.pki().join("minions").join(n).exists());
         let st = Command::new("virsh")
             .args(["-c", "qemu:///system", "domstate", n])
             .output()

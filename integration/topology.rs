@@ -17,7 +17,9 @@
 mod harness;
 
 use harness::pool::Pool;
-use harness::site::{play_guest, wait_exit, write_cloud};
+use harness::site::{
+    accept_once, play_guest, reaching, sidecar_with_peers, wait_exit, write_cloud,
+};
 use harness::{last_json, text, virtseed, wait_for, Master, Sidecar};
 use std::path::Path;
 use std::time::Duration;
@@ -146,18 +148,6 @@ fn cluster(version: &str, (a_ip, b_ip): (&str, &str)) {
     assert!(!p.domains().contains(&name));
 
     sidecar_per_node(&a, &b, sidecar, &p, &shared);
-}
-
-/// Waits until `m`'s publications reach sidecar `id` (it answers `test.ping` through `m`).
-fn reaching(m: &Master, id: &str) {
-    wait_for(
-        &format!("{}'s publications reaching {id}", m.interface),
-        Duration::from_secs(120),
-        || {
-            let (ok, v) = m.salt_json(id, &["test.ping"], 5);
-            ok && v[id] == true
-        },
-    );
 }
 
 /// A sidecar beside each node of the cluster, any of which serves: each node's front ends
@@ -726,31 +716,6 @@ fn find_vm(listing: &serde_json::Value, name: &str) -> serde_json::Value {
         .flat_map(|d| d.as_object().into_iter().flat_map(|o| o.values()))
         .find_map(|vms| vms.get(name).cloned())
         .unwrap_or_else(|| panic!("no {name} in {listing}"))
-}
-
-/// Sidecar `id` beside `m`, whose `peers:` are the sidecars `(id, master)` beside other masters.
-fn sidecar_with_peers(m: &Master, id: &str, peers: &[(&str, &Master)]) -> Sidecar {
-    let list: String = peers
-        .iter()
-        .map(|(pid, pm)| {
-            format!(
-                "  - {{id: {pid}, master: {}, ret_port: {}}}\n",
-                pm.interface,
-                pm.port("ret_port")
-            )
-        })
-        .collect();
-    Sidecar::start_settings(m, id, &[], "", &format!("peers:\n{list}"))
-}
-
-/// The operator's one step per peer: `id`'s key, pending on `m`, accepted there.
-fn accept_once(m: &Master, id: &str) {
-    wait_for(
-        &format!("{id}'s key pending on {}", m.interface),
-        Duration::from_secs(60),
-        || m.pki().join("minions_pre").join(id).exists(),
-    );
-    assert!(m.salt_key(&["-y", "-a", id]).status.success());
 }
 
 /// What a minion of `m` (mallory, accepted there) can fire on its bus: `salt-call

@@ -268,3 +268,40 @@ impl Drop for Leftovers {
         }
     }
 }
+
+/// Sidecar `id` beside `m`, whose `peers:` are the sidecars `(id, master)` beside other masters.
+pub fn sidecar_with_peers(m: &Master, id: &str, peers: &[(&str, &Master)]) -> super::Sidecar {
+    let list: String = peers
+        .iter()
+        .map(|(pid, pm)| {
+            format!(
+                "  - {{id: {pid}, master: {}, ret_port: {}}}\n",
+                pm.interface,
+                pm.port("ret_port")
+            )
+        })
+        .collect();
+    super::Sidecar::start_settings(m, id, &[], "", &format!("peers:\n{list}"))
+}
+
+/// The operator's one step per peer: `id`'s key, pending on `m`, accepted there.
+pub fn accept_once(m: &Master, id: &str) {
+    super::wait_for(
+        &format!("{id}'s key pending on {}", m.interface),
+        Duration::from_secs(60),
+        || m.pki().join("minions_pre").join(id).exists(),
+    );
+    assert!(m.salt_key(&["-y", "-a", id]).status.success());
+}
+
+/// Waits until `m`'s publications reach sidecar `id` (it answers `test.ping` through `m`).
+pub fn reaching(m: &Master, id: &str) {
+    super::wait_for(
+        &format!("{}'s publications reaching {id}", m.interface),
+        Duration::from_secs(120),
+        || {
+            let (ok, v) = m.salt_json(id, &["test.ping"], 5);
+            ok && v[id] == true
+        },
+    );
+}

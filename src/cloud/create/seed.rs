@@ -128,9 +128,10 @@ fn identity(
     // Several masters on ports of their own: each tells its port when the minion signs in,
     // which the minion takes unless its config names one (salt/channel/client.py). Named
     // when they share it: failover's liveness check (`status.master`) looks for a
-    // connection to that port.
+    // connection to that port. Masters reached through `peers:` may have any: left to them
+    // (a profile names the port they share, for failover).
     let one_port = MasterCtx::listed_masters(&prof.minion) <= 1
-        || mc.peers.iter().all(|p| p.publish_port == mc.publish_port);
+        || (mc.remote.is_none() && mc.peers.iter().all(|p| p.publish_port == mc.publish_port));
     if conf.get("publish_port").is_none() && one_port {
         conf.insert("publish_port".into(), Y::Number(mc.publish_port.into()));
     }
