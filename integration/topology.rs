@@ -60,6 +60,45 @@ fn made_by_played_guest(
     guest
 }
 
+/// The golden image's profile (a real guest, TCG), signing in to the master on 127.0.0.1 at
+/// `ports` (ret, publish), which guests reach as 10.0.2.2.
+fn golden_profile((ret, publish): (u16, u16)) -> String {
+    format!(
+        "golden:\n  provider: kvm\n  base_domain: virtseed-golden\n  minion_timeout: 400\n  \
+         minion:\n    master: 10.0.2.2\n    master_port: {ret}\n    publish_port: {publish}\n"
+    )
+}
+
+/// A real guest made through `front`'s `salt-run cloud.profile golden`, its key accepted on
+/// `keys`: it answers `test.ping` through each of `through`; destroyed, its key gone.
+fn real_guest(front: &Master, keys: &Master, through: &[&Master]) {
+    harness::site::golden_image(&[]);
+    let name = format!("top{}", &salt_proto::auth::new_nonce()[..6]);
+    let _leftovers = harness::site::Leftovers::new("virtseed-golden", &name);
+    let out = front.salt_run(&["--out", "json", "cloud.profile", "golden", &name]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(
+        last_json(&out)[name.as_str()]["minion_up"],
+        true,
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(accepted_on(keys, &name));
+    for m in through {
+        wait_for("the real guest's answer", Duration::from_secs(120), || {
+            pings(m, &name)
+        });
+    }
+    let out = front.salt_run(&["--out", "json", "cloud.destroy", &name]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert!(!accepted_on(keys, &name));
+}
+
 /// Node `me` of cluster `id` whose other node is `peer`, sharing `shared/pki`.
 fn node_conf(id: &str, me: &str, peer: &str, shared: &Path) -> String {
     format!(
@@ -96,11 +135,19 @@ fn cluster(version: &str, (a_ip, b_ip): (&str, &str)) {
     let base = base_of(&p);
     // The clone signs in to node a, on node a's ports (here each node has its own; a sidecar
     // seeds its own master's ports where the profile names none).
-    let profiles = format!(
+    let mut profiles = format!(
         "web:\n  provider: kvm\n  base_domain: {base}\n  minion:\n    master: {a_ip}\n    master_port: {}\n    publish_port: {}\n  minion_timeout: 240\n",
         a.port("ret_port"),
         a.port("publish_port")
     );
+    // Node a on 127.0.0.1: a real guest reaches it (as 10.0.2.2).
+    let real = a_ip == "127.0.0.1";
+    if real {
+        profiles.push_str(&golden_profile((
+            a.port("ret_port"),
+            a.port("publish_port"),
+        )));
+    }
     for m in [&a, &b] {
         write_cloud(m, &profiles);
         m.install_modules();
@@ -146,6 +193,10 @@ fn cluster(version: &str, (a_ip, b_ip): (&str, &str)) {
     assert!(out.status.success(), "{}", text(&out.stdout));
     assert!(!shared.join("pki/minions").join(&name).exists());
     assert!(!p.domains().contains(&name));
+    if real {
+        // Made through node b, signing in to node a: it answers through both.
+        real_guest(&b, &a, &[&a, &b]);
+    }
 
     sidecar_per_node(&a, &b, sidecar, &p, &shared);
 }
@@ -236,7 +287,8 @@ fn cluster_of_two_3007() {
 
 #[test]
 fn cluster_of_two_3008() {
-    cluster("3008.5", ("127.0.0.4", "127.0.0.5"));
+    // Node a where a real guest reaches it (guests reach 127.0.0.1 as 10.0.2.2).
+    cluster("3008.5", ("127.0.0.1", "127.0.0.5"));
 }
 
 /// 3008's `keys.cache_driver: mmap_key` keeps keys in an index a file never enters: refused
@@ -507,8 +559,9 @@ impl Drop for Syndic {
 fn syndic_under_a_master_of_masters_3007() {
     let version = "3007.17";
     let p = Pool::new("syn");
-    // Two hosts as in production: addresses of their own, the same ports.
-    let (top_ip, node_ip) = ("127.0.0.8", "127.0.0.9");
+    // Two hosts as in production: addresses of their own, the same ports; the node where a
+    // real guest reaches it (guests reach 127.0.0.1 as 10.0.2.2).
+    let (top_ip, node_ip) = ("127.0.0.8", "127.0.0.1");
     let top = Master::start_at(version, "order_masters: True\n", top_ip);
     let node = second_master(&top, node_ip, "", &[], |node| {
         let d = node.dir.display();
@@ -529,7 +582,8 @@ fn syndic_under_a_master_of_masters_3007() {
 
     let base = base_of(&p);
     let profiles = format!(
-        "web:\n  provider: kvm\n  base_domain: {base}\n  minion_timeout: 240\n  minion:\n    master: {node_ip}\n"
+        "web:\n  provider: kvm\n  base_domain: {base}\n  minion_timeout: 240\n  minion:\n    master: {node_ip}\n{}",
+        golden_profile((node.port("ret_port"), node.port("publish_port")))
     );
     for m in [&top, &node] {
         write_cloud(m, &profiles);
@@ -556,6 +610,8 @@ fn syndic_under_a_master_of_masters_3007() {
         Duration::from_secs(120),
         || pings(&top, &first),
     );
+    // And a real guest made on the node answers from the top.
+    real_guest(&node, &node, &[&top]);
 
     // The top's front ends: without a key to check the sidecar's answers with, a clear
     // error naming where its copy goes, at once, and nothing made.
