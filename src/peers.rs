@@ -355,6 +355,20 @@ impl Peers {
                     if got.is_ok() {
                         info!(name, peer, op, "sent again, and confirmed");
                     }
+                    // Destroyed meanwhile (its record taken back): a key that got there
+                    // all the same is taken back in turn.
+                    let sent = self.sent();
+                    let still = sent
+                        .get(&name)
+                        .and_then(|p| p.get(peer.as_str()))
+                        .is_some_and(|r| r["op"] == op && r["finger"] == f.as_str());
+                    if !still {
+                        if op == "accept" && got.is_ok() {
+                            let later = PeerFailure::Unconfirmed("destroyed meanwhile".into());
+                            self.record(peer, "revoke", &name, None, &f, &Err(later));
+                        }
+                        continue;
+                    }
                     self.record(peer, op, &name, pem, &f, &got);
                 }
             }
