@@ -27,6 +27,9 @@ pub struct MasterOpts {
     /// 3008's `keys.cache_driver` (absent before 3008; Salt's default is `localfs_key`, the
     /// files in `pki_dir`).
     pub keys_cache_driver: Option<String>,
+    /// 3008's `cluster_isolated_filesystem`: each node of a cluster keeps a key store of its
+    /// own, synced through the cluster's channel.
+    pub cluster_isolated_filesystem: bool,
     /// `minion_data_cache` (default on): whether the master keeps each minion's grains and
     /// pillar, and so whether its grain, pillar and compound targeting can see them.
     pub minion_data_cache: bool,
@@ -115,6 +118,10 @@ impl MasterOpts {
                 .filter(|c| !c.is_empty())
                 .map(PathBuf::from),
             keys_cache_driver: v.get("keys.cache_driver").and_then(yaml::as_text),
+            cluster_isolated_filesystem: v
+                .get("cluster_isolated_filesystem")
+                .and_then(yaml::as_bool)
+                .unwrap_or(false),
             minion_data_cache: v
                 .get("minion_data_cache")
                 .and_then(yaml::as_bool)
@@ -146,6 +153,12 @@ impl MasterOpts {
     /// not the `minions/` files (`keys.cache_driver: mmap_key` keeps an index a file written
     /// beside it never enters; salt/cache/mmap_key.py has no file fallback).
     pub fn key_store_problem(&self) -> Option<String> {
+        if self.cluster_id.is_some() && self.cluster_isolated_filesystem {
+            return Some(format!(
+                "the master cluster's `cluster_isolated_filesystem: True` gives each node a key store of its own, which Salt keeps in step through the cluster's channel: a key virtseed writes as a file in {}/minions on this node is not seen by the others; remove the setting and give the nodes one shared `cluster_pki_dir` (Salt's cluster guide)",
+                self.key_dir().display()
+            ));
+        }
         match self.keys_cache_driver.as_deref() {
             None | Some("localfs_key") => None,
             Some(other) => Some(format!(
@@ -284,6 +297,17 @@ mod tests {
         std::fs::write(d.join("master"), "keys.cache_driver: mmap_key\n").unwrap();
         let why = MasterOpts::load(&d).unwrap().key_store_problem().unwrap();
         assert!(why.contains("`keys.cache_driver: mmap_key`"), "{why}");
+        // 3008's isolated cluster nodes: refused by name; the setting alone (no cluster) is
+        // Salt's no-op.
+        std::fs::write(
+            d.join("master"),
+            "cluster_id: c1\ncluster_pki_dir: /c\ncluster_isolated_filesystem: True\n",
+        )
+        .unwrap();
+        let why = MasterOpts::load(&d).unwrap().key_store_problem().unwrap();
+        assert!(why.contains("`cluster_isolated_filesystem: True`"), "{why}");
+        std::fs::write(d.join("master"), "cluster_isolated_filesystem: True\n").unwrap();
+        assert_eq!(MasterOpts::load(&d).unwrap().key_store_problem(), None);
         std::fs::remove_dir_all(&d).unwrap();
     }
 

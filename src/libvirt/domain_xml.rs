@@ -85,8 +85,17 @@ pub fn read_base(base: &str, xml: &str) -> Result<BaseXml, DomainXmlError> {
         )));
     }
     let mut disks = Vec::new();
+    let mut targets = std::collections::HashSet::new();
     if let Some(devices) = root.child("devices") {
         for d in devices.elements().filter(|e| e.name == "disk") {
+            // libvirt refuses two disks on one target; a clone's rewrite goes by target.
+            if let Some(t) = d.child("target").and_then(|t| t.attr("dev")) {
+                if !targets.insert(t.clone()) {
+                    return Err(DomainXmlError::Xml(format!(
+                        "base domain {base:?}: two disks on target {t}"
+                    )));
+                }
+            }
             if is_removable(d) {
                 continue;
             }
@@ -650,6 +659,21 @@ mod tests {
     </channel>
   </devices>
 </domain>"#;
+
+    #[test]
+    fn two_disks_on_one_target_are_refused() {
+        // Found by the fuzzer: an empty drive (no source) on the target of a disk to clone.
+        // The clone's rewrite goes by target, and gave the empty drive a volume too.
+        let xml = BASE
+            .replace("<source file='/pool/base.qcow2'/>", "")
+            .replace("<target dev='vda'", "<target dev='vdb'");
+        let e = read_base("base", &xml).unwrap_err().to_string();
+        assert!(e.contains("two disks on target vdb"), "{e}");
+        let cdrom = BASE.replace("<target dev='sda'", "<target dev='vda'");
+        if cdrom != BASE {
+            assert!(read_base("base", &cdrom).is_err());
+        }
+    }
 
     fn spec() -> CloneSpec {
         CloneSpec {
